@@ -1,0 +1,176 @@
+"""`trafficreport` command line: generate, weekly, backfill, demo, check-calibration, query."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_WEEK = dt.date(2024, 6, 3)
+
+
+def _date(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def _print_tables(warehouse: Path, week: dt.date) -> None:
+    import duckdb
+
+    from flows.publish import CATALOG, query_frame
+
+    con = duckdb.connect(str(warehouse / CATALOG), read_only=True)
+    try:
+        for view in ("table1_broadband_usage", "table2_mobile_usage", "table3_broadband_ports", "table4_mobile_ports"):
+            print(f"\n== {view} (week {week})")
+            frame = query_frame(con, f"select * exclude (week) from {view} where week = $week", {"week": week})
+            with __import__("polars").Config(tbl_rows=40, tbl_cols=12, float_precision=1, tbl_hide_dataframe_shape=True):
+                print(frame)
+    finally:
+        con.close()
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from flows.settings import load_settings
+
+    return load_settings(
+        getattr(args, "config", None), landing=getattr(args, "landing", None), warehouse=getattr(args, "warehouse", None),
+        staging=getattr(args, "staging", None),
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flows.generate import generate_to
+
+    started = time.monotonic()
+    counts = generate_to(args.out, args.week, args.year, args.users, args.phones, args.seed)
+    print(f"generated week {args.week} into {args.out} in {time.monotonic() - started:.1f} s: {counts}")
+    return 0
+
+
+def cmd_weekly(args: argparse.Namespace) -> int:
+    from flows.weekly import weekly_report
+
+    settings = _settings(args)
+    run = weekly_report(args.week, settings, force=not args.skip_published)
+    if run.get("published"):
+        _print_tables(settings.warehouse, args.week)
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from flows.weekly import backfill
+
+    results = backfill(args.start, args.end, _settings(args), force=args.force)
+    for r in results:
+        print(f"{r['week']}  {r['status']:9}  {r.get('run_id') or r.get('why', '')}")
+    return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.generate import TRUTH_DIR, generate_to
+
+    settings = _settings(args)
+    settings.hmac_key(create=True)
+    started = time.monotonic()
+    if not (settings.landing / TRUTH_DIR / "spec.json").exists():
+        counts = generate_to(settings.landing, DEMO_WEEK, broadband_users=args.users, mobile_phones=args.phones)
+        print(f"generated demo week {DEMO_WEEK} in {time.monotonic() - started:.1f} s: {counts}")
+    from flows.weekly import weekly_report
+
+    weekly_report(DEMO_WEEK, settings)
+    _print_tables(settings.warehouse, DEMO_WEEK)
+    print(f"\ncatalog: {settings.warehouse / 'catalog.duckdb'}  (open with duckdb.connect(path, read_only=True))")
+    print(f"demo finished in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_check_calibration(args: argparse.Namespace) -> int:
+    from flows.calibration_check import calibration_report, format_report
+
+    settings = _settings(args)
+    usage_rows, port_rows, accuracy = calibration_report(settings.landing, settings.warehouse, settings.hmac_key())
+    print(format_report(usage_rows, port_rows, accuracy))
+    ok = bool(usage_rows["truth_vs_target_ok"].all() and usage_rows["published_vs_truth_ok"].all()
+              and port_rows["truth_vs_target_ok"].all() and port_rows["published_vs_truth_ok"].all()
+              and accuracy["heavy_within_10pct"] >= 0.95)
+    print("\ncalibration:", "within tolerance" if ok else "OUT OF TOLERANCE")
+    return 0 if ok else 1
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from flows.publish import CATALOG, query_frame
+
+    con = duckdb.connect(str(_settings(args).warehouse / CATALOG), read_only=True)
+    try:
+        print(query_frame(con, args.sql))
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_fit_calibration(_args: argparse.Namespace) -> int:
+    from flows.fit_calibration import fit_all_mixtures
+
+    print(f"wrote {fit_all_mixtures()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trafficreport", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    common.add_argument("--landing", type=Path, help="landing zone (default data/landing)")
+    common.add_argument("--warehouse", type=Path, help="parquet warehouse (default data/warehouse)")
+    common.add_argument("--staging", type=Path, help="staging area (default data/staging)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a synthetic week to a landing zone")
+    p.add_argument("--week", type=_date, required=True, help="Monday of the week, e.g. 2024-06-03")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--year", type=int, help="reference year to calibrate to (default: the week's)")
+    p.add_argument("--users", type=int, default=3000, help="broadband users (subscription x access)")
+    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("weekly", parents=[common], help="run the weekly report flow for one week")
+    p.add_argument("--week", type=_date, required=True)
+    p.add_argument("--skip-published", action="store_true", help="do nothing if the week is published")
+    p.set_defaults(func=cmd_weekly)
+
+    p = sub.add_parser("backfill", parents=[common], help="run every week in a date range")
+    p.add_argument("--from", dest="start", type=_date, required=True)
+    p.add_argument("--to", dest="end", type=_date, required=True)
+    p.add_argument("--force", action="store_true", help="re-run published weeks too")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("demo", parents=[common], help="generate the 2024-06-03 week and run it end to end")
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--phones", type=int, default=3000)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-calibration", parents=[common], help="target vs ground truth vs published")
+    p.set_defaults(func=cmd_check_calibration)
+
+    p = sub.add_parser("query", parents=[common], help="run SQL against catalog.duckdb (read-only)")
+    p.add_argument("sql")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("fit-calibration", help="refit the generator's mixtures to the reference tables")
+    p.set_defaults(func=cmd_fit_calibration)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The weekly report flow: ingest -> assign -> attribute -> aggregate -> audit -> publish -> summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows import landing, publish
+from flows.settings import Settings, load_settings
+from transforms import attribution, ports, radius, stats, subscribers, usage
+
+PUBLISHED_TABLES = ("user_day_usage", "user_week_usage", "usage_summary", "port_usage", "port_share", "traffic_hour")
+
+
+@dataclass(frozen=True)
+class WeekWindow:
+    """A Monday-Sunday week in the report's time zone, as local days and UTC bounds."""
+
+    week: dt.date
+    timezone: str
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.week + dt.timedelta(days=i) for i in range(7)]
+
+    @property
+    def start(self) -> dt.datetime:
+        return dt.datetime.combine(self.week, dt.time(0), ZoneInfo(self.timezone)).astimezone(dt.UTC)
+
+    @property
+    def end(self) -> dt.datetime:
+        return dt.datetime.combine(self.week + dt.timedelta(days=7), dt.time(0), ZoneInfo(self.timezone)).astimezone(dt.UTC)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+@task(cache_policy=NO_CACHE)
+def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: str, stage: Path) -> dict[str, object]:
+    """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
+    # Flows starting late on the last day can sit in the next day's file.
+    days = window.days + [window.week + dt.timedelta(days=7)]
+    result = landing.ingest_exporter(settings.landing, exporter, days, window.start, window.end,
+                                     settings.default_rate_of(exporter))
+    flows = result.flows.with_columns(service_group=pl.lit(settings.service_of(exporter)))
+    path = stage / "flows" / f"{exporter}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flows.write_parquet(path)
+    result.quarantine.write_parquet(stage / "flows" / f"{exporter}.quarantine.parquet")
+    return {
+        "exporter": exporter, "service": settings.service_of(exporter), "path": str(path), "files": len(result.files),
+        "records": flows.height, "messages": result.messages, "lost_records": result.lost_records,
+        "outside_window": result.outside_window, "duplicate_files": result.duplicate_files,
+        "quarantined_records": int(result.quarantine["records"].sum() or 0),
+        "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
+        "problems": result.quarantine.head(20).to_dicts(),
+        "sampling_sources": sorted(flows["sampling_source"].unique().drop_nulls().to_list()),
+        "raw_bytes": int(flows["bytes"].sum() or 0),
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, object]:
+    """Address assignments and the week's users from RADIUS accounting, plus mobile billing usage."""
+    # The day before holds Starts of sessions open at the week's start; the day after holds the
+    # Interim/Stop records that close the week's last hours.
+    days = [window.week - dt.timedelta(days=1)] + window.days + [window.week + dt.timedelta(days=7)]
+    records, quarantine = landing.ingest_radius(settings.landing, days, settings.timezone)
+    directory = landing.read_directory(settings.landing)
+    key = settings.hmac_key()
+    sessions = radius.build_sessions(records)
+    horizon = window.end + dt.timedelta(days=settings.session_horizon_days)
+    assignments = radius.sessions_to_assignments(sessions, horizon)
+    assignments = subscribers.identify_assignments(assignments, directory, key)
+    lo = pl.lit(window.start).cast(pl.Datetime("ms", "UTC"))
+    hi = pl.lit(window.end).cast(pl.Datetime("ms", "UTC"))
+    in_week = assignments.filter((pl.col("valid_from") < hi) & (pl.col("valid_to") > lo))
+    billing = radius.billing_usage_by_day(records, window.start, settings.timezone)
+    billing = subscribers.identify_phones(billing, directory, key)
+    users = pl.concat([
+        in_week.filter(pl.col("known") & (pl.col("service") != "mobile")).select("user_key", "service", "customer_type"),
+        billing.filter(pl.col("known")).select("user_key", "service", "customer_type"),
+    ]).unique()
+    stage.mkdir(parents=True, exist_ok=True)
+    assignments.drop("nas", "session_id").write_parquet(stage / "assignments.parquet")
+    users.write_parquet(stage / "users.parquet")
+    billing.filter(pl.col("known")).select(
+        "user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("billing").alias("source")
+    ).write_parquet(stage / "billing_user_day.parquet")
+    quarantine.write_parquet(stage / "radius.quarantine.parquet")
+    return {
+        "accounting_records": records.height, "sessions": sessions.height, "assignments": assignments.height,
+        "address_conflicts": int(assignments["conflict"].sum()), "unknown_identities": int((~assignments["known"]).sum()),
+        "users": users.height, "counter_resets": int(billing["counter_resets"].sum() or 0),
+        "quarantined_lines": quarantine.height, "problems": quarantine.head(20).to_dicts(),
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def attribute_exporter(settings: Settings, flows_path: str, stage: Path) -> dict[str, str]:
+    """User-day, port and hourly partial aggregates of one exporter's attributed flows."""
+    assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
+    flows = usage.add_local_time(usage.estimate_volume(pl.scan_parquet(flows_path)), settings.timezone)
+    attributed = attribution.attribute_flows_to_users(flows, assignments).collect()
+    name = Path(flows_path).stem
+    out = {}
+    for table, frame in (
+        ("user_day", usage.user_day_from_flows(attributed.lazy()).collect()),
+        ("port", usage.usage_by_port(attributed.lazy()).collect()),
+        ("hour", usage.traffic_by_hour(attributed.lazy()).collect()),
+    ):
+        path = stage / "partials" / f"{table}.{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(path)
+        out[table] = str(path)
+    return out
+
+
+def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str]]) -> dict[str, pl.DataFrame]:
+    """The published tables of the week from the per-exporter partial aggregates."""
+    users = pl.read_parquet(stage / "users.parquet")
+    flow_days = pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
+    broadband_days = (
+        flow_days.filter(pl.col("service") != "mobile")
+        .group_by("user_key", "service", "customer_type", "day")
+        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("source").first())
+    )
+    billing_days = pl.read_parquet(stage / "billing_user_day.parquet")
+    user_day = pl.concat([
+        broadband_days.select("day", "service", "user_key", "customer_type", pl.col("in_bytes").cast(pl.Float64), pl.col("out_bytes").cast(pl.Float64), "source"),
+        billing_days.select("day", "service", "user_key", "customer_type", pl.col("in_bytes").cast(pl.Float64), pl.col("out_bytes").cast(pl.Float64), "source"),
+    ]).with_columns(pl.lit(window.week).alias("week")).sort("day", "service", "user_key")
+    user_week = usage.user_week_usage(user_day, users, window.week)
+    summary = stats.summarize_usage(user_week).with_columns(pl.lit(window.week).alias("week"))
+    port_usage = (
+        pl.concat([pl.read_parquet(p["port"]) for p in partials])
+        .group_by("service", "protocol", "port").agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("bytes").sum())
+        .with_columns(pl.lit(window.week).alias("week")).sort("service", "protocol", "port")
+    )
+    port_share = ports.share_by_category(port_usage).with_columns(pl.lit(window.week).alias("week"))
+    traffic_hour = (
+        pl.concat([pl.read_parquet(p["hour"]) for p in partials])
+        .group_by("service", "day", "hour").agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("unattributed_bytes").sum())
+        .with_columns(pl.lit(window.week).alias("week")).sort("service", "day", "hour")
+    )
+    return {
+        "user_day_usage": user_day, "user_week_usage": user_week, "usage_summary": summary,
+        "port_usage": port_usage.with_columns(pl.col("port").cast(pl.Int32)), "port_share": port_share, "traffic_hour": traffic_hour,
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, object], settings: Settings) -> dict[str, object]:
+    """Runs every table's Great Expectations suite plus the run-level gates; never raises."""
+    from expectations.audit import audit_week
+
+    return audit_week(tables, ingest, settings.max_quarantined_share, settings.max_unattributed_share)
+
+
+def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, object]) -> str:
+    """The run's summary: Tables 1-4 rows, ingest counts, audit result."""
+    lines = [f"# Broadband Traffic Report, week of {window.week} ({window.timezone})", "",
+             f"run `{run['run_id']}`: audit **{'passed' if run['audit_passed'] else 'FAILED'}**, "
+             f"published: {run['published']}", ""]
+    summary = tables["usage_summary"]
+    for service, title in (("broadband", "Table 1: broadband daily usage (MB/day)"), ("mobile", "Table 2: mobile daily usage (MB/day)")):
+        lines += [f"## {title}", "", "| direction | users | mean | median | mode | top 1% | top 10% |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in summary.filter(pl.col("service") == service).iter_rows(named=True):
+            lines.append(f"| {row['direction'].upper()} | {row['users']} | {row['mean_mb']:.1f} | {row['median_mb']:.1f} | "
+                         f"{row['mode_mb']:.1f} | {100 * row['top1_share']:.1f}% | {100 * row['top10_share']:.1f}% |")
+        lines.append("")
+    for service, title in (("broadband", "Table 3: broadband usage by port (%)"), ("mobile", "Table 4: mobile usage by port (%)")):
+        lines += [f"## {title}", "", "| category | share |", "|---|---:|"]
+        for row in tables["port_share"].filter((pl.col("service") == service) & (pl.col("category") != ports.OTHER_CATEGORY)).iter_rows(named=True):
+            lines.append(f"| {row['category']} | {row['share_pct']:.1f} |")
+        lines.append("")
+    lines += ["## Ingest", "", "```", json.dumps(run["ingest"], indent=1, default=str)[:4000], "```", "",
+              "## Audit", ""]
+    for check in run["audit"]["checks"]:  # type: ignore[index]
+        lines.append(f"- {'ok  ' if check['success'] else 'FAIL'} {check['table']}: {check['check']} {check.get('detail', '')}")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="weekly_report", log_prints=True)
+def weekly_report(week: dt.date, settings: Settings | None = None, force: bool = True) -> dict[str, object]:
+    """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary."""
+    settings = settings or load_settings()
+    logger = get_run_logger()
+    if week.weekday() != 0:
+        raise ValueError(f"week must start on a Monday, got {week} ({week:%A})")
+    window = WeekWindow(week, settings.timezone)
+    if not force and publish.is_published(settings.warehouse, week):
+        logger.info("week %s already published; skipping", week)
+        return {"week": str(week), "published": False, "skipped": True}
+    run_id = new_run_id()
+    stage = settings.staging / run_id
+    started = time.monotonic()
+    exporters = landing.list_exporters(settings.landing)
+    if not exporters:
+        raise FileNotFoundError(f"{settings.landing / 'flows'}: no exporter folders: nothing to report")
+    assignment_info = build_assignments.submit(settings, window, stage)
+    flow_futures = [ingest_flows_of_exporter.submit(settings, window, e, stage) for e in exporters]
+    flow_info = [f.result() for f in flow_futures]
+    assignment_info = assignment_info.result()
+    partials = [attribute_exporter.submit(settings, str(info["path"]), stage) for info in flow_info]
+    tables = combine_tables(window, stage, [p.result() for p in partials])
+    ingest = {"exporters": flow_info, "radius": assignment_info}
+    audit = audit_tables(tables, ingest, settings)
+    run: dict[str, object] = {
+        "run_id": run_id, "week": str(week), "audit_passed": audit["success"], "audit": audit,
+        "ingest": ingest, "published": False, "seconds": 0.0,
+    }
+    if audit["success"]:
+        publish.publish_week(settings.warehouse, week, run_id, tables, run)
+        publish.build_catalog(settings.warehouse)
+        run["published"] = True
+    run["seconds"] = round(time.monotonic() - started, 1)
+    summary = markdown_summary(window, tables, run)
+    report_dir = settings.warehouse / "reports" / str(week)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / f"summary-{run_id}.md").write_text(summary)
+    create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
+    if not audit["success"]:
+        failed = [c for c in audit["checks"] if not c["success"]]  # type: ignore[union-attr]
+        raise AuditFailed(f"week {week}: audit failed, nothing published: {failed[:5]}")
+    logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
+    return run
+
+
+class AuditFailed(RuntimeError):
+    """A week whose checkpoints failed: nothing of it was published."""
+
+
+@flow(name="backfill")
+def backfill(start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False) -> list[dict[str, object]]:
+    """Runs weekly_report for every Monday in [start, end], skipping published weeks unless forced."""
+    settings = settings or load_settings()
+    monday = start - dt.timedelta(days=start.weekday())
+    if monday < start:
+        monday += dt.timedelta(days=7)
+    results: list[dict[str, object]] = []
+    while monday + dt.timedelta(days=6) <= end:
+        if not force and publish.is_published(settings.warehouse, monday):
+            results.append({"week": str(monday), "status": "skipped", "why": "already published"})
+        else:
+            try:
+                run = weekly_report(monday, settings, force=True)
+                results.append({"week": str(monday), "status": "published", "run_id": run["run_id"]})
+            except Exception as exc:  # one bad week must not stop the others
+                results.append({"week": str(monday), "status": "failed", "why": str(exc)[:300]})
+        monday += dt.timedelta(days=7)
+    return results

@@ -1,0 +1,13 @@
+"""The project's own error type for input that cannot be read."""
+
+from __future__ import annotations
+
+
+class InputFormatError(ValueError):
+    """Bad input: names the file, the byte offset or line, and the reason."""
+
+    def __init__(self, source: str, position: str, reason: str) -> None:
+        super().__init__(f"{source}: {position}: {reason}")
+        self.source = source
+        self.position = position
+        self.reason = reason
