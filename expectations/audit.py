@@ -20,20 +20,20 @@ def load_suite_definitions() -> dict[str, dict[str, Any]]:
 def validate_tables(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
     """One check row per expectation: table, check, success, detail. A table without a suite fails."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
-    try:
-        context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
-    except Exception:  # older/newer GX: progress bars are cosmetic
-        pass
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("warehouse_staging")
     suites = load_suite_definitions()
     checks: list[dict[str, Any]] = []
     for name, frame in tables.items():
         if name not in suites:
-            checks.append({"table": name, "check": "suite exists", "success": False, "detail": "no suite in expectations/"})
+            checks.append(
+                {"table": name, "check": "suite exists", "success": False, "detail": "no suite in expectations/"}
+            )
             continue
         suite = gx.ExpectationSuite(name=name)
         for definition in suites[name]["expectations"]:
@@ -46,38 +46,58 @@ def validate_tables(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
         result = batch.validate(suite)
         for r in result.results:
             config = r.expectation_config
+            if config is None:
+                continue
             kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
             detail = {k: r.result.get(k) for k in ("observed_value", "unexpected_count") if r.result.get(k) is not None}
             if r.exception_info and r.exception_info.get("raised_exception"):
                 detail["exception"] = str(r.exception_info.get("exception_message"))[:200]
-            checks.append({"table": name, "check": f"{config.type} {json.dumps(kwargs, default=str)}",
-                           "success": bool(r.success), "detail": json.dumps(detail, default=str)})
+            checks.append(
+                {
+                    "table": name,
+                    "check": f"{config.type} {json.dumps(kwargs, default=str)}",
+                    "success": bool(r.success),
+                    "detail": json.dumps(detail, default=str),
+                }
+            )
     return checks
 
 
-def run_checks(ingest: dict[str, Any], tables: dict[str, pl.DataFrame], max_quarantined_share: float,
-               max_unattributed_share: float) -> list[dict[str, Any]]:
+def run_checks(
+    ingest: dict[str, Any], tables: dict[str, pl.DataFrame], max_quarantined_share: float, max_unattributed_share: float
+) -> list[dict[str, Any]]:
     """Run-level gates: quarantined volume, unattributed volume, every exporter decoded something."""
     exporters = ingest["exporters"]
     raw = sum(int(e["raw_bytes"]) for e in exporters)
     quarantined = sum(int(e["quarantined_bytes"]) for e in exporters)
     share_q = quarantined / (raw + quarantined) if raw + quarantined else 0.0
     hours = tables["traffic_hour"]
-    total = float(hours.select(pl.col("in_bytes") + pl.col("out_bytes") + pl.col("unattributed_bytes")).sum().item() or 0)
+    total = float(
+        hours.select(pl.col("in_bytes") + pl.col("out_bytes") + pl.col("unattributed_bytes")).sum().item() or 0
+    )
     unattributed = float(hours["unattributed_bytes"].sum() or 0)
     share_u = unattributed / total if total else 1.0
     empty = [e["exporter"] for e in exporters if int(e["records"]) == 0]
     return [
-        {"table": "run", "check": f"quarantined share of bytes <= {max_quarantined_share}", "success": share_q <= max_quarantined_share,
-         "detail": f"{share_q:.6f}"},
-        {"table": "run", "check": f"unattributed share of bytes <= {max_unattributed_share}", "success": share_u <= max_unattributed_share,
-         "detail": f"{share_u:.6f}"},
+        {
+            "table": "run",
+            "check": f"quarantined share of bytes <= {max_quarantined_share}",
+            "success": share_q <= max_quarantined_share,
+            "detail": f"{share_q:.6f}",
+        },
+        {
+            "table": "run",
+            "check": f"unattributed share of bytes <= {max_unattributed_share}",
+            "success": share_u <= max_unattributed_share,
+            "detail": f"{share_u:.6f}",
+        },
         {"table": "run", "check": "every exporter delivered flows", "success": not empty, "detail": json.dumps(empty)},
     ]
 
 
-def audit_week(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], max_quarantined_share: float,
-               max_unattributed_share: float) -> dict[str, Any]:
+def audit_week(
+    tables: dict[str, pl.DataFrame], ingest: dict[str, Any], max_quarantined_share: float, max_unattributed_share: float
+) -> dict[str, Any]:
     """{"success": bool, "checks": [...]}: success only when every check passed."""
     checks = validate_tables(tables) + run_checks(ingest, tables, max_quarantined_share, max_unattributed_share)
     return {"success": all(c["success"] for c in checks), "checks": checks}

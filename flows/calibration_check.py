@@ -23,19 +23,28 @@ STAT_NAMES = ("mean_mb", "median_mb", "mode_mb", "top1_share", "top10_share")
 def truth_user_week(truth_dir: Path) -> pl.DataFrame:
     """Ground truth per user: service, service_group, user_id, customer_type, in/out bytes per day."""
     days = pl.read_parquet(truth_dir / "user_day.parquet")
-    return days.group_by("service", "user_id", "customer_type").agg(
-        (pl.col("in_bytes").sum() / 7).alias("in_bytes_per_day"), (pl.col("out_bytes").sum() / 7).alias("out_bytes_per_day"),
-    ).with_columns(service_group=pl.col("service").str.split("_").list.first())
+    return (
+        days.group_by("service", "user_id", "customer_type")
+        .agg(
+            (pl.col("in_bytes").sum() / 7).alias("in_bytes_per_day"),
+            (pl.col("out_bytes").sum() / 7).alias("out_bytes_per_day"),
+        )
+        .with_columns(service_group=pl.col("service").str.split("_").list.first())
+    )
 
 
 def truth_port_usage(truth_dir: Path) -> pl.DataFrame:
     """True bytes per (service, protocol, lower port), each class's bytes spread over its ports."""
     classes = pl.read_parquet(truth_dir / "port_bytes.parquet")
     return (
-        classes.with_columns(n=pl.col("ports").list.len()).explode("ports")
-        .select("service", pl.col("protocol").cast(pl.UInt8),
-                pl.when(pl.col("protocol").is_in([6, 17])).then(pl.col("ports")).otherwise(None).alias("port"),
-                (pl.col("true_bytes") / pl.col("n")).alias("bytes"))
+        classes.with_columns(n=pl.col("ports").list.len())
+        .explode("ports")
+        .select(
+            "service",
+            pl.col("protocol").cast(pl.UInt8),
+            pl.when(pl.col("protocol").is_in([6, 17])).then(pl.col("ports")).otherwise(None).alias("port"),
+            (pl.col("true_bytes") / pl.col("n")).alias("bytes"),
+        )
     )
 
 
@@ -50,7 +59,9 @@ def _published(catalog: Path, week: dt.date) -> tuple[pl.DataFrame, pl.DataFrame
     return summary, shares, users
 
 
-def calibration_report(landing: Path, warehouse: Path, key: bytes) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, float]]:
+def calibration_report(
+    landing: Path, warehouse: Path, key: bytes
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, float]]:
     """(usage rows, port rows, accuracy): each row target / truth / published and whether within tolerance."""
     truth_dir = landing / TRUTH_DIR
     spec = json.loads((truth_dir / "spec.json").read_text())
@@ -62,7 +73,9 @@ def calibration_report(landing: Path, warehouse: Path, key: bytes) -> tuple[pl.D
         group = truth.filter((pl.col("service_group") == service) & (pl.col("customer_type") == "personal"))
         for direction in ("in", "out"):
             target = usage_targets(service, year, direction)
-            true_stats = stats.describe_distribution(group[f"{direction}_bytes_per_day"].to_numpy() / stats.BYTES_PER_MB)
+            true_stats = stats.describe_distribution(
+                group[f"{direction}_bytes_per_day"].to_numpy() / stats.BYTES_PER_MB
+            )
             pub = summary.filter((pl.col("service") == service) & (pl.col("direction") == direction)).row(0, named=True)
             for name in STAT_NAMES:
                 t, g, p = target[name], true_stats[name], float(pub[name])
@@ -74,8 +87,18 @@ def calibration_report(landing: Path, warehouse: Path, key: bytes) -> tuple[pl.D
                 else:
                     gen_ok = abs(g / t - 1) <= 0.05
                     pub_ok = abs(p / g - 1) <= (0.02 if name == "mean_mb" else 0.05)
-                rows.append({"service": service, "direction": direction, "statistic": name, "target": t,
-                             "truth": g, "published": p, "truth_vs_target_ok": gen_ok, "published_vs_truth_ok": pub_ok})
+                rows.append(
+                    {
+                        "service": service,
+                        "direction": direction,
+                        "statistic": name,
+                        "target": t,
+                        "truth": g,
+                        "published": p,
+                        "truth_vs_target_ok": gen_ok,
+                        "published_vs_truth_ok": pub_ok,
+                    }
+                )
     usage_rows = pl.DataFrame(rows)
 
     true_shares = ports.share_by_category(truth_port_usage(truth_dir))
@@ -84,18 +107,41 @@ def calibration_report(landing: Path, warehouse: Path, key: bytes) -> tuple[pl.D
         targets = port_share_targets(service, year)
         for category in ports.CATEGORIES[service]:
             t = targets[category]
-            g = float(true_shares.filter((pl.col("service") == service) & (pl.col("category") == category))["share_pct"].item())
-            p = float(shares.filter((pl.col("service") == service) & (pl.col("category") == category))["share_pct"].item())
-            port_rows.append({"service": service, "category": category, "target": t, "truth": g, "published": p,
-                              "truth_vs_target_ok": abs(g - t) <= 0.5, "published_vs_truth_ok": abs(p - g) <= 0.3})
+            g = float(
+                true_shares.filter((pl.col("service") == service) & (pl.col("category") == category))[
+                    "share_pct"
+                ].item()
+            )
+            p = float(
+                shares.filter((pl.col("service") == service) & (pl.col("category") == category))["share_pct"].item()
+            )
+            port_rows.append(
+                {
+                    "service": service,
+                    "category": category,
+                    "target": t,
+                    "truth": g,
+                    "published": p,
+                    "truth_vs_target_ok": abs(g - t) <= 0.5,
+                    "published_vs_truth_ok": abs(p - g) <= 0.3,
+                }
+            )
     port_table = pl.DataFrame(port_rows)
 
-    heavy = truth.filter((pl.col("service_group") == "broadband") & (pl.col("customer_type") == "personal")
-                         & (pl.col("out_bytes_per_day") >= 1e9))
+    heavy = truth.filter(
+        (pl.col("service_group") == "broadband")
+        & (pl.col("customer_type") == "personal")
+        & (pl.col("out_bytes_per_day") >= 1e9)
+    )
     heavy = heavy.with_columns(
-        user_key=pl.concat_str([pl.lit("broadband|"), pl.col("user_id"), pl.lit("|"), pl.col("service").str.split("_").list.last()])
-        .map_elements(lambda v: pseudonym(key, v), return_dtype=pl.String)
-    ).join(published_users.select("user_key", pl.col("out_bytes_per_day").alias("published_out")), on="user_key", how="left")
+        user_key=pl.concat_str(
+            [pl.lit("broadband|"), pl.col("user_id"), pl.lit("|"), pl.col("service").str.split("_").list.last()]
+        ).map_elements(lambda v: pseudonym(key, v), return_dtype=pl.String)
+    ).join(
+        published_users.select("user_key", pl.col("out_bytes_per_day").alias("published_out")),
+        on="user_key",
+        how="left",
+    )
     error = (heavy["published_out"].fill_null(0).to_numpy() / heavy["out_bytes_per_day"].to_numpy()) - 1
     accuracy = {
         "heavy_users": float(heavy.height),
@@ -107,16 +153,32 @@ def calibration_report(landing: Path, warehouse: Path, key: bytes) -> tuple[pl.D
 
 def format_report(usage_rows: pl.DataFrame, port_rows: pl.DataFrame, accuracy: dict[str, float]) -> str:
     """Plain-text tables of calibration_report."""
-    lines = ["Daily usage (MB/day; shares in %), personal users", f"{'service':10} {'dir':3} {'statistic':12} {'target':>10} {'truth':>10} {'published':>10}  gen pub"]
+    lines = [
+        "Daily usage (MB/day; shares in %), personal users",
+        f"{'service':10} {'dir':3} {'statistic':12} {'target':>10} {'truth':>10} {'published':>10}  gen pub",
+    ]
     for r in usage_rows.iter_rows(named=True):
         scale = 100 if r["statistic"].endswith("share") else 1
-        lines.append(f"{r['service']:10} {r['direction']:3} {r['statistic']:12} {r['target'] * scale:10.1f} {r['truth'] * scale:10.1f} "
-                     f"{r['published'] * scale:10.1f}  {'ok ' if r['truth_vs_target_ok'] else 'BAD'} {'ok' if r['published_vs_truth_ok'] else 'BAD'}")
-    lines += ["", "Usage by port (% of bytes)", f"{'service':10} {'category':22} {'target':>7} {'truth':>7} {'published':>9}  gen pub"]
+        gen = "ok " if r["truth_vs_target_ok"] else "BAD"
+        pub = "ok" if r["published_vs_truth_ok"] else "BAD"
+        lines.append(
+            f"{r['service']:10} {r['direction']:3} {r['statistic']:12} {r['target'] * scale:10.1f} "
+            f"{r['truth'] * scale:10.1f} {r['published'] * scale:10.1f}  {gen} {pub}"
+        )
+    lines += [
+        "",
+        "Usage by port (% of bytes)",
+        f"{'service':10} {'category':22} {'target':>7} {'truth':>7} {'published':>9}  gen pub",
+    ]
     for r in port_rows.iter_rows(named=True):
-        lines.append(f"{r['service']:10} {r['category']:22} {r['target']:7.1f} {r['truth']:7.2f} {r['published']:9.2f}  "
-                     f"{'ok ' if r['truth_vs_target_ok'] else 'BAD'} {'ok' if r['published_vs_truth_ok'] else 'BAD'}")
-    lines += ["", f"Broadband personal users with true OUT >= 1 GB/day: {accuracy['heavy_users']:.0f}; "
-              f"estimated within 10%: {100 * accuracy['heavy_within_10pct']:.1f}% "
-              f"(median abs error {100 * accuracy['heavy_median_abs_error']:.2f}%)"]
+        lines.append(
+            f"{r['service']:10} {r['category']:22} {r['target']:7.1f} {r['truth']:7.2f} {r['published']:9.2f}  "
+            f"{'ok ' if r['truth_vs_target_ok'] else 'BAD'} {'ok' if r['published_vs_truth_ok'] else 'BAD'}"
+        )
+    lines += [
+        "",
+        f"Broadband personal users with true OUT >= 1 GB/day: {accuracy['heavy_users']:.0f}; "
+        f"estimated within 10%: {100 * accuracy['heavy_within_10pct']:.1f}% "
+        f"(median abs error {100 * accuracy['heavy_median_abs_error']:.2f}%)",
+    ]
     return "\n".join(lines)

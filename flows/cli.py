@@ -26,7 +26,9 @@ def _print_tables(warehouse: Path, week: dt.date) -> None:
         for view in ("table1_broadband_usage", "table2_mobile_usage", "table3_broadband_ports", "table4_mobile_ports"):
             print(f"\n== {view} (week {week})")
             frame = query_frame(con, f"select * exclude (week) from {view} where week = $week", {"week": week})
-            with __import__("polars").Config(tbl_rows=40, tbl_cols=12, float_precision=1, tbl_hide_dataframe_shape=True):
+            with __import__("polars").Config(
+                tbl_rows=40, tbl_cols=12, float_precision=1, tbl_hide_dataframe_shape=True
+            ):
                 print(frame)
     finally:
         con.close()
@@ -36,7 +38,9 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from flows.settings import load_settings
 
     return load_settings(
-        getattr(args, "config", None), landing=getattr(args, "landing", None), warehouse=getattr(args, "warehouse", None),
+        getattr(args, "config", None),
+        landing=getattr(args, "landing", None),
+        warehouse=getattr(args, "warehouse", None),
         staging=getattr(args, "staging", None),
     )
 
@@ -93,9 +97,13 @@ def cmd_check_calibration(args: argparse.Namespace) -> int:
     settings = _settings(args)
     usage_rows, port_rows, accuracy = calibration_report(settings.landing, settings.warehouse, settings.hmac_key())
     print(format_report(usage_rows, port_rows, accuracy))
-    ok = bool(usage_rows["truth_vs_target_ok"].all() and usage_rows["published_vs_truth_ok"].all()
-              and port_rows["truth_vs_target_ok"].all() and port_rows["published_vs_truth_ok"].all()
-              and accuracy["heavy_within_10pct"] >= 0.95)
+    ok = bool(
+        usage_rows["truth_vs_target_ok"].all()
+        and usage_rows["published_vs_truth_ok"].all()
+        and port_rows["truth_vs_target_ok"].all()
+        and port_rows["published_vs_truth_ok"].all()
+        and accuracy["heavy_within_10pct"] >= 0.95
+    )
     print("\ncalibration:", "within tolerance" if ok else "OUT OF TOLERANCE")
     return 0 if ok else 1
 

@@ -16,7 +16,13 @@ from transforms.sampling import ANNOUNCEMENT_SCHEMA, resolve_sampling
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
-QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.String, "reason": pl.String, "records": pl.Int64, "bytes": pl.Int64}
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "position": pl.String(),
+    "reason": pl.String(),
+    "records": pl.Int64(),
+    "bytes": pl.Int64(),
+}
 
 
 def read_bytes(path: Path) -> bytes:
@@ -55,8 +61,9 @@ class ExporterIngest:
     duplicate_files: int = 0
 
 
-def ingest_exporter(landing: Path, exporter: str, days: list[dt.date], start: dt.datetime, end: dt.datetime,
-                    default_rate: int | None) -> ExporterIngest:
+def ingest_exporter(
+    landing: Path, exporter: str, days: list[dt.date], start: dt.datetime, end: dt.datetime, default_rate: int | None
+) -> ExporterIngest:
     """Decodes every IPFIX file of one exporter for `days`, keeps flows starting in [start, end)."""
     cache = ipfix.TemplateCache()
     frames: list[pl.DataFrame] = []
@@ -80,10 +87,18 @@ def ingest_exporter(landing: Path, exporter: str, days: list[dt.date], start: dt
             result.lost_records += decoded.lost_records
             frames.append(decoded.flows)
             for a in decoded.sampling:
-                announcements.append({"domain_id": a.domain_id, "selector_id": a.selector_id if a.selector_id is not None else (1 << 64) - 1,
-                                      "rate": a.rate, "source": a.source})
+                announcements.append(
+                    {
+                        "domain_id": a.domain_id,
+                        "selector_id": a.selector_id if a.selector_id is not None else (1 << 64) - 1,
+                        "rate": a.rate,
+                        "source": a.source,
+                    }
+                )
             for p in decoded.problems:
-                problems.append({"source": p.source, "position": p.position, "reason": p.reason, "records": 0, "bytes": 0})
+                problems.append(
+                    {"source": p.source, "position": p.position, "reason": p.reason, "records": 0, "bytes": 0}
+                )
     flows = pl.concat(frames) if frames else pl.DataFrame(schema=ipfix.FLOW_SCHEMA)
     lo = pl.lit(start).cast(pl.Datetime("ms", "UTC"))
     hi = pl.lit(end).cast(pl.Datetime("ms", "UTC"))
@@ -92,9 +107,15 @@ def ingest_exporter(landing: Path, exporter: str, days: list[dt.date], start: dt
     flows = flows.filter(in_window)
     known, unknown = resolve_sampling(flows, pl.DataFrame(announcements, schema=ANNOUNCEMENT_SCHEMA), default_rate)
     if unknown.height:
-        problems.append({"source": f"flows/{exporter}", "position": f"{unknown.height} records",
-                         "reason": "no sampling rate known for this exporter/domain/selector",
-                         "records": unknown.height, "bytes": int(unknown["bytes"].sum())})
+        problems.append(
+            {
+                "source": f"flows/{exporter}",
+                "position": f"{unknown.height} records",
+                "reason": "no sampling rate known for this exporter/domain/selector",
+                "records": unknown.height,
+                "bytes": int(unknown["bytes"].sum()),
+            }
+        )
     result.flows = known
     result.quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA)
     return result
@@ -123,12 +144,19 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
     records = pl.concat(frames) if frames else pl.DataFrame(schema=RECORD_SCHEMA)
     quarantine = (
         pl.concat(problems).select(
-            "source", pl.format("line {}", "line").alias("position"), "reason",
-            pl.lit(1, dtype=pl.Int64).alias("records"), pl.lit(0, dtype=pl.Int64).alias("bytes"),
-        ) if problems else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+            "source",
+            pl.format("line {}", "line").alias("position"),
+            "reason",
+            pl.lit(1, dtype=pl.Int64).alias("records"),
+            pl.lit(0, dtype=pl.Int64).alias("bytes"),
+        )
+        if problems
+        else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     )
     # Retransmitted records (same session, status and time) count once.
-    return records.unique(subset=["nas", "session_id", "status", "event_ts"], keep="first", maintain_order=True), quarantine
+    return records.unique(
+        subset=["nas", "session_id", "status", "event_ts"], keep="first", maintain_order=True
+    ), quarantine
 
 
 def read_directory(landing: Path) -> pl.DataFrame:
@@ -136,7 +164,9 @@ def read_directory(landing: Path) -> pl.DataFrame:
     path = landing / "directory" / "subscribers.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: subscriber directory missing")
-    frame = pl.read_csv(path, schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String})
+    frame = pl.read_csv(
+        path, schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String}
+    )
     required = {"subscription_id", "service", "customer_type"}
     missing = required - set(frame.columns)
     if missing:
@@ -145,3 +175,25 @@ def read_directory(landing: Path) -> pl.DataFrame:
         if optional not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
     return frame
+
+
+class MissingFeed(FileNotFoundError):
+    """A source delivered no files for some day of the week: the week cannot be complete yet."""
+
+
+def check_feeds(landing: Path, exporters: list[str], days: list[dt.date]) -> None:
+    """Raises MissingFeed naming every exporter and day without flow files, and a week without RADIUS."""
+    gaps = []
+    for exporter in exporters:
+        present = {
+            p.name for p in day_dirs(landing / "flows" / exporter, days) if any(f.is_file() for f in p.iterdir())
+        }
+        missing = [d.isoformat() for d in days if d.isoformat() not in present]
+        if missing:
+            gaps.append(f"flows/{exporter}: no files for {', '.join(missing)}")
+    radius_root = landing / "radius"
+    nases = [p for p in radius_root.iterdir() if p.is_dir()] if radius_root.is_dir() else []
+    if not any(day_dirs(nas, days) for nas in nases):
+        gaps.append("radius: no accounting files for any day of the week")
+    if gaps:
+        raise MissingFeed("feed late or missing, nothing published: " + "; ".join(gaps))

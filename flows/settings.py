@@ -51,8 +51,7 @@ class Settings:
         if not self.hmac_key_file.exists():
             if not create:
                 raise RuntimeError(
-                    f"no pseudonym key: set {ENV_PREFIX}HMAC_KEY or create {self.hmac_key_file} "
-                    "(the demo creates one)"
+                    f"no pseudonym key: set {ENV_PREFIX}HMAC_KEY or create {self.hmac_key_file} (the demo creates one)"
                 )
             self.hmac_key_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.hmac_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

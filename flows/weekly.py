@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -39,7 +40,9 @@ class WeekWindow:
 
     @property
     def end(self) -> dt.datetime:
-        return dt.datetime.combine(self.week + dt.timedelta(days=7), dt.time(0), ZoneInfo(self.timezone)).astimezone(dt.UTC)
+        return dt.datetime.combine(self.week + dt.timedelta(days=7), dt.time(0), ZoneInfo(self.timezone)).astimezone(
+            dt.UTC
+        )
 
 
 def new_run_id() -> str:
@@ -47,21 +50,28 @@ def new_run_id() -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: str, stage: Path) -> dict[str, object]:
+def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: str, stage: Path) -> dict[str, Any]:
     """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
-    result = landing.ingest_exporter(settings.landing, exporter, days, window.start, window.end,
-                                     settings.default_rate_of(exporter))
+    result = landing.ingest_exporter(
+        settings.landing, exporter, days, window.start, window.end, settings.default_rate_of(exporter)
+    )
     flows = result.flows.with_columns(service_group=pl.lit(settings.service_of(exporter)))
     path = stage / "flows" / f"{exporter}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     flows.write_parquet(path)
     result.quarantine.write_parquet(stage / "flows" / f"{exporter}.quarantine.parquet")
     return {
-        "exporter": exporter, "service": settings.service_of(exporter), "path": str(path), "files": len(result.files),
-        "records": flows.height, "messages": result.messages, "lost_records": result.lost_records,
-        "outside_window": result.outside_window, "duplicate_files": result.duplicate_files,
+        "exporter": exporter,
+        "service": settings.service_of(exporter),
+        "path": str(path),
+        "files": len(result.files),
+        "records": flows.height,
+        "messages": result.messages,
+        "lost_records": result.lost_records,
+        "outside_window": result.outside_window,
+        "duplicate_files": result.duplicate_files,
         "quarantined_records": int(result.quarantine["records"].sum() or 0),
         "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
         "problems": result.quarantine.head(20).to_dicts(),
@@ -71,7 +81,7 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
 
 
 @task(cache_policy=NO_CACHE)
-def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, object]:
+def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, Any]:
     """Address assignments and the week's users from RADIUS accounting, plus mobile billing usage."""
     # The day before holds Starts of sessions open at the week's start; the day after holds the
     # Interim/Stop records that close the week's last hours.
@@ -88,10 +98,14 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     in_week = assignments.filter((pl.col("valid_from") < hi) & (pl.col("valid_to") > lo))
     billing = radius.billing_usage_by_day(records, window.start, settings.timezone)
     billing = subscribers.identify_phones(billing, directory, key)
-    users = pl.concat([
-        in_week.filter(pl.col("known") & (pl.col("service") != "mobile")).select("user_key", "service", "customer_type"),
-        billing.filter(pl.col("known")).select("user_key", "service", "customer_type"),
-    ]).unique()
+    users = pl.concat(
+        [
+            in_week.filter(pl.col("known") & (pl.col("service") != "mobile")).select(
+                "user_key", "service", "customer_type"
+            ),
+            billing.filter(pl.col("known")).select("user_key", "service", "customer_type"),
+        ]
+    ).unique()
     stage.mkdir(parents=True, exist_ok=True)
     assignments.drop("nas", "session_id").write_parquet(stage / "assignments.parquet")
     users.write_parquet(stage / "users.parquet")
@@ -100,10 +114,15 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     ).write_parquet(stage / "billing_user_day.parquet")
     quarantine.write_parquet(stage / "radius.quarantine.parquet")
     return {
-        "accounting_records": records.height, "sessions": sessions.height, "assignments": assignments.height,
-        "address_conflicts": int(assignments["conflict"].sum()), "unknown_identities": int((~assignments["known"]).sum()),
-        "users": users.height, "counter_resets": int(billing["counter_resets"].sum() or 0),
-        "quarantined_lines": quarantine.height, "problems": quarantine.head(20).to_dicts(),
+        "accounting_records": records.height,
+        "sessions": sessions.height,
+        "assignments": assignments.height,
+        "address_conflicts": int(assignments["conflict"].sum()),
+        "unknown_identities": int((~assignments["known"]).sum()),
+        "users": users.height,
+        "counter_resets": int(billing["counter_resets"].sum() or 0),
+        "quarantined_lines": quarantine.height,
+        "problems": quarantine.head(20).to_dicts(),
     }
 
 
@@ -137,63 +156,124 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
         .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("source").first())
     )
     billing_days = pl.read_parquet(stage / "billing_user_day.parquet")
-    user_day = pl.concat([
-        broadband_days.select("day", "service", "user_key", "customer_type", pl.col("in_bytes").cast(pl.Float64), pl.col("out_bytes").cast(pl.Float64), "source"),
-        billing_days.select("day", "service", "user_key", "customer_type", pl.col("in_bytes").cast(pl.Float64), pl.col("out_bytes").cast(pl.Float64), "source"),
-    ]).with_columns(pl.lit(window.week).alias("week")).sort("day", "service", "user_key")
+    user_day = (
+        pl.concat(
+            [
+                broadband_days.select(
+                    "day",
+                    "service",
+                    "user_key",
+                    "customer_type",
+                    pl.col("in_bytes").cast(pl.Float64),
+                    pl.col("out_bytes").cast(pl.Float64),
+                    "source",
+                ),
+                billing_days.select(
+                    "day",
+                    "service",
+                    "user_key",
+                    "customer_type",
+                    pl.col("in_bytes").cast(pl.Float64),
+                    pl.col("out_bytes").cast(pl.Float64),
+                    "source",
+                ),
+            ]
+        )
+        .with_columns(pl.lit(window.week).alias("week"))
+        .sort("day", "service", "user_key")
+    )
     user_week = usage.user_week_usage(user_day, users, window.week)
     summary = stats.summarize_usage(user_week).with_columns(pl.lit(window.week).alias("week"))
     port_usage = (
         pl.concat([pl.read_parquet(p["port"]) for p in partials])
-        .group_by("service", "protocol", "port").agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("bytes").sum())
-        .with_columns(pl.lit(window.week).alias("week")).sort("service", "protocol", "port")
+        .group_by("service", "protocol", "port")
+        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("bytes").sum())
+        .with_columns(pl.lit(window.week).alias("week"))
+        .sort("service", "protocol", "port")
     )
     port_share = ports.share_by_category(port_usage).with_columns(pl.lit(window.week).alias("week"))
     traffic_hour = (
         pl.concat([pl.read_parquet(p["hour"]) for p in partials])
-        .group_by("service", "day", "hour").agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("unattributed_bytes").sum())
-        .with_columns(pl.lit(window.week).alias("week")).sort("service", "day", "hour")
+        .group_by("service", "day", "hour")
+        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("unattributed_bytes").sum())
+        .with_columns(pl.lit(window.week).alias("week"))
+        .sort("service", "day", "hour")
     )
     return {
-        "user_day_usage": user_day, "user_week_usage": user_week, "usage_summary": summary,
-        "port_usage": port_usage.with_columns(pl.col("port").cast(pl.Int32)), "port_share": port_share, "traffic_hour": traffic_hour,
+        "user_day_usage": user_day,
+        "user_week_usage": user_week,
+        "usage_summary": summary,
+        "port_usage": port_usage.with_columns(pl.col("port").cast(pl.Int32)),
+        "port_share": port_share,
+        "traffic_hour": traffic_hour,
     }
 
 
 @task(cache_policy=NO_CACHE)
-def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, object], settings: Settings) -> dict[str, object]:
+def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Runs every table's Great Expectations suite plus the run-level gates; never raises."""
     from expectations.audit import audit_week
 
     return audit_week(tables, ingest, settings.max_quarantined_share, settings.max_unattributed_share)
 
 
-def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, object]) -> str:
+def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, Any]) -> str:
     """The run's summary: Tables 1-4 rows, ingest counts, audit result."""
-    lines = [f"# Broadband Traffic Report, week of {window.week} ({window.timezone})", "",
-             f"run `{run['run_id']}`: audit **{'passed' if run['audit_passed'] else 'FAILED'}**, "
-             f"published: {run['published']}", ""]
+    lines = [
+        f"# Broadband Traffic Report, week of {window.week} ({window.timezone})",
+        "",
+        f"run `{run['run_id']}`: audit **{'passed' if run['audit_passed'] else 'FAILED'}**, "
+        f"published: {run['published']}",
+        "",
+    ]
     summary = tables["usage_summary"]
-    for service, title in (("broadband", "Table 1: broadband daily usage (MB/day)"), ("mobile", "Table 2: mobile daily usage (MB/day)")):
-        lines += [f"## {title}", "", "| direction | users | mean | median | mode | top 1% | top 10% |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for service, title in (
+        ("broadband", "Table 1: broadband daily usage (MB/day)"),
+        ("mobile", "Table 2: mobile daily usage (MB/day)"),
+    ):
+        lines += [
+            f"## {title}",
+            "",
+            "| direction | users | mean | median | mode | top 1% | top 10% |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in summary.filter(pl.col("service") == service).iter_rows(named=True):
-            lines.append(f"| {row['direction'].upper()} | {row['users']} | {row['mean_mb']:.1f} | {row['median_mb']:.1f} | "
-                         f"{row['mode_mb']:.1f} | {100 * row['top1_share']:.1f}% | {100 * row['top10_share']:.1f}% |")
+            lines.append(
+                f"| {row['direction'].upper()} | {row['users']} | {row['mean_mb']:.1f} | {row['median_mb']:.1f} | "
+                f"{row['mode_mb']:.1f} | {100 * row['top1_share']:.1f}% | {100 * row['top10_share']:.1f}% |"
+            )
         lines.append("")
-    for service, title in (("broadband", "Table 3: broadband usage by port (%)"), ("mobile", "Table 4: mobile usage by port (%)")):
+    for service, title in (
+        ("broadband", "Table 3: broadband usage by port (%)"),
+        ("mobile", "Table 4: mobile usage by port (%)"),
+    ):
         lines += [f"## {title}", "", "| category | share |", "|---|---:|"]
-        for row in tables["port_share"].filter((pl.col("service") == service) & (pl.col("category") != ports.OTHER_CATEGORY)).iter_rows(named=True):
+        for row in (
+            tables["port_share"]
+            .filter((pl.col("service") == service) & (pl.col("category") != ports.OTHER_CATEGORY))
+            .iter_rows(named=True)
+        ):
             lines.append(f"| {row['category']} | {row['share_pct']:.1f} |")
         lines.append("")
-    lines += ["## Ingest", "", "```", json.dumps(run["ingest"], indent=1, default=str)[:4000], "```", "",
-              "## Audit", ""]
-    for check in run["audit"]["checks"]:  # type: ignore[index]
-        lines.append(f"- {'ok  ' if check['success'] else 'FAIL'} {check['table']}: {check['check']} {check.get('detail', '')}")
+    lines += [
+        "## Ingest",
+        "",
+        "```",
+        json.dumps(run["ingest"], indent=1, default=str)[:4000],
+        "```",
+        "",
+        "## Audit",
+        "",
+    ]
+    for check in run["audit"]["checks"]:
+        lines.append(
+            f"- {'ok  ' if check['success'] else 'FAIL'} {check['table']}: {check['check']} {check.get('detail', '')}"
+        )
     return "\n".join(lines) + "\n"
 
 
 @flow(name="weekly_report", log_prints=True)
-def weekly_report(week: dt.date, settings: Settings | None = None, force: bool = True) -> dict[str, object]:
+def weekly_report(week: dt.date, settings: Settings | None = None, force: bool = True) -> dict[str, Any]:
     """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary."""
     settings = settings or load_settings()
     logger = get_run_logger()
@@ -209,17 +289,23 @@ def weekly_report(week: dt.date, settings: Settings | None = None, force: bool =
     exporters = landing.list_exporters(settings.landing)
     if not exporters:
         raise FileNotFoundError(f"{settings.landing / 'flows'}: no exporter folders: nothing to report")
-    assignment_info = build_assignments.submit(settings, window, stage)
+    landing.check_feeds(settings.landing, exporters, window.days)
+    assignment_future = build_assignments.submit(settings, window, stage)
     flow_futures = [ingest_flows_of_exporter.submit(settings, window, e, stage) for e in exporters]
     flow_info = [f.result() for f in flow_futures]
-    assignment_info = assignment_info.result()
+    assignment_info = assignment_future.result()
     partials = [attribute_exporter.submit(settings, str(info["path"]), stage) for info in flow_info]
     tables = combine_tables(window, stage, [p.result() for p in partials])
     ingest = {"exporters": flow_info, "radius": assignment_info}
     audit = audit_tables(tables, ingest, settings)
-    run: dict[str, object] = {
-        "run_id": run_id, "week": str(week), "audit_passed": audit["success"], "audit": audit,
-        "ingest": ingest, "published": False, "seconds": 0.0,
+    run: dict[str, Any] = {
+        "run_id": run_id,
+        "week": str(week),
+        "audit_passed": audit["success"],
+        "audit": audit,
+        "ingest": ingest,
+        "published": False,
+        "seconds": 0.0,
     }
     if audit["success"]:
         publish.publish_week(settings.warehouse, week, run_id, tables, run)
@@ -232,8 +318,10 @@ def weekly_report(week: dt.date, settings: Settings | None = None, force: bool =
     (report_dir / f"summary-{run_id}.md").write_text(summary)
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
     if not audit["success"]:
-        failed = [c for c in audit["checks"] if not c["success"]]  # type: ignore[union-attr]
-        raise AuditFailed(f"week {week}: audit failed, nothing published: {failed[:5]}")
+        failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
+        raise AuditFailed(
+            f"week {week}: audit failed, nothing published; {len(failed)} failed checks: " + "; ".join(failed[:8])
+        )
     logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
     return run
 
@@ -243,13 +331,15 @@ class AuditFailed(RuntimeError):
 
 
 @flow(name="backfill")
-def backfill(start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False) -> list[dict[str, object]]:
+def backfill(
+    start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False
+) -> list[dict[str, Any]]:
     """Runs weekly_report for every Monday in [start, end], skipping published weeks unless forced."""
     settings = settings or load_settings()
     monday = start - dt.timedelta(days=start.weekday())
     if monday < start:
         monday += dt.timedelta(days=7)
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     while monday + dt.timedelta(days=6) <= end:
         if not force and publish.is_published(settings.warehouse, monday):
             results.append({"week": str(monday), "status": "skipped", "why": "already published"})

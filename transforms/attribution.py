@@ -23,9 +23,7 @@ def attribute_flows_to_users(flows: pl.LazyFrame, assignments: pl.DataFrame) -> 
     IPv4 addresses match exactly; IPv6 addresses match delegated prefixes, longest first. A
     match needs valid_from <= first_ts < valid_to of the assignment.
     """
-    v6_lengths = sorted(
-        assignments.filter(pl.col("family") == "v6")["prefix_len"].unique().to_list(), reverse=True
-    )
+    v6_lengths = sorted(assignments.filter(pl.col("family") == "v6")["prefix_len"].unique().to_list(), reverse=True)
     candidates = [("v4", 32)] + [("v6", int(length)) for length in v6_lengths]
     out = flows.sort("first_ts")
     for side in ("src", "dst"):
@@ -35,15 +33,23 @@ def attribute_flows_to_users(flows: pl.LazyFrame, assignments: pl.DataFrame) -> 
                 assignments.lazy()
                 .filter((pl.col("family") == family) & (pl.col("prefix_len") == length))
                 .select(
-                    pl.col("key").alias("_key"), pl.col("valid_from").alias("_from"),
-                    pl.col("valid_to").alias("_to"), *[pl.col(c).alias(f"_{c}") for c in USER_COLUMNS],
+                    pl.col("key").alias("_key"),
+                    pl.col("valid_from").alias("_from"),
+                    pl.col("valid_to").alias("_to"),
+                    *[pl.col(c).alias(f"_{c}") for c in USER_COLUMNS],
                 )
                 .sort("_from")
             )
-            hit = pl.col(f"{side}_user_key").is_null() & pl.col("_user_key").is_not_null() & (pl.col("first_ts") < pl.col("_to"))
+            hit = (
+                pl.col(f"{side}_user_key").is_null()
+                & pl.col("_user_key").is_not_null()
+                & (pl.col("first_ts") < pl.col("_to"))
+            )
             out = (
                 out.with_columns(_key=_side_key(side, family, length))
-                .join_asof(table, left_on="first_ts", right_on="_from", by="_key", strategy="backward", check_sortedness=False)
+                .join_asof(
+                    table, left_on="first_ts", right_on="_from", by="_key", strategy="backward", check_sortedness=False
+                )
                 .with_columns(
                     pl.when(hit).then(pl.col(f"_{c}")).otherwise(pl.col(f"{side}_{c}")).alias(f"{side}_{c}")
                     for c in USER_COLUMNS

@@ -320,14 +320,20 @@ def decode_ipfix(data: bytes, exporter: str, source: str, cache: TemplateCache) 
     expected_sequence: dict[int, int] = {}
     while pos < len(view):
         if pos + HEADER.size > len(view):
-            problems.append(InputFormatError(source, f"byte {pos}", f"truncated message header ({len(view) - pos} bytes left)"))
+            problems.append(
+                InputFormatError(source, f"byte {pos}", f"truncated message header ({len(view) - pos} bytes left)")
+            )
             break
         version, length, _export_time, sequence, domain = HEADER.unpack_from(view, pos)
         if version != IPFIX_VERSION:
             problems.append(InputFormatError(source, f"byte {pos}", f"not an IPFIX message (version {version})"))
             break
         if length < HEADER.size or pos + length > len(view):
-            problems.append(InputFormatError(source, f"byte {pos}", f"message length {length} runs past the end of the file or is too short"))
+            problems.append(
+                InputFormatError(
+                    source, f"byte {pos}", f"message length {length} runs past the end of the file or is too short"
+                )
+            )
             break
         messages += 1
         if domain in expected_sequence and sequence != expected_sequence[domain]:
@@ -343,14 +349,20 @@ def decode_ipfix(data: bytes, exporter: str, source: str, cache: TemplateCache) 
             payload = view[set_pos + SET_HEADER.size : set_pos + set_length]
             try:
                 if set_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
-                    for template in _parse_template_set(payload, set_id == OPTIONS_TEMPLATE_SET_ID, set_pos + 4, source):
+                    for template in _parse_template_set(
+                        payload, set_id == OPTIONS_TEMPLATE_SET_ID, set_pos + 4, source
+                    ):
                         cache.templates[(domain, template.template_id)] = template
                 elif set_id >= 256:
-                    template = cache.templates.get((domain, set_id))
-                    if template is None:
-                        problems.append(InputFormatError(source, f"byte {set_pos}", f"data set for unknown template {set_id} in domain {domain}"))
+                    known = cache.templates.get((domain, set_id))
+                    if known is None:
+                        problems.append(
+                            InputFormatError(
+                                source, f"byte {set_pos}", f"data set for unknown template {set_id} in domain {domain}"
+                            )
+                        )
                     else:
-                        records, usable = _decode_data_set(payload, template)
+                        records, usable = _decode_data_set(payload, known)
                         data_records += records.size
                         if template.scope_count:
                             for values in _options_values(records, usable):
@@ -360,7 +372,9 @@ def decode_ipfix(data: bytes, exporter: str, source: str, cache: TemplateCache) 
                         elif records.size:
                             columns = _flow_columns(records, usable)
                             if isinstance(columns, str):
-                                problems.append(InputFormatError(source, f"byte {set_pos}", f"template {set_id}: {columns}"))
+                                problems.append(
+                                    InputFormatError(source, f"byte {set_pos}", f"template {set_id}: {columns}")
+                                )
                             else:
                                 columns["domain_id"] = np.full(records.size, domain, dtype=np.uint32)
                                 batches.append(columns)
@@ -394,7 +408,10 @@ def _to_frame(batches: list[dict[str, np.ndarray]], exporter: str) -> pl.DataFra
         pl.col("selector_id"),
         pl.col("first_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
         pl.col("last_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        *[pl.col(c) for c in ("src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "protocol", "packets", "bytes")],
+        *[
+            pl.col(c)
+            for c in ("src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "protocol", "packets", "bytes")
+        ],
     ).cast(FLOW_SCHEMA)  # type: ignore[arg-type]
 
 
@@ -403,15 +420,31 @@ def _to_frame(batches: list[dict[str, np.ndarray]], exporter: str) -> pl.DataFra
 
 FLOW_TEMPLATE_V4 = Template(
     256,
-    ((IE_START_MS, 8, 0), (IE_END_MS, 8, 0), (IE_SRC_V4, 4, 0), (IE_DST_V4, 4, 0),
-     (IE_SRC_PORT, 2, 0), (IE_DST_PORT, 2, 0), (IE_PROTOCOL, 1, 0),
-     (IE_PACKETS, 8, 0), (IE_OCTETS, 8, 0)),
+    (
+        (IE_START_MS, 8, 0),
+        (IE_END_MS, 8, 0),
+        (IE_SRC_V4, 4, 0),
+        (IE_DST_V4, 4, 0),
+        (IE_SRC_PORT, 2, 0),
+        (IE_DST_PORT, 2, 0),
+        (IE_PROTOCOL, 1, 0),
+        (IE_PACKETS, 8, 0),
+        (IE_OCTETS, 8, 0),
+    ),
 )
 FLOW_TEMPLATE_V6 = Template(
     257,
-    ((IE_START_MS, 8, 0), (IE_END_MS, 8, 0), (IE_SRC_V6, 16, 0), (IE_DST_V6, 16, 0),
-     (IE_SRC_PORT, 2, 0), (IE_DST_PORT, 2, 0), (IE_PROTOCOL, 1, 0),
-     (IE_PACKETS, 8, 0), (IE_OCTETS, 8, 0)),
+    (
+        (IE_START_MS, 8, 0),
+        (IE_END_MS, 8, 0),
+        (IE_SRC_V6, 16, 0),
+        (IE_DST_V6, 16, 0),
+        (IE_SRC_PORT, 2, 0),
+        (IE_DST_PORT, 2, 0),
+        (IE_PROTOCOL, 1, 0),
+        (IE_PACKETS, 8, 0),
+        (IE_OCTETS, 8, 0),
+    ),
 )
 
 

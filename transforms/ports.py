@@ -9,13 +9,41 @@ PROTOCOL_NUMBERS = {"TCP": (6,), "UDP": (17,), "ESP": (50,), "GRE": (47,), "IP-E
 
 # The report's rows, in its order (Table 3 broadband, Table 4 mobile).
 BROADBAND_CATEGORIES = (
-    "TCP", "TCP <1024", "TCP 443 (https)", "TCP 80 (http)", "TCP 183", "TCP 993 (imaps)", "TCP 22 (ssh)",
-    "TCP >=1024", "TCP 31000", "TCP 1935 (rtmp)", "TCP 8080", "UDP", "UDP 443 (https/quic)",
-    "UDP 4500 (nat-t)", "UDP 8801", "ESP", "GRE", "IP-ENCAP", "ICMP",
+    "TCP",
+    "TCP <1024",
+    "TCP 443 (https)",
+    "TCP 80 (http)",
+    "TCP 183",
+    "TCP 993 (imaps)",
+    "TCP 22 (ssh)",
+    "TCP >=1024",
+    "TCP 31000",
+    "TCP 1935 (rtmp)",
+    "TCP 8080",
+    "UDP",
+    "UDP 443 (https/quic)",
+    "UDP 4500 (nat-t)",
+    "UDP 8801",
+    "ESP",
+    "GRE",
+    "IP-ENCAP",
+    "ICMP",
 )
 MOBILE_CATEGORIES = (
-    "TCP", "TCP 443 (https)", "TCP 80 (http)", "TCP 993 (imaps)", "TCP 1935 (rtmp)", "UDP",
-    "UDP 443 (https/quic)", "UDP 4500 (nat-t)", "UDP 51820", "UDP 53 (dns)", "UDP 8801", "ESP", "GRE", "ICMP",
+    "TCP",
+    "TCP 443 (https)",
+    "TCP 80 (http)",
+    "TCP 993 (imaps)",
+    "TCP 1935 (rtmp)",
+    "UDP",
+    "UDP 443 (https/quic)",
+    "UDP 4500 (nat-t)",
+    "UDP 51820",
+    "UDP 53 (dns)",
+    "UDP 8801",
+    "ESP",
+    "GRE",
+    "ICMP",
 )
 CATEGORIES = {"broadband": BROADBAND_CATEGORIES, "mobile": MOBILE_CATEGORIES}
 OTHER_CATEGORY = "Other"
@@ -59,10 +87,24 @@ def share_by_category(port_usage: pl.DataFrame) -> pl.DataFrame:
             else:
                 selected = usage.filter(category_predicate(category))
             volume = float(selected["bytes"].sum() or 0)
-            rows.append({
-                "service": service, "position": position, "category": category,
-                "is_protocol_total": is_protocol_total(category) or category == OTHER_CATEGORY,
-                "bytes": volume, "share_pct": 100.0 * volume / total if total else 0.0,
-            })
-    return pl.DataFrame(rows, schema={"service": pl.String, "position": pl.Int32, "category": pl.String, "is_protocol_total": pl.Boolean,
-                                      "bytes": pl.Float64, "share_pct": pl.Float64})
+            rows.append(
+                {
+                    "service": service,
+                    "position": position,
+                    "category": category,
+                    "is_protocol_total": is_protocol_total(category) or category == OTHER_CATEGORY,
+                    "bytes": volume,
+                    "share_pct": 100.0 * volume / total if total else 0.0,
+                }
+            )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "service": pl.String,
+            "position": pl.Int32,
+            "category": pl.String,
+            "is_protocol_total": pl.Boolean,
+            "bytes": pl.Float64,
+            "share_pct": pl.Float64,
+        },
+    )

@@ -31,12 +31,22 @@ ATTRIBUTES = {
     "Acct-Delay-Time": "delay_s",
     "Timestamp": "timestamp",
 }
-RECORD_SCHEMA = {
-    "source": pl.String, "line": pl.Int64, "status": pl.String, "session_id": pl.String,
-    "user_name": pl.String, "nas": pl.String, "framed_protocol": pl.String, "framed_ip": pl.String,
-    "framed_ipv6_prefix": pl.String, "delegated_prefix": pl.String, "calling_station_id": pl.String,
-    "event_ts": pl.Datetime("ms", "UTC"), "session_time_s": pl.Int64,
-    "in_octets": pl.Int64, "out_octets": pl.Int64,
+RECORD_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "line": pl.Int64(),
+    "status": pl.String(),
+    "session_id": pl.String(),
+    "user_name": pl.String(),
+    "nas": pl.String(),
+    "framed_protocol": pl.String(),
+    "framed_ip": pl.String(),
+    "framed_ipv6_prefix": pl.String(),
+    "delegated_prefix": pl.String(),
+    "calling_station_id": pl.String(),
+    "event_ts": pl.Datetime("ms", "UTC"),
+    "session_time_s": pl.Int64(),
+    "in_octets": pl.Int64(),
+    "out_octets": pl.Int64(),
 }
 
 
@@ -50,9 +60,13 @@ def _event_time(timezone: str) -> pl.Expr:
     from_text = (
         pl.when(zone.is_in(["UTC", "GMT", "Z"]))
         .then(local.dt.replace_time_zone("UTC"))
-        .otherwise(local.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC"))
+        .otherwise(
+            local.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+        )
     )
-    received = pl.col("timestamp").cast(pl.Int64, strict=False) - pl.col("delay_s").cast(pl.Int64, strict=False).fill_null(0)
+    received = pl.col("timestamp").cast(pl.Int64, strict=False) - pl.col("delay_s").cast(
+        pl.Int64, strict=False
+    ).fill_null(0)
     return (
         pl.coalesce(
             pl.from_epoch(epoch, time_unit="s").dt.replace_time_zone("UTC"),
@@ -68,7 +82,9 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
     """Accounting records (RECORD_SCHEMA) of a detail file, and problems (source, line, reason)."""
     lines = pl.DataFrame({"text": text.split("\n")}).with_row_index("line", offset=1)
     lines = lines.with_columns(
-        is_header=(pl.col("text").str.len_chars() > 0) & ~pl.col("text").str.starts_with("\t") & ~pl.col("text").str.starts_with(" "),
+        is_header=(pl.col("text").str.len_chars() > 0)
+        & ~pl.col("text").str.starts_with("\t")
+        & ~pl.col("text").str.starts_with(" "),
     ).with_columns(record=pl.col("is_header").cum_sum())
     attrs = (
         lines.filter(~pl.col("is_header") & (pl.col("text").str.strip_chars().str.len_chars() > 0))
@@ -80,9 +96,11 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
         attrs.filter(pl.col("name").is_null()).select(
             pl.lit(source).alias("source"), "line", pl.lit("attribute line is not `Name = value`").alias("reason")
         ),
-        attrs.filter(pl.col("record") == 0).select(
+        attrs.filter(pl.col("record") == 0)
+        .select(
             pl.lit(source).alias("source"), "line", pl.lit("attribute before the first record header").alias("reason")
-        ).head(1),
+        )
+        .head(1),
     ]
     wanted = attrs.filter(pl.col("name").is_in(list(ATTRIBUTES)) & (pl.col("record") > 0))
     wanted = wanted.with_columns(
@@ -90,8 +108,8 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
         pl.col("value").str.strip_chars('"'),
     )
     # A repeated attribute keeps its first value (RFC 2866 allows at most one of each we read).
-    wide = wanted.group_by("record", "name").agg(pl.col("value").first()).pivot(
-        on="name", index="record", values="value"
+    wide = (
+        wanted.group_by("record", "name").agg(pl.col("value").first()).pivot(on="name", index="record", values="value")
     )
     headers = lines.filter(pl.col("is_header")).select("record", "line")
     for column in ATTRIBUTES.values():
@@ -100,27 +118,41 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
     records = headers.join(wide, on="record", how="left").with_columns(
         _event_time(timezone),
         pl.coalesce("nas_identifier", "nas_ip").alias("nas"),
-        (pl.col("in_gigawords").cast(pl.Int64, strict=False).fill_null(0) * GIGAWORD
-         + pl.col("in_octets").cast(pl.Int64, strict=False)).alias("in_octets"),
-        (pl.col("out_gigawords").cast(pl.Int64, strict=False).fill_null(0) * GIGAWORD
-         + pl.col("out_octets").cast(pl.Int64, strict=False)).alias("out_octets"),
+        (
+            pl.col("in_gigawords").cast(pl.Int64, strict=False).fill_null(0) * GIGAWORD
+            + pl.col("in_octets").cast(pl.Int64, strict=False)
+        ).alias("in_octets"),
+        (
+            pl.col("out_gigawords").cast(pl.Int64, strict=False).fill_null(0) * GIGAWORD
+            + pl.col("out_octets").cast(pl.Int64, strict=False)
+        ).alias("out_octets"),
         pl.col("session_time_s").cast(pl.Int64, strict=False),
         pl.lit(source).alias("source"),
     )
     bad = records.filter(pl.col("status").is_null() | pl.col("session_id").is_null() | pl.col("event_ts").is_null())
-    problems.append(bad.select(
-        "source", "line",
-        pl.when(pl.col("status").is_null()).then(pl.lit("record without Acct-Status-Type"))
-        .when(pl.col("session_id").is_null()).then(pl.lit("record without Acct-Session-Id"))
-        .otherwise(pl.lit("record without a readable Event-Timestamp or Timestamp")).alias("reason"),
-    ))
+    problems.append(
+        bad.select(
+            "source",
+            "line",
+            pl.when(pl.col("status").is_null())
+            .then(pl.lit("record without Acct-Status-Type"))
+            .when(pl.col("session_id").is_null())
+            .then(pl.lit("record without Acct-Session-Id"))
+            .otherwise(pl.lit("record without a readable Event-Timestamp or Timestamp"))
+            .alias("reason"),
+        )
+    )
     good = records.join(bad.select("record"), on="record", how="anti")
     return good.select(list(RECORD_SCHEMA)).cast(RECORD_SCHEMA), pl.concat(problems).cast({"line": pl.Int64})  # type: ignore[arg-type]
 
 
 def format_detail(records: pl.DataFrame, timezone: str) -> str:
     """FreeRADIUS rlm_detail text for rows of the generator's accounting frames."""
-    received = pl.from_epoch(pl.col("event_ms") + pl.col("delay_s") * 1000, time_unit="ms").dt.replace_time_zone("UTC").dt.convert_time_zone(timezone)
+    received = (
+        pl.from_epoch(pl.col("event_ms") + pl.col("delay_s") * 1000, time_unit="ms")
+        .dt.replace_time_zone("UTC")
+        .dt.convert_time_zone(timezone)
+    )
     event = pl.from_epoch(pl.col("event_ms"), time_unit="ms").dt.replace_time_zone("UTC").dt.convert_time_zone(timezone)
 
     def line(name: str, value: pl.Expr, quoted: bool = False) -> pl.Expr:
@@ -193,8 +225,17 @@ def sessions_to_assignments(sessions: pl.DataFrame, horizon: dt.datetime) -> pl.
         valid_to=pl.min_horizontal("valid_to", pl.coalesce("next_start", "valid_to")),
     )
     return rows.select(
-        "user_name", "calling_station_id", "framed_protocol", "family", "key", "prefix_len",
-        pl.col("start_ts").alias("valid_from"), "valid_to", "conflict", "nas", "session_id",
+        "user_name",
+        "calling_station_id",
+        "framed_protocol",
+        "family",
+        "key",
+        "prefix_len",
+        pl.col("start_ts").alias("valid_from"),
+        "valid_to",
+        "conflict",
+        "nas",
+        "session_id",
     ).filter(pl.col("valid_to") > pl.col("valid_from"))
 
 
@@ -205,19 +246,26 @@ def billing_usage_by_day(records: pl.DataFrame, week_start: dt.datetime, timezon
     are counted in `counter_resets` and contribute nothing.
     """
     week_end = week_start + dt.timedelta(days=7)
-    phones = records.filter(pl.col("calling_station_id").is_not_null() & pl.col("status").is_in(["Start", "Interim-Update", "Stop"]))
+    phones = records.filter(
+        pl.col("calling_station_id").is_not_null() & pl.col("status").is_in(["Start", "Interim-Update", "Stop"])
+    )
     # A Start carries no counters: the session has moved nothing yet.
     is_start = pl.col("status") == "Start"
     phones = phones.with_columns(
-        pl.when(is_start).then(pl.col(c).fill_null(0)).otherwise(pl.col(c)).alias(c) for c in ("in_octets", "out_octets")
+        pl.when(is_start).then(pl.col(c).fill_null(0)).otherwise(pl.col(c)).alias(c)
+        for c in ("in_octets", "out_octets")
     ).filter(pl.col("in_octets").is_not_null() & pl.col("out_octets").is_not_null())
     ordered = phones.sort("event_ts").with_columns(
-        start_ts=(pl.col("event_ts") - pl.duration(seconds=pl.col("session_time_s").fill_null(0))).min().over("nas", "session_id"),
+        start_ts=(pl.col("event_ts") - pl.duration(seconds=pl.col("session_time_s").fill_null(0)))
+        .min()
+        .over("nas", "session_id"),
     )
     intervals = ordered.with_columns(
         prev_ts=pl.col("event_ts").shift(1).over("nas", "session_id", order_by="event_ts"),
-        d_in=pl.col("in_octets") - pl.col("in_octets").shift(1, fill_value=0).over("nas", "session_id", order_by="event_ts"),
-        d_out=pl.col("out_octets") - pl.col("out_octets").shift(1, fill_value=0).over("nas", "session_id", order_by="event_ts"),
+        d_in=pl.col("in_octets")
+        - pl.col("in_octets").shift(1, fill_value=0).over("nas", "session_id", order_by="event_ts"),
+        d_out=pl.col("out_octets")
+        - pl.col("out_octets").shift(1, fill_value=0).over("nas", "session_id", order_by="event_ts"),
     ).with_columns(prev_ts=pl.coalesce("prev_ts", "start_ts"))
     intervals = intervals.with_columns(
         reset=(pl.col("d_in") < 0) | (pl.col("d_out") < 0),
@@ -230,16 +278,26 @@ def billing_usage_by_day(records: pl.DataFrame, week_start: dt.datetime, timezon
         pl.col("event_ts").dt.convert_time_zone(timezone).dt.date(),
         interval="1d",
     )
-    exploded = intervals.with_columns(day=days).explode("day").with_columns(
-        day_start=pl.col("day").cast(pl.Datetime("ms")).dt.replace_time_zone(timezone, ambiguous="earliest").dt.convert_time_zone("UTC"),
-    ).with_columns(
-        day_end=pl.col("day_start").dt.offset_by("1d"),
+    exploded = (
+        intervals.with_columns(day=days)
+        .explode("day")
+        .with_columns(
+            day_start=pl.col("day")
+            .cast(pl.Datetime("ms"))
+            .dt.replace_time_zone(timezone, ambiguous="earliest")
+            .dt.convert_time_zone("UTC"),
+        )
+        .with_columns(
+            day_end=pl.col("day_start").dt.offset_by("1d"),
+        )
     )
     week_lo = pl.lit(week_start).cast(pl.Datetime("ms", "UTC"))
     week_hi = pl.lit(week_end).cast(pl.Datetime("ms", "UTC"))
     overlap_ms = (
-        pl.min_horizontal("event_ts", "day_end", week_hi) - pl.max_horizontal("prev_ts", "day_start", week_lo)
-    ).dt.total_milliseconds().clip(lower_bound=0)
+        (pl.min_horizontal("event_ts", "day_end", week_hi) - pl.max_horizontal("prev_ts", "day_start", week_lo))
+        .dt.total_milliseconds()
+        .clip(lower_bound=0)
+    )
     share = overlap_ms / pl.col("span_ms")
     return (
         exploded.with_columns(share=share)

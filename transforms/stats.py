@@ -85,7 +85,5 @@ def summarize_usage(user_week: pl.DataFrame) -> pl.DataFrame:
         for direction in ("in", "out"):
             values = (group[f"{direction}_bytes_per_day"].to_numpy() / BYTES_PER_MB).astype(float)
             stats = describe_distribution(values)
-            rows.append(
-                {"service": service, "direction": direction, **stats, "users": int(stats["users"])}
-            )
+            rows.append({"service": service, "direction": direction, **stats, "users": int(stats["users"])})
     return pl.DataFrame(rows, schema=USAGE_SUMMARY_SCHEMA)

@@ -27,34 +27,54 @@ def identify_assignments(assignments: pl.DataFrame, directory: pl.DataFrame, key
     (Framed-Protocol = PPP) and IPoE of one subscription count as two users, as the report does.
     """
     phones = phone_directory(directory)
-    logins = pl.concat([
-        directory.filter(pl.col("service") == "broadband").select(pl.col("login").alias("name"), "subscription_id", "customer_type"),
-        directory.filter(pl.col("service") == "broadband").select(pl.col("subscription_id").alias("name"), "subscription_id", "customer_type"),
-    ]).filter(pl.col("name").is_not_null()).unique(subset="name", keep="first")
+    logins = (
+        pl.concat(
+            [
+                directory.filter(pl.col("service") == "broadband").select(
+                    pl.col("login").alias("name"), "subscription_id", "customer_type"
+                ),
+                directory.filter(pl.col("service") == "broadband").select(
+                    pl.col("subscription_id").alias("name"), "subscription_id", "customer_type"
+                ),
+            ]
+        )
+        .filter(pl.col("name").is_not_null())
+        .unique(subset="name", keep="first")
+    )
     with_phone = assignments.join(
         phones.rename({"subscription_id": "_m_sub", "customer_type": "_m_type"}),
-        left_on="calling_station_id", right_on="phone", how="left",
+        left_on="calling_station_id",
+        right_on="phone",
+        how="left",
     )
     with_login = with_phone.join(
-        logins.rename({"subscription_id": "_b_sub", "customer_type": "_b_type"}), left_on="user_name", right_on="name", how="left"
+        logins.rename({"subscription_id": "_b_sub", "customer_type": "_b_type"}),
+        left_on="user_name",
+        right_on="name",
+        how="left",
     )
     access = pl.when(pl.col("framed_protocol") == "PPP").then(pl.lit("pppoe")).otherwise(pl.lit("ipoe"))
     identified = with_login.with_columns(
-        service=pl.when(pl.col("_m_sub").is_not_null()).then(pl.lit("mobile"))
-        .when(pl.col("_b_sub").is_not_null()).then(pl.concat_str([pl.lit("broadband_"), access]))
+        service=pl.when(pl.col("_m_sub").is_not_null())
+        .then(pl.lit("mobile"))
+        .when(pl.col("_b_sub").is_not_null())
+        .then(pl.concat_str([pl.lit("broadband_"), access]))
         .otherwise(pl.lit("unknown")),
         customer_type=pl.coalesce("_m_type", "_b_type", pl.lit("unknown")),
-        identity=pl.when(pl.col("_m_sub").is_not_null()).then(pl.concat_str([pl.lit("mobile|"), pl.col("calling_station_id")]))
-        .when(pl.col("_b_sub").is_not_null()).then(pl.concat_str([pl.lit("broadband|"), pl.col("_b_sub"), pl.lit("|"), access]))
+        identity=pl.when(pl.col("_m_sub").is_not_null())
+        .then(pl.concat_str([pl.lit("mobile|"), pl.col("calling_station_id")]))
+        .when(pl.col("_b_sub").is_not_null())
+        .then(pl.concat_str([pl.lit("broadband|"), pl.col("_b_sub"), pl.lit("|"), access]))
         .otherwise(pl.concat_str([pl.lit("unknown|"), pl.coalesce("user_name", "calling_station_id", pl.lit("?"))])),
     )
     return identified.with_columns(
-        user_key=pseudonymize(pl.col("identity"), key), known=pl.col("service") != "unknown",
+        user_key=pseudonymize(pl.col("identity"), key),
+        known=pl.col("service") != "unknown",
     ).drop("_m_sub", "_m_type", "_b_sub", "_b_type", "identity", "user_name", "calling_station_id")
 
 
 def identify_phones(billing: pl.DataFrame, directory: pl.DataFrame, key: bytes) -> pl.DataFrame:
-    """Billing rows plus user_key, service 'mobile', customer_type; rows of unknown numbers dropped into `known`=false."""
+    """Billing rows plus user_key, service 'mobile', customer_type, and `known` (false: number not in the directory)."""
     phones = phone_directory(directory)
     joined = billing.join(phones, left_on="calling_station_id", right_on="phone", how="left")
     return joined.with_columns(

@@ -29,14 +29,26 @@ def user_day_from_flows(attributed: pl.LazyFrame) -> pl.LazyFrame:
     IN is what the user sent (the user is the source); OUT is what the user received.
     """
     keys = ["user_key", "service", "customer_type", "day"]
-    sent = attributed.filter(pl.col("src_user_key").is_not_null()).group_by(
-        pl.col("src_user_key").alias("user_key"), pl.col("src_service").alias("service"),
-        pl.col("src_customer_type").alias("customer_type"), "day",
-    ).agg(pl.col("est_bytes").sum().alias("in_bytes"))
-    received = attributed.filter(pl.col("dst_user_key").is_not_null()).group_by(
-        pl.col("dst_user_key").alias("user_key"), pl.col("dst_service").alias("service"),
-        pl.col("dst_customer_type").alias("customer_type"), "day",
-    ).agg(pl.col("est_bytes").sum().alias("out_bytes"))
+    sent = (
+        attributed.filter(pl.col("src_user_key").is_not_null())
+        .group_by(
+            pl.col("src_user_key").alias("user_key"),
+            pl.col("src_service").alias("service"),
+            pl.col("src_customer_type").alias("customer_type"),
+            "day",
+        )
+        .agg(pl.col("est_bytes").sum().alias("in_bytes"))
+    )
+    received = (
+        attributed.filter(pl.col("dst_user_key").is_not_null())
+        .group_by(
+            pl.col("dst_user_key").alias("user_key"),
+            pl.col("dst_service").alias("service"),
+            pl.col("dst_customer_type").alias("customer_type"),
+            "day",
+        )
+        .agg(pl.col("est_bytes").sum().alias("out_bytes"))
+    )
     return sent.join(received, on=keys, how="full", coalesce=True).with_columns(
         pl.col("in_bytes").fill_null(0), pl.col("out_bytes").fill_null(0), source=pl.lit("flows")
     )
@@ -45,20 +57,31 @@ def user_day_from_flows(attributed: pl.LazyFrame) -> pl.LazyFrame:
 def usage_by_port(attributed: pl.LazyFrame) -> pl.LazyFrame:
     """Rows (service, protocol, port, in_bytes, out_bytes, bytes): port is the lower of the two."""
     directed = classify_port(attributed)
-    return directed.group_by("service_group", "protocol", "port").agg(
-        pl.col("est_bytes").filter(pl.col("src_user_key").is_not_null()).sum().alias("in_bytes"),
-        pl.col("est_bytes").filter(pl.col("dst_user_key").is_not_null()).sum().alias("out_bytes"),
-        pl.col("est_bytes").sum().alias("bytes"),
-    ).rename({"service_group": "service"})
+    return (
+        directed.group_by("service_group", "protocol", "port")
+        .agg(
+            pl.col("est_bytes").filter(pl.col("src_user_key").is_not_null()).sum().alias("in_bytes"),
+            pl.col("est_bytes").filter(pl.col("dst_user_key").is_not_null()).sum().alias("out_bytes"),
+            pl.col("est_bytes").sum().alias("bytes"),
+        )
+        .rename({"service_group": "service"})
+    )
 
 
 def traffic_by_hour(attributed: pl.LazyFrame) -> pl.LazyFrame:
     """Rows (service, day, hour, in_bytes, out_bytes, unattributed_bytes) in local time."""
-    return attributed.group_by("service_group", "day", "hour").agg(
-        pl.col("est_bytes").filter(pl.col("src_user_key").is_not_null()).sum().alias("in_bytes"),
-        pl.col("est_bytes").filter(pl.col("dst_user_key").is_not_null()).sum().alias("out_bytes"),
-        pl.col("est_bytes").filter(pl.col("src_user_key").is_null() & pl.col("dst_user_key").is_null()).sum().alias("unattributed_bytes"),
-    ).rename({"service_group": "service"})
+    return (
+        attributed.group_by("service_group", "day", "hour")
+        .agg(
+            pl.col("est_bytes").filter(pl.col("src_user_key").is_not_null()).sum().alias("in_bytes"),
+            pl.col("est_bytes").filter(pl.col("dst_user_key").is_not_null()).sum().alias("out_bytes"),
+            pl.col("est_bytes")
+            .filter(pl.col("src_user_key").is_null() & pl.col("dst_user_key").is_null())
+            .sum()
+            .alias("unattributed_bytes"),
+        )
+        .rename({"service_group": "service"})
+    )
 
 
 def user_week_usage(user_day: pl.DataFrame, users: pl.DataFrame, week: dt.date) -> pl.DataFrame:
@@ -68,16 +91,24 @@ def user_week_usage(user_day: pl.DataFrame, users: pl.DataFrame, week: dt.date) 
     (user_key, service, customer_type).
     """
     totals = user_day.group_by("user_key", "service", "customer_type").agg(
-        pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("day").n_unique().alias("active_days"),
+        pl.col("in_bytes").sum(),
+        pl.col("out_bytes").sum(),
+        pl.col("day").n_unique().alias("active_days"),
     )
-    everyone = pl.concat([users.select("user_key", "service", "customer_type"),
-                          totals.select("user_key", "service", "customer_type")]).unique()
-    return everyone.join(totals, on=["user_key", "service", "customer_type"], how="left").select(
-        pl.lit(week).alias("week"),
-        "user_key", "service",
-        pl.col("service").str.split("_").list.first().alias("service_group"),
-        "customer_type",
-        pl.col("active_days").fill_null(0).cast(pl.Int64),
-        (pl.col("in_bytes").fill_null(0) / DAYS_PER_WEEK).alias("in_bytes_per_day"),
-        (pl.col("out_bytes").fill_null(0) / DAYS_PER_WEEK).alias("out_bytes_per_day"),
-    ).sort("service", "user_key")
+    everyone = pl.concat(
+        [users.select("user_key", "service", "customer_type"), totals.select("user_key", "service", "customer_type")]
+    ).unique()
+    return (
+        everyone.join(totals, on=["user_key", "service", "customer_type"], how="left")
+        .select(
+            pl.lit(week).alias("week"),
+            "user_key",
+            "service",
+            pl.col("service").str.split("_").list.first().alias("service_group"),
+            "customer_type",
+            pl.col("active_days").fill_null(0).cast(pl.Int64),
+            (pl.col("in_bytes").fill_null(0) / DAYS_PER_WEEK).alias("in_bytes_per_day"),
+            (pl.col("out_bytes").fill_null(0) / DAYS_PER_WEEK).alias("out_bytes_per_day"),
+        )
+        .sort("service", "user_key")
+    )

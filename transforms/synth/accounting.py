@@ -69,18 +69,25 @@ def _records(
     s = np.array(rows_session, dtype=np.int64)
     ts = np.array(rows_ts, dtype=np.int64)
     users = sessions.user[s]
-    start = sessions.start_ms[s]
+    started = sessions.start_ms[s]
     counters = {}
     for direction in ("in", "out"):
         counters[direction] = np.maximum(
-            _cumulative(hourly[direction], users, ts, t0) - _cumulative(hourly[direction], users, start, t0), 0
+            _cumulative(hourly[direction], users, ts, t0) - _cumulative(hourly[direction], users, started, t0), 0
         ).astype(np.int64)
     delay = np.where(rng.random(s.size) < 0.1, rng.integers(1, 30, size=s.size), 0)
-    return pl.DataFrame({
-        "session_index": s, "user_index": users, "event_ms": ts, "status": rows_status,
-        "session_time_s": (ts - start) // 1000, "in_octets": counters["in"], "out_octets": counters["out"],
-        "delay_s": delay,
-    })
+    return pl.DataFrame(
+        {
+            "session_index": s,
+            "user_index": users,
+            "event_ms": ts,
+            "status": rows_status,
+            "session_time_s": (ts - started) // 1000,
+            "in_octets": counters["in"],
+            "out_octets": counters["out"],
+            "delay_s": delay,
+        }
+    )
 
 
 def _address_text(hi: np.ndarray, lo: np.ndarray, plen: np.ndarray) -> tuple[list[str | None], list[str | None]]:
@@ -108,20 +115,29 @@ def broadband_accounting(
     """Accounting rows of a broadband access server: PPPoE (IPv4) and IPoE (delegated IPv6 prefix)."""
     records = _records(rng, sessions, hourly, t0, t1, interim_ms)
     v4, v6 = _address_text(sessions.addr_hi, sessions.addr_lo, sessions.prefix_len)
-    session_table = pl.DataFrame({
-        "session_index": np.arange(sessions.user.size),
-        "session_id": [f"{0x5A000000 + i:08X}" for i in range(sessions.user.size)],
-        "framed_ip": v4, "delegated_prefix": v6,
-    })
+    session_table = pl.DataFrame(
+        {
+            "session_index": np.arange(sessions.user.size),
+            "session_id": [f"{0x5A000000 + i:08X}" for i in range(sessions.user.size)],
+            "framed_ip": v4,
+            "delegated_prefix": v6,
+        }
+    )
     logins = users["login"].to_numpy()
     access = users["access"].to_numpy()
-    return records.join(session_table, on="session_index", how="left").with_columns(
-        pl.Series("user_name", logins[records["user_index"].to_numpy()]),
-        pl.Series("framed_protocol", np.where(access[records["user_index"].to_numpy()] == "pppoe", "PPP", None)),
-        pl.lit(None, dtype=pl.String).alias("calling_station_id"),
-        pl.lit("bras-1").alias("nas_identifier"),
-        pl.lit("192.0.2.11").alias("nas_ip"),
-    ).sort("event_ms")
+    return (
+        records.join(session_table, on="session_index", how="left")
+        .with_columns(
+            pl.Series("user_name", logins[records["user_index"].to_numpy()]),
+            pl.Series(
+                "framed_protocol", ["PPP" if a == "pppoe" else None for a in access[records["user_index"].to_numpy()]]
+            ),
+            pl.lit(None, dtype=pl.String).alias("calling_station_id"),
+            pl.lit("bras-1").alias("nas_identifier"),
+            pl.lit("192.0.2.11").alias("nas_ip"),
+        )
+        .sort("event_ms")
+    )
 
 
 def mobile_accounting(
@@ -136,17 +152,23 @@ def mobile_accounting(
     """Accounting rows of a mobile gateway: one session per attach, Calling-Station-Id = phone."""
     records = _records(rng, sessions, hourly, t0, t1, interim_s * 1000)
     v4, _ = _address_text(sessions.addr_hi, sessions.addr_lo, sessions.prefix_len)
-    session_table = pl.DataFrame({
-        "session_index": np.arange(sessions.user.size),
-        "session_id": [f"{0x7C000000 + i:08X}" for i in range(sessions.user.size)],
-        "framed_ip": v4,
-    })
+    session_table = pl.DataFrame(
+        {
+            "session_index": np.arange(sessions.user.size),
+            "session_id": [f"{0x7C000000 + i:08X}" for i in range(sessions.user.size)],
+            "framed_ip": v4,
+        }
+    )
     numbers = phones["phone"].to_numpy()
-    return records.join(session_table, on="session_index", how="left").with_columns(
-        pl.lit(None, dtype=pl.String).alias("delegated_prefix"),
-        pl.lit("mvno.example.jp").alias("user_name"),
-        pl.lit(None, dtype=pl.String).alias("framed_protocol"),
-        pl.Series("calling_station_id", numbers[records["user_index"].to_numpy()]),
-        pl.lit("pgw-1").alias("nas_identifier"),
-        pl.lit("192.0.2.21").alias("nas_ip"),
-    ).sort("event_ms")
+    return (
+        records.join(session_table, on="session_index", how="left")
+        .with_columns(
+            pl.lit(None, dtype=pl.String).alias("delegated_prefix"),
+            pl.lit("mvno.example.jp").alias("user_name"),
+            pl.lit(None, dtype=pl.String).alias("framed_protocol"),
+            pl.Series("calling_station_id", numbers[records["user_index"].to_numpy()]),
+            pl.lit("pgw-1").alias("nas_identifier"),
+            pl.lit("192.0.2.21").alias("nas_ip"),
+        )
+        .sort("event_ms")
+    )

@@ -56,10 +56,7 @@ class Mixture:
     def mean_mb(self) -> float:
         ln10 = math.log(10)
         return float(
-            sum(
-                w * math.exp(m * ln10 + (s * ln10) ** 2 / 2)
-                for w, m, s in zip(self.weights, self.means, self.sds)
-            )
+            sum(w * math.exp(m * ln10 + (s * ln10) ** 2 / 2) for w, m, s in zip(self.weights, self.means, self.sds))
         )
 
     def quantile_log10(self, p: np.ndarray | float) -> np.ndarray:
@@ -132,7 +129,10 @@ def fit_mixture(targets: dict[str, float], share_weight: float = 1.0, seed: int 
     starts += [starts[0] + rng.normal(0, 0.3, 8) for _ in range(4)]
     for start in starts:
         result = optimize.minimize(
-            _loss, start, args=(targets, share_weight), method="Nelder-Mead",
+            _loss,
+            start,
+            args=(targets, share_weight),
+            method="Nelder-Mead",
             options={"maxiter": 6000, "maxfev": 6000, "xatol": 1e-6, "fatol": 1e-8},
         )
         if best is None or result.fun < best[0]:

@@ -7,16 +7,136 @@ import numpy as np
 from transforms.synth.reference import port_share_targets
 
 # Relative traffic per local hour 0..23, shaped like the report's Figures 2, 9 and 10.
-_BROADBAND_OUT = [5.5, 4.0, 2.8, 2.0, 1.6, 1.5, 1.8, 2.4, 2.9, 3.2, 3.5, 3.8,
-                  4.1, 4.1, 4.2, 4.4, 4.7, 5.1, 5.8, 6.7, 7.4, 7.8, 7.6, 6.8]
-_BROADBAND_IN_WEEKDAY = [2.6, 2.0, 1.5, 1.2, 1.1, 1.1, 1.4, 2.0, 2.9, 3.9, 4.6, 4.9,
-                         4.2, 5.2, 5.4, 5.3, 5.1, 4.8, 4.4, 4.5, 4.6, 4.5, 4.0, 3.3]
-_BROADBAND_IN_WEEKEND = [3.2, 2.5, 1.8, 1.4, 1.2, 1.1, 1.2, 1.6, 2.3, 3.1, 3.8, 4.3,
-                         4.5, 4.7, 4.8, 4.8, 4.7, 4.6, 4.6, 4.8, 4.9, 4.8, 4.4, 3.8]
-_MOBILE_WEEKDAY = [1.6, 0.9, 0.5, 0.35, 0.35, 0.6, 1.8, 4.2, 5.6, 3.6, 3.4, 3.9,
-                   6.4, 4.6, 3.7, 3.7, 4.0, 5.0, 5.6, 5.5, 5.6, 5.8, 5.3, 3.4]
-_MOBILE_WEEKEND = [2.3, 1.5, 0.9, 0.6, 0.45, 0.5, 0.9, 1.7, 2.9, 3.9, 4.6, 5.0,
-                   5.4, 5.2, 5.0, 4.9, 4.9, 5.0, 5.2, 5.4, 5.5, 5.5, 5.0, 3.7]
+_BROADBAND_OUT = [
+    5.5,
+    4.0,
+    2.8,
+    2.0,
+    1.6,
+    1.5,
+    1.8,
+    2.4,
+    2.9,
+    3.2,
+    3.5,
+    3.8,
+    4.1,
+    4.1,
+    4.2,
+    4.4,
+    4.7,
+    5.1,
+    5.8,
+    6.7,
+    7.4,
+    7.8,
+    7.6,
+    6.8,
+]
+_BROADBAND_IN_WEEKDAY = [
+    2.6,
+    2.0,
+    1.5,
+    1.2,
+    1.1,
+    1.1,
+    1.4,
+    2.0,
+    2.9,
+    3.9,
+    4.6,
+    4.9,
+    4.2,
+    5.2,
+    5.4,
+    5.3,
+    5.1,
+    4.8,
+    4.4,
+    4.5,
+    4.6,
+    4.5,
+    4.0,
+    3.3,
+]
+_BROADBAND_IN_WEEKEND = [
+    3.2,
+    2.5,
+    1.8,
+    1.4,
+    1.2,
+    1.1,
+    1.2,
+    1.6,
+    2.3,
+    3.1,
+    3.8,
+    4.3,
+    4.5,
+    4.7,
+    4.8,
+    4.8,
+    4.7,
+    4.6,
+    4.6,
+    4.8,
+    4.9,
+    4.8,
+    4.4,
+    3.8,
+]
+_MOBILE_WEEKDAY = [
+    1.6,
+    0.9,
+    0.5,
+    0.35,
+    0.35,
+    0.6,
+    1.8,
+    4.2,
+    5.6,
+    3.6,
+    3.4,
+    3.9,
+    6.4,
+    4.6,
+    3.7,
+    3.7,
+    4.0,
+    5.0,
+    5.6,
+    5.5,
+    5.6,
+    5.8,
+    5.3,
+    3.4,
+]
+_MOBILE_WEEKEND = [
+    2.3,
+    1.5,
+    0.9,
+    0.6,
+    0.45,
+    0.5,
+    0.9,
+    1.7,
+    2.9,
+    3.9,
+    4.6,
+    5.0,
+    5.4,
+    5.2,
+    5.0,
+    4.9,
+    4.9,
+    5.0,
+    5.2,
+    5.4,
+    5.5,
+    5.5,
+    5.0,
+    3.7,
+]
 
 
 def hourly_profile(service: str, direction: str, weekend: bool) -> np.ndarray:
@@ -26,7 +146,9 @@ def hourly_profile(service: str, direction: str, weekend: bool) -> np.ndarray:
     elif direction == "in":
         shape = _BROADBAND_IN_WEEKEND if weekend else _BROADBAND_IN_WEEKDAY
     else:
-        shape = _BROADBAND_OUT if not weekend else [v * (1.0 + 0.25 * (8 <= h <= 18)) for h, v in enumerate(_BROADBAND_OUT)]
+        shape = (
+            _BROADBAND_OUT if not weekend else [v * (1.0 + 0.25 * (8 <= h <= 18)) for h, v in enumerate(_BROADBAND_OUT)]
+        )
     values = np.asarray(shape, dtype=np.float64)
     return values / values.sum()
 

@@ -82,7 +82,9 @@ def _mixture(service: str, year: int, direction: str) -> Mixture:
     return Mixture(weights, means, sds)
 
 
-def draw_user_levels(rng: np.random.Generator, service: str, year: int, n: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
+def draw_user_levels(
+    rng: np.random.Generator, service: str, year: int, n: int, rho: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(in, out) average MB/day per user: stratum means of each marginal, paired by a Gaussian copula."""
     levels = {}
     for direction in ("in", "out"):
@@ -117,10 +119,16 @@ def _population(rng: np.random.Generator, spec: WeekSpec) -> tuple[pl.DataFrame,
     users = []
     for access, mask in (("pppoe", kind != 1), ("ipoe", kind != 0)):
         idx = np.flatnonzero(mask)
-        users.append(pl.DataFrame({
-            "subscription_id": sub_ids[idx], "login": logins[idx], "access": access,
-            "customer_type": np.where(enterprise[idx], "enterprise", "personal"),
-        }))
+        users.append(
+            pl.DataFrame(
+                {
+                    "subscription_id": sub_ids[idx],
+                    "login": logins[idx],
+                    "access": access,
+                    "customer_type": np.where(enterprise[idx], "enterprise", "personal"),
+                }
+            )
+        )
     broadband = pl.concat(users).sort("subscription_id", "access")
     # Mobile: 80% of subscriptions hold one phone number, some two or three.
     phones_per_sub = rng.choice([1, 2, 3], size=spec.mobile_phones, p=[0.8, 0.15, 0.05])
@@ -133,25 +141,44 @@ def _population(rng: np.random.Generator, spec: WeekSpec) -> tuple[pl.DataFrame,
     phone_numbers = rng.choice(np.arange(9_000_0000, 9_999_9999), size=spec.mobile_phones, replace=False)
     phone_text = np.array([f"8190{p:08d}" for p in phone_numbers])
     owner = np.repeat(np.arange(n_msubs), phones_per_sub)
-    mobile = pl.DataFrame({
-        "subscription_id": msub_ids[owner], "phone": phone_text,
-        "customer_type": np.where(m_enterprise[owner], "enterprise", "personal"),
-    })
-    directory = pl.concat([
-        pl.DataFrame({
-            "subscription_id": sub_ids, "service": "broadband",
-            "customer_type": np.where(enterprise, "enterprise", "personal"),
-            "login": logins, "phone_numbers": "",
-        }),
-        mobile.group_by("subscription_id", maintain_order=True).agg(
-            pl.col("customer_type").first(), pl.col("phone").str.join(";").alias("phone_numbers"),
-        ).select("subscription_id", pl.lit("mobile").alias("service"), "customer_type",
-                 pl.lit("").alias("login"), "phone_numbers"),
-    ])
+    mobile = pl.DataFrame(
+        {
+            "subscription_id": msub_ids[owner],
+            "phone": phone_text,
+            "customer_type": np.where(m_enterprise[owner], "enterprise", "personal"),
+        }
+    )
+    directory = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "subscription_id": sub_ids,
+                    "service": "broadband",
+                    "customer_type": np.where(enterprise, "enterprise", "personal"),
+                    "login": logins,
+                    "phone_numbers": "",
+                }
+            ),
+            mobile.group_by("subscription_id", maintain_order=True)
+            .agg(
+                pl.col("customer_type").first(),
+                pl.col("phone").str.join(";").alias("phone_numbers"),
+            )
+            .select(
+                "subscription_id",
+                pl.lit("mobile").alias("service"),
+                "customer_type",
+                pl.lit("").alias("login"),
+                "phone_numbers",
+            ),
+        ]
+    )
     return directory, broadband, mobile
 
 
-def _levels_for(rng: np.random.Generator, service: str, year: int, customer_type: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+def _levels_for(
+    rng: np.random.Generator, service: str, year: int, customer_type: np.ndarray, rho: float
+) -> tuple[np.ndarray, np.ndarray]:
     n = customer_type.size
     inn = np.empty(n)
     out = np.empty(n)
@@ -199,8 +226,14 @@ def _pppoe_sessions(rng: np.random.Generator, users: np.ndarray, t0: int, t1: in
         heapq.heappush(busy, (end, addr))
     arr = np.array(events, dtype=np.int64).reshape(-1, 3)
     n = arr.shape[0]
-    return _Sessions(arr[:, 2], arr[:, 0], arr[:, 1], np.zeros(n, dtype=np.uint64),
-                     address | np.uint64(V4_MAPPED), np.full(n, 128, dtype=np.int64))
+    return _Sessions(
+        arr[:, 2],
+        arr[:, 0],
+        arr[:, 1],
+        np.zeros(n, dtype=np.uint64),
+        address | np.uint64(V4_MAPPED),
+        np.full(n, 128, dtype=np.int64),
+    )
 
 
 def _ipoe_sessions(rng: np.random.Generator, users: np.ndarray, t0: int, t1: int) -> _Sessions:
@@ -252,9 +285,14 @@ def _ipoe_sessions(rng: np.random.Generator, users: np.ndarray, t0: int, t1: int
                 new_block += s
             rows_hi[k] = taken
     n = len(rows_user)
-    return _Sessions(np.array(rows_user, dtype=np.int64), np.array(rows_start, dtype=np.int64),
-                     np.array(rows_end, dtype=np.int64), np.array(rows_hi, dtype=np.uint64),
-                     np.zeros(n, dtype=np.uint64), np.array(rows_len, dtype=np.int64))
+    return _Sessions(
+        np.array(rows_user, dtype=np.int64),
+        np.array(rows_start, dtype=np.int64),
+        np.array(rows_end, dtype=np.int64),
+        np.array(rows_hi, dtype=np.uint64),
+        np.zeros(n, dtype=np.uint64),
+        np.array(rows_len, dtype=np.int64),
+    )
 
 
 def _mobile_sessions(rng: np.random.Generator, n: int, t0: int, t1: int) -> _Sessions:
@@ -273,8 +311,14 @@ def _mobile_sessions(rng: np.random.Generator, n: int, t0: int, t1: int) -> _Ses
     order = np.argsort(arr[:, 0], kind="stable")
     arr = arr[order]
     m = arr.shape[0]
-    return _Sessions(arr[:, 2], arr[:, 0], arr[:, 1], np.zeros(m, dtype=np.uint64),
-                     addresses.astype(np.uint64) | np.uint64(V4_MAPPED), np.full(m, 128, dtype=np.int64))
+    return _Sessions(
+        arr[:, 2],
+        arr[:, 0],
+        arr[:, 1],
+        np.zeros(m, dtype=np.uint64),
+        addresses.astype(np.uint64) | np.uint64(V4_MAPPED),
+        np.full(m, 128, dtype=np.int64),
+    )
 
 
 def _dedupe_mobile_addresses(sessions: _Sessions) -> _Sessions:
@@ -293,7 +337,9 @@ def _dedupe_mobile_addresses(sessions: _Sessions) -> _Sessions:
     return _Sessions(sessions.user, sessions.start_ms, sessions.end_ms, sessions.addr_hi, lo, sessions.prefix_len)
 
 
-def _hourly_bytes(levels_mb: np.ndarray, factors: np.ndarray, service: str, direction: str, weekend: np.ndarray) -> np.ndarray:
+def _hourly_bytes(
+    levels_mb: np.ndarray, factors: np.ndarray, service: str, direction: str, weekend: np.ndarray
+) -> np.ndarray:
     """(n, 7, 24) true bytes per user, day and local hour."""
     profiles = np.stack([hourly_profile(service, direction, bool(w)) for w in weekend])  # (7, 24)
     daily = levels_mb[:, None] * 1e6 * factors  # (n, 7)
@@ -311,7 +357,6 @@ def _flows_for(
     remote_v6: bool,
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """Sampled flow records for every user, hour and traffic class; and true bytes per class."""
-    n = user_rate.size
     shares = np.array([s for *_, s in mix])
     frames = []
     true_class_bytes = np.zeros(len(mix))
@@ -349,13 +394,26 @@ def _flows_for(
         u, d, h, c, ts, pkt, pos = u[keep], d[keep], h[keep], c[keep], ts[keep], pkt[keep], pos[keep]
         host_bits = rng.integers(0, 1 << 62, size=u.size, dtype=np.uint64)
         plen = s_len[pos]
-        low_mask = np.where(plen >= 64, np.uint64(0), (np.uint64(1) << (64 - np.minimum(plen, 63)).astype(np.uint64)) - np.uint64(1))
+        low_mask = np.where(
+            plen >= 64, np.uint64(0), (np.uint64(1) << (64 - np.minimum(plen, 63)).astype(np.uint64)) - np.uint64(1)
+        )
         user_hi = np.where(plen <= 64, s_hi[pos] | (host_bits & low_mask), s_hi[pos])
         user_lo = np.where(plen <= 64, host_bits, s_lo[pos])
         protocols = np.array([p for p, _, _ in mix], dtype=np.uint8)[c]
-        port_choice = np.array([ports[int(i)] for ports, i in zip(
-            [mix[k][1] for k in c], rng.integers(0, 1 << 30, size=c.size) % np.array([len(mix[k][1]) for k in range(len(mix))])[c])],
-            dtype=np.int64) if c.size else np.zeros(0, dtype=np.int64)
+        port_choice = (
+            np.array(
+                [
+                    ports[int(i)]
+                    for ports, i in zip(
+                        [mix[k][1] for k in c],
+                        rng.integers(0, 1 << 30, size=c.size) % np.array([len(mix[k][1]) for k in range(len(mix))])[c],
+                    )
+                ],
+                dtype=np.int64,
+            )
+            if c.size
+            else np.zeros(0, dtype=np.int64)
+        )
         client_port = rng.integers(1024, 65535, size=u.size)
         # Both ports are dynamic for the >=1024 classes: keep the class port the lower one.
         client_port = np.where(port_choice >= 1024, np.maximum(client_port, port_choice + 1), client_port)
@@ -363,25 +421,43 @@ def _flows_for(
         server_port = np.where(no_ports, 0, port_choice)
         client_port = np.where(no_ports, 0, client_port)
         if remote_v6:
-            r_hi = np.where(plen <= 64, np.uint64(0x2001_0DB8_0000_0000) + rng.integers(0, 4096, size=u.size).astype(np.uint64), np.uint64(0))
-            r_lo = np.where(plen <= 64, rng.integers(1, 1 << 32, size=u.size).astype(np.uint64),
-                            np.uint64(V4_MAPPED) | (np.uint64(0xC6120000) + rng.integers(0, 1 << 16, size=u.size).astype(np.uint64)))
+            r_hi = np.where(
+                plen <= 64,
+                np.uint64(0x2001_0DB8_0000_0000) + rng.integers(0, 4096, size=u.size).astype(np.uint64),
+                np.uint64(0),
+            )
+            r_lo = np.where(
+                plen <= 64,
+                rng.integers(1, 1 << 32, size=u.size).astype(np.uint64),
+                np.uint64(V4_MAPPED)
+                | (np.uint64(0xC6120000) + rng.integers(0, 1 << 16, size=u.size).astype(np.uint64)),
+            )
         else:
             r_hi = np.zeros(u.size, dtype=np.uint64)
-            r_lo = np.uint64(V4_MAPPED) | (np.uint64(0xC6120000) + rng.integers(0, 1 << 16, size=u.size).astype(np.uint64))
+            r_lo = np.uint64(V4_MAPPED) | (
+                np.uint64(0xC6120000) + rng.integers(0, 1 << 16, size=u.size).astype(np.uint64)
+            )
         user_side_src = direction == "in"
         duration = rng.integers(1_000, 110_000, size=u.size)
-        frames.append(pl.DataFrame({
-            "exporter_index": user_exporter[u].astype(np.int32),
-            "first_ts": ts, "last_ts": ts + duration,
-            "src_hi": user_hi if user_side_src else r_hi, "src_lo": user_lo if user_side_src else r_lo,
-            "dst_hi": r_hi if user_side_src else user_hi, "dst_lo": r_lo if user_side_src else user_lo,
-            "src_port": (client_port if user_side_src else server_port).astype(np.uint16),
-            "dst_port": (server_port if user_side_src else client_port).astype(np.uint16),
-            "protocol": protocols,
-            "packets": pkt.astype(np.uint64), "bytes": (pkt * size).astype(np.uint64),
-            "is_v6": plen <= 64,
-        }))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "exporter_index": user_exporter[u].astype(np.int32),
+                    "first_ts": ts,
+                    "last_ts": ts + duration,
+                    "src_hi": user_hi if user_side_src else r_hi,
+                    "src_lo": user_lo if user_side_src else r_lo,
+                    "dst_hi": r_hi if user_side_src else user_hi,
+                    "dst_lo": r_lo if user_side_src else user_lo,
+                    "src_port": (client_port if user_side_src else server_port).astype(np.uint16),
+                    "dst_port": (server_port if user_side_src else client_port).astype(np.uint16),
+                    "protocol": protocols,
+                    "packets": pkt.astype(np.uint64),
+                    "bytes": (pkt * size).astype(np.uint64),
+                    "is_v6": plen <= 64,
+                }
+            )
+        )
     return pl.concat(frames).sort("first_ts"), true_class_bytes
 
 
@@ -415,8 +491,12 @@ def generate_week(spec: WeekSpec) -> SyntheticWeek:
     pool = [v4_base + 0x0100 + i for i in range(pool_size)]
     pppoe = _pppoe_sessions(rng, pppoe_users, t0 - DAY_MS, t1 + DAY_MS, pool)
     ipoe = _ipoe_sessions(rng, ipoe_users, t0, t1)
-    bb_sessions = _Sessions(*(np.concatenate([getattr(pppoe, f), getattr(ipoe, f)]) for f in
-                              ("user", "start_ms", "end_ms", "addr_hi", "addr_lo", "prefix_len")))
+    bb_sessions = _Sessions(
+        *(
+            np.concatenate([getattr(pppoe, f), getattr(ipoe, f)])
+            for f in ("user", "start_ms", "end_ms", "addr_hi", "addr_lo", "prefix_len")
+        )
+    )
     mb_sessions = _dedupe_mobile_addresses(_mobile_sessions(rng, n_mb, t0 - DAY_MS, t1 + DAY_MS))
 
     bb_exporters = [e for e in spec.exporters if e.service == "broadband"]
@@ -448,24 +528,49 @@ def generate_week(spec: WeekSpec) -> SyntheticWeek:
         ("mobile", mobile, mb_hourly, "phone"),
     ):
         n = table.height
-        truth_frames.append(pl.DataFrame({
-            "service": np.repeat(np.where(table["access"].to_numpy() == "pppoe", "broadband_pppoe", "broadband_ipoe") if service == "broadband" else np.full(n, "mobile"), 7),
-            "user_id": np.repeat(table[ident].to_numpy(), 7),
-            "customer_type": np.repeat(table["customer_type"].to_numpy(), 7),
-            "day": np.tile(np.array(days, dtype="datetime64[D]"), n),
-            "in_bytes": hourly["in"].sum(axis=2).reshape(-1),
-            "out_bytes": hourly["out"].sum(axis=2).reshape(-1),
-        }))
+        truth_frames.append(
+            pl.DataFrame(
+                {
+                    "service": np.repeat(
+                        np.where(table["access"].to_numpy() == "pppoe", "broadband_pppoe", "broadband_ipoe")
+                        if service == "broadband"
+                        else np.full(n, "mobile"),
+                        7,
+                    ),
+                    "user_id": np.repeat(table[ident].to_numpy(), 7),
+                    "customer_type": np.repeat(table["customer_type"].to_numpy(), 7),
+                    "day": np.tile(np.array(days, dtype="datetime64[D]"), n),
+                    "in_bytes": hourly["in"].sum(axis=2).reshape(-1),
+                    "out_bytes": hourly["out"].sum(axis=2).reshape(-1),
+                }
+            )
+        )
     truth_user_day = pl.concat(truth_frames).with_columns(pl.col("day").cast(pl.Date))
-    truth_port = pl.concat([
-        pl.DataFrame({"service": service, "protocol": [p for p, _, _ in mix], "ports": [list(ports) for _, ports, _ in mix],
-                      "true_bytes": cls})
-        for service, mix, cls in (("broadband", bb_mix, bb_class), ("mobile", mb_mix, mb_class))
-    ])
-    truth_hourly = pl.concat([
-        pl.DataFrame({"service": service, "day": np.repeat(np.array(days, dtype="datetime64[D]"), 24),
-                      "hour": np.tile(np.arange(24), 7),
-                      "in_bytes": hourly["in"].sum(axis=0).reshape(-1), "out_bytes": hourly["out"].sum(axis=0).reshape(-1)})
-        for service, hourly in (("broadband", bb_hourly), ("mobile", mb_hourly))
-    ]).with_columns(pl.col("day").cast(pl.Date))
+    truth_port = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "service": service,
+                    "protocol": [p for p, _, _ in mix],
+                    "ports": [list(ports) for _, ports, _ in mix],
+                    "true_bytes": cls,
+                }
+            )
+            for service, mix, cls in (("broadband", bb_mix, bb_class), ("mobile", mb_mix, mb_class))
+        ]
+    )
+    truth_hourly = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "service": service,
+                    "day": np.repeat(np.array(days, dtype="datetime64[D]"), 24),
+                    "hour": np.tile(np.arange(24), 7),
+                    "in_bytes": hourly["in"].sum(axis=0).reshape(-1),
+                    "out_bytes": hourly["out"].sum(axis=0).reshape(-1),
+                }
+            )
+            for service, hourly in (("broadband", bb_hourly), ("mobile", mb_hourly))
+        ]
+    ).with_columns(pl.col("day").cast(pl.Date))
     return SyntheticWeek(spec, directory, flows, radius, truth_user_day, truth_port, truth_hourly)

@@ -1,0 +1,77 @@
+"""Shared fixtures: one Prefect test server per session, generated weeks run through the real flow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+WEEK = dt.date(2024, 6, 3)
+TEST_KEY = "test-only-pseudonym-key"
+
+
+@dataclass
+class PublishedWeek:
+    settings: object
+    run: dict[str, object]
+    landing: Path
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key() -> Iterator[str]:
+    previous = os.environ.get("TRAFFICREPORT_HMAC_KEY")
+    os.environ["TRAFFICREPORT_HMAC_KEY"] = TEST_KEY
+    yield TEST_KEY
+    if previous is None:
+        os.environ.pop("TRAFFICREPORT_HMAC_KEY", None)
+    else:
+        os.environ["TRAFFICREPORT_HMAC_KEY"] = previous
+
+
+def _settings(root: Path, landing: Path) -> object:
+    from flows.settings import load_settings
+
+    return load_settings(landing=landing, warehouse=root / "warehouse", staging=root / "staging")
+
+
+@pytest.fixture(scope="session")
+def calibrated_week(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> PublishedWeek:
+    """The demo-sized 2024-06-03 week (3,000 broadband users, 3,000 phones), published once."""
+    from flows.generate import generate_to
+    from flows.weekly import weekly_report
+
+    root = tmp_path_factory.mktemp("calibrated")
+    generate_to(root / "landing", WEEK, broadband_users=3000, mobile_phones=3000, seed=11)
+    settings = _settings(root, root / "landing")
+    run = weekly_report(WEEK, settings)
+    return PublishedWeek(settings, run, root / "landing")
+
+
+@pytest.fixture(scope="session")
+def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated week (300 users, 300 phones) for flow behaviour tests."""
+    from flows.generate import generate_to
+
+    landing = tmp_path_factory.mktemp("small") / "landing"
+    generate_to(landing, WEEK, broadband_users=300, mobile_phones=300, seed=5)
+    return landing
+
+
+@pytest.fixture()
+def small_settings(tmp_path: Path, small_landing: Path) -> object:
+    return _settings(tmp_path, small_landing)

@@ -1,0 +1,149 @@
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from transforms.radius import billing_usage_by_day, build_sessions, format_detail, parse_detail, sessions_to_assignments
+
+TZ = "Asia/Tokyo"
+DETAIL = """\
+Sun Jun  2 23:00:00 2024
+\tAcct-Session-Id = "S1"
+\tAcct-Status-Type = Start
+\tUser-Name = "u1@bb.example.jp"
+\tNAS-Identifier = "bras-a"
+\tFramed-Protocol = PPP
+\tFramed-IP-Address = 203.0.113.9
+\tEvent-Timestamp = "Jun  2 2024 23:00:00 JST"
+\tTimestamp = 1717336800
+
+Mon Jun  3 01:00:05 2024
+\tAcct-Session-Id = "S1"
+\tAcct-Status-Type = Interim-Update
+\tUser-Name = "u1@bb.example.jp"
+\tNAS-Identifier = "bras-a"
+\tFramed-Protocol = PPP
+\tFramed-IP-Address = 203.0.113.9
+\tAcct-Session-Time = 7200
+\tAcct-Input-Octets = 100
+\tAcct-Output-Octets = 5
+\tAcct-Input-Gigawords = 0
+\tAcct-Output-Gigawords = 2
+\tEvent-Timestamp = "Jun  3 2024 01:00:00 JST"
+\tAcct-Delay-Time = 5
+\tTimestamp = 1717344005
+
+Mon Jun  3 02:00:00 2024
+\tAcct-Session-Id = "S2"
+\tAcct-Status-Type = Interim-Update
+\tUser-Name = "u2@bb.example.jp"
+\tNAS-Identifier = "bras-a"
+\tFramed-Protocol = PPP
+\tFramed-IP-Address = 203.0.113.9
+\tAcct-Session-Time = 60
+\tAcct-Input-Octets = 1
+\tAcct-Output-Octets = 1
+\tTimestamp = 1717347600
+
+"""
+
+
+def test_parse_reads_counters_with_gigawords_and_local_event_time() -> None:
+    records, problems = parse_detail(DETAIL, "detail-20240603", TZ)
+    assert problems.height == 0
+    assert records["status"].to_list() == ["Start", "Interim-Update", "Interim-Update"]
+    interim = records.row(1, named=True)
+    assert interim["out_octets"] == 2 * 2**32 + 5
+    assert interim["in_octets"] == 100
+    # 01:00 JST is 16:00 UTC the day before; Event-Timestamp wins over Timestamp - delay.
+    assert interim["event_ts"] == dt.datetime(2024, 6, 2, 16, 0, tzinfo=dt.UTC)
+    # Without Event-Timestamp: Timestamp minus Acct-Delay-Time (0 here).
+    assert records.row(2, named=True)["event_ts"] == dt.datetime.fromtimestamp(1717347600, dt.UTC)
+    assert records.row(0, named=True)["line"] == 1
+
+
+def test_unreadable_record_is_reported_with_its_line_and_the_rest_kept() -> None:
+    broken = DETAIL + 'Mon Jun  3 03:00:00 2024\n\tAcct-Status-Type = Stop\n\tUser-Name = "x"\n\n'
+    records, problems = parse_detail(broken, "detail-x", TZ)
+    assert records.height == 3
+    header_line = DETAIL.count("\n") + 1
+    assert problems.to_dicts() == [
+        {"source": "detail-x", "line": header_line, "reason": "record without Acct-Session-Id"}
+    ]
+
+
+def test_session_without_stop_ends_when_the_next_holder_of_the_address_starts() -> None:
+    records, _ = parse_detail(DETAIL, "d", TZ)
+    horizon = dt.datetime(2024, 6, 12, tzinfo=dt.UTC)
+    table = sessions_to_assignments(build_sessions(records), horizon).sort("valid_from")
+    assert table["user_name"].to_list() == ["u1@bb.example.jp", "u2@bb.example.jp"]
+    s2_start = dt.datetime.fromtimestamp(1717347600 - 60, dt.UTC)
+    assert table["valid_to"].to_list() == [s2_start, horizon]
+    assert table["conflict"].to_list() == [True, False]
+    assert table["valid_from"][0] == dt.datetime(2024, 6, 2, 14, 0, tzinfo=dt.UTC)
+
+
+def _mobile(rows: list[tuple[str, int, int, int]]) -> pl.DataFrame:
+    """(status, epoch seconds of event, session time, out octets) rows of one phone's session."""
+    return pl.DataFrame(
+        {
+            "nas": "pgw",
+            "session_id": "M1",
+            "calling_station_id": "819000000001",
+            "status": [r[0] for r in rows],
+            "event_ts": [dt.datetime.fromtimestamp(r[1], dt.UTC) for r in rows],
+            "session_time_s": [r[2] for r in rows],
+            "in_octets": [r[3] // 10 if r[0] != "Start" else None for r in rows],
+            "out_octets": [r[3] if r[0] != "Start" else None for r in rows],
+        }
+    ).with_columns(pl.col("event_ts").cast(pl.Datetime("ms", "UTC")))
+
+
+def test_billing_splits_a_counter_delta_across_midnight_by_time() -> None:
+    week = dt.datetime(2024, 6, 3, tzinfo=dt.UTC) - dt.timedelta(hours=9)  # Monday 00:00 JST
+    t = int(week.timestamp())
+    records = _mobile([("Start", t + 22 * 3600, 0, 0), ("Interim-Update", t + 26 * 3600, 4 * 3600, 4000)])
+    days = billing_usage_by_day(records, week, TZ).sort("day")
+    assert days["day"].to_list() == [dt.date(2024, 6, 3), dt.date(2024, 6, 4)]
+    assert days["out_bytes"].to_list() == pytest.approx([2000.0, 2000.0])
+    assert days["in_bytes"].to_list() == pytest.approx([200.0, 200.0])
+
+
+def test_billing_keeps_only_the_part_inside_the_week_and_counts_counter_resets() -> None:
+    week = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
+    t = int(week.timestamp())
+    records = _mobile(
+        [
+            ("Interim-Update", t + 3600, 2 * 3600, 3000),  # session began 1 h before the week
+            ("Interim-Update", t + 7200, 3 * 3600, 2000),  # counter went backwards
+        ]
+    )
+    days = billing_usage_by_day(records, week, TZ)
+    assert days["out_bytes"].sum() == pytest.approx(1500.0)
+    assert days["counter_resets"].sum() == 1
+
+
+def test_written_detail_parses_back_to_the_same_records() -> None:
+    frame = pl.DataFrame(
+        {
+            "event_ms": [1717340400000, 1717344000000],
+            "delay_s": [0, 3],
+            "status": ["Start", "Stop"],
+            "session_id": ["A1", "A1"],
+            "user_name": ["u@x", "u@x"],
+            "nas_ip": ["192.0.2.1"] * 2,
+            "nas_identifier": ["bras"] * 2,
+            "framed_protocol": [None, None],
+            "framed_ip": [None, None],
+            "delegated_prefix": ["2400:4050::/56"] * 2,
+            "calling_station_id": [None, None],
+            "session_time_s": [0, 3600],
+            "in_octets": [0, 5 * 2**32 + 7],
+            "out_octets": [0, 9],
+        }
+    )
+    records, problems = parse_detail(format_detail(frame, TZ), "rt", TZ)
+    assert problems.height == 0
+    assert records["delegated_prefix"].to_list() == ["2400:4050::/56"] * 2
+    assert records["in_octets"].to_list() == [None, 5 * 2**32 + 7]
+    assert [int(t.timestamp() * 1000) for t in records["event_ts"]] == [1717340400000, 1717344000000]
