@@ -351,3 +351,12 @@ def backfill(
                 results.append({"week": str(monday), "status": "failed", "why": str(exc)[:300]})
         monday += dt.timedelta(days=7)
     return results
+
+
+@flow(name="scheduled_weekly_report")
+def scheduled_weekly_report(today: dt.date | None = None) -> dict[str, Any]:
+    """The weekly_report of the last complete Monday-Sunday week before `today` (default: now, local)."""
+    settings = load_settings()
+    today = today or dt.datetime.now(ZoneInfo(settings.timezone)).date()
+    last_monday = today - dt.timedelta(days=today.weekday() + 7)
+    return weekly_report(last_monday, settings)
