@@ -364,7 +364,7 @@ def decode_ipfix(data: bytes, exporter: str, source: str, cache: TemplateCache) 
                     else:
                         records, usable = _decode_data_set(payload, known)
                         data_records += records.size
-                        if template.scope_count:
+                        if usable.scope_count:
                             for values in _options_values(records, usable):
                                 announcement = sampling_from_options(values, domain)
                                 if announcement is not None:
