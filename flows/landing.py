@@ -10,9 +10,12 @@ from pathlib import Path
 
 import polars as pl
 
-from transforms import ipfix
+from transforms._records import FLOW_SCHEMA, ExporterState
+from transforms.errors import InputFormatError
+from transforms.exports import decode_flow_file
+from transforms.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
 from transforms.radius import RECORD_SCHEMA, parse_detail
-from transforms.sampling import ANNOUNCEMENT_SCHEMA, resolve_sampling
+from transforms.sampling import announcements_frame, resolve_sampling
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -22,18 +25,22 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "records": pl.Int64(),
     "bytes": pl.Int64(),
+    "input_bytes": pl.Int64(),
 }
 
 
 def read_bytes(path: Path) -> bytes:
     """File content, gunzipped or zstd-decompressed when its magic number says so."""
     data = path.read_bytes()
-    if data.startswith(GZIP_MAGIC):
-        return gzip.decompress(data)
-    if data.startswith(ZSTD_MAGIC):
-        import zstandard
+    try:
+        if data.startswith(GZIP_MAGIC):
+            return gzip.decompress(data)
+        if data.startswith(ZSTD_MAGIC):
+            import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except Exception as exc:  # every codec has its own error types; all mean the same here
+        raise InputFormatError(str(path), "byte 0", f"cannot decompress: {exc}", len(data)) from exc
     return data
 
 
@@ -54,69 +61,116 @@ class ExporterIngest:
 
     flows: pl.DataFrame
     quarantine: pl.DataFrame
+    unrated: pl.DataFrame
     files: list[str] = field(default_factory=list)
+    input_bytes: int = 0
     messages: int = 0
-    lost_records: int = 0
+    lost: int = 0
     outside_window: int = 0
     duplicate_files: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+
+
+def _state_file(state_dir: Path, exporter: str) -> Path:
+    return state_dir / "exporters" / f"{exporter}.json"
+
+
+def load_exporter_state(state_dir: Path, exporter: str) -> ExporterState:
+    """Templates and sampling an exporter announced in earlier runs (empty when none)."""
+    path = _state_file(state_dir, exporter)
+    return ExporterState.from_json(path.read_text()) if path.exists() else ExporterState()
+
+
+def save_exporter_state(state_dir: Path, exporter: str, state: ExporterState) -> None:
+    path = _state_file(state_dir, exporter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.to_json())
+    tmp.replace(path)
+
+
+def _problem_row(p: InputFormatError, records: int = 0, flow_bytes: int = 0) -> dict[str, object]:
+    return {
+        "source": p.source,
+        "position": p.position,
+        "reason": p.reason,
+        "records": records,
+        "bytes": flow_bytes,
+        "input_bytes": p.length,
+    }
 
 
 def ingest_exporter(
-    landing: Path, exporter: str, days: list[dt.date], start: dt.datetime, end: dt.datetime, default_rate: int | None
+    landing: Path,
+    exporter: str,
+    days: list[dt.date],
+    start: dt.datetime,
+    end: dt.datetime,
+    default_rate: int | None,
+    override_rate: int | None,
+    nfdump_timezone: str,
+    state_dir: Path,
 ) -> ExporterIngest:
-    """Decodes every IPFIX file of one exporter for `days`, keeps flows starting in [start, end)."""
-    cache = ipfix.TemplateCache()
+    """Decodes every flow file of one exporter for `days` (IPFIX, captures of v5/v9/IPFIX, nfdump CSV),
+    keeps flows starting in [start, end), resolves their sampling rate, and sets aside the rest."""
+    state = load_exporter_state(state_dir, exporter)
     frames: list[pl.DataFrame] = []
-    announcements: list[dict[str, object]] = []
     problems: list[dict[str, object]] = []
-    result = ExporterIngest(pl.DataFrame(), pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    result = ExporterIngest(pl.DataFrame(), pl.DataFrame(schema=QUARANTINE_SCHEMA), pl.DataFrame())
     seen: set[str] = set()
     for folder in day_dirs(landing / "flows" / exporter, days):
         for path in sorted(folder.iterdir()):
             if not path.is_file() or path.name.startswith("."):
                 continue
-            data = read_bytes(path)
+            try:
+                data = read_bytes(path)
+            except InputFormatError as exc:
+                problems.append(_problem_row(exc))
+                continue
             digest = hashlib.sha256(data).hexdigest()
             if digest in seen:
                 result.duplicate_files += 1
                 continue
             seen.add(digest)
-            decoded = ipfix.decode_ipfix(data, exporter, str(path), cache)
             result.files.append(str(path))
+            result.input_bytes += len(data)
+            if is_nfdump_csv(data):
+                try:
+                    flows, csv_problems = decode_nfdump_csv(data, exporter, str(path), nfdump_timezone)
+                except InputFormatError as exc:
+                    flows, csv_problems = pl.DataFrame(schema=FLOW_SCHEMA), [exc]
+                frames.append(flows)
+                problems.extend(_problem_row(p, 1) for p in csv_problems)
+                result.formats["nfdump_csv"] = result.formats.get("nfdump_csv", 0) + 1
+                continue
+            decoded = decode_flow_file(data, exporter, str(path), state)
             result.messages += decoded.messages
-            result.lost_records += decoded.lost_records
+            result.lost += decoded.lost
+            for kind, count in decoded.formats.items():
+                result.formats[kind] = result.formats.get(kind, 0) + count
             frames.append(decoded.flows)
-            for a in decoded.sampling:
-                announcements.append(
-                    {
-                        "domain_id": a.domain_id,
-                        "selector_id": a.selector_id if a.selector_id is not None else (1 << 64) - 1,
-                        "rate": a.rate,
-                        "source": a.source,
-                    }
-                )
-            for p in decoded.problems:
-                problems.append(
-                    {"source": p.source, "position": p.position, "reason": p.reason, "records": 0, "bytes": 0}
-                )
-    flows = pl.concat(frames) if frames else pl.DataFrame(schema=ipfix.FLOW_SCHEMA)
+            problems.extend(_problem_row(p) for p in decoded.problems)
+    save_exporter_state(state_dir, exporter, state)
+    flows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=FLOW_SCHEMA)
     lo = pl.lit(start).cast(pl.Datetime("ms", "UTC"))
     hi = pl.lit(end).cast(pl.Datetime("ms", "UTC"))
     in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
     result.outside_window = flows.filter(~in_window).height
     flows = flows.filter(in_window)
-    known, unknown = resolve_sampling(flows, pl.DataFrame(announcements, schema=ANNOUNCEMENT_SCHEMA), default_rate)
+    known, unknown = resolve_sampling(flows, announcements_frame(state.sampling), default_rate, override_rate)
     if unknown.height:
         problems.append(
             {
                 "source": f"flows/{exporter}",
                 "position": f"{unknown.height} records",
-                "reason": "no sampling rate known for this exporter/domain/selector",
+                "reason": unknown["reason"][0],
                 "records": unknown.height,
                 "bytes": int(unknown["bytes"].sum()),
+                "input_bytes": 0,
             }
         )
     result.flows = known
+    result.unrated = unknown
     result.quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA)
     return result
 
@@ -149,6 +203,7 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
             "reason",
             pl.lit(1, dtype=pl.Int64).alias("records"),
             pl.lit(0, dtype=pl.Int64).alias("bytes"),
+            pl.lit(0, dtype=pl.Int64).alias("input_bytes"),
         )
         if problems
         else pl.DataFrame(schema=QUARANTINE_SCHEMA)

@@ -25,11 +25,27 @@ class Settings:
     exporter_services: tuple[tuple[str, str], ...] = (("mobile*", "mobile"), ("*", "broadband"))
     # Exporter name (glob) -> 1-in-N rate used only when the exporter announces none.
     default_sampling: tuple[tuple[str, int], ...] = ()
+    # Exporter name (glob) -> 1-in-N rate that replaces whatever the exporter announces.
+    sampling_override: tuple[tuple[str, int], ...] = ()
+    # Local time zone of nfdump CSV timestamps (nfdump prints local time without a zone).
+    nfdump_timezone: str = "Asia/Tokyo"
+    # Where exporter state (templates, sampling, sequence numbers) survives between runs, and
+    # where set-aside input goes; both default to folders beside the staging area.
+    state_dir: Path | None = None
+    quarantine_dir: Path | None = None
     hmac_key_file: Path = Path("data/secret/hmac.key")
     max_unattributed_share: float = 0.05
     max_quarantined_share: float = 0.001
-    session_horizon_days: int = 2
+    max_session_silence_hours: int = 48
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir or self.staging.parent / "state"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.quarantine_dir or self.staging.parent / "quarantine"
 
     def service_of(self, exporter: str) -> str:
         for pattern, service in self.exporter_services:
@@ -38,10 +54,10 @@ class Settings:
         return "broadband"
 
     def default_rate_of(self, exporter: str) -> int | None:
-        for pattern, rate in self.default_sampling:
-            if fnmatch.fnmatch(exporter, pattern):
-                return rate
-        return None
+        return _first_match(self.default_sampling, exporter)
+
+    def override_rate_of(self, exporter: str) -> int | None:
+        return _first_match(self.sampling_override, exporter)
 
     def hmac_key(self, create: bool = False) -> bytes:
         """The pseudonym key: $TRAFFICREPORT_HMAC_KEY, else the key file (created 0600 if asked)."""
@@ -60,20 +76,36 @@ class Settings:
         return self.hmac_key_file.read_text().strip().encode()
 
 
+def _first_match(patterns: tuple[tuple[str, int], ...], name: str) -> int | None:
+    for pattern, rate in patterns:
+        if fnmatch.fnmatch(name, pattern):
+            return int(rate)
+    return None
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then `config` (TOML), then TRAFFICREPORT_* variables, then explicit overrides."""
     values: dict[str, Any] = {}
     if config is not None:
         values.update(tomllib.loads(config.read_text()))
-    for name in ("landing", "warehouse", "staging", "timezone", "hmac_key_file"):
+    for name in (
+        "landing",
+        "warehouse",
+        "staging",
+        "timezone",
+        "hmac_key_file",
+        "state_dir",
+        "quarantine_dir",
+        "nfdump_timezone",
+    ):
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env:
             values[name] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name in ("landing", "warehouse", "staging", "hmac_key_file"):
+    for name in ("landing", "warehouse", "staging", "hmac_key_file", "state_dir", "quarantine_dir"):
         if name in values:
             values[name] = Path(values[name])
-    for name in ("exporter_services", "default_sampling"):
+    for name in ("exporter_services", "default_sampling", "sampling_override"):
         if isinstance(values.get(name), dict):
             values[name] = tuple(values[name].items())
     return replace(Settings(), **values)

@@ -55,26 +55,41 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
     result = landing.ingest_exporter(
-        settings.landing, exporter, days, window.start, window.end, settings.default_rate_of(exporter)
+        settings.landing,
+        exporter,
+        days,
+        window.start,
+        window.end,
+        settings.default_rate_of(exporter),
+        settings.override_rate_of(exporter),
+        settings.nfdump_timezone,
+        settings.state_path,
     )
     flows = result.flows.with_columns(service_group=pl.lit(settings.service_of(exporter)))
     path = stage / "flows" / f"{exporter}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     flows.write_parquet(path)
-    result.quarantine.write_parquet(stage / "flows" / f"{exporter}.quarantine.parquet")
+    quarantine = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
+    quarantine.mkdir(parents=True, exist_ok=True)
+    result.quarantine.write_parquet(quarantine / f"flows.{exporter}.problems.parquet")
+    if result.unrated.height:
+        result.unrated.write_parquet(quarantine / f"flows.{exporter}.no_sampling_rate.parquet")
     return {
         "exporter": exporter,
         "service": settings.service_of(exporter),
         "path": str(path),
         "files": len(result.files),
+        "formats": result.formats,
         "records": flows.height,
         "messages": result.messages,
-        "lost_records": result.lost_records,
+        "lost": result.lost,
         "outside_window": result.outside_window,
         "duplicate_files": result.duplicate_files,
+        "input_bytes": result.input_bytes,
+        "unreadable_input_bytes": int(result.quarantine["input_bytes"].sum() or 0),
         "quarantined_records": int(result.quarantine["records"].sum() or 0),
         "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
-        "problems": result.quarantine.head(20).to_dicts(),
+        "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in result.quarantine.head(20).to_dicts()],
         "sampling_sources": sorted(flows["sampling_source"].unique().drop_nulls().to_list()),
         "raw_bytes": int(flows["bytes"].sum() or 0),
     }
@@ -87,11 +102,24 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     # Interim/Stop records that close the week's last hours.
     days = [window.week - dt.timedelta(days=1)] + window.days + [window.week + dt.timedelta(days=7)]
     records, quarantine = landing.ingest_radius(settings.landing, days, settings.timezone)
+    records, backwards = radius.split_backward_counters(records)
+    quarantine = pl.concat(
+        [
+            quarantine,
+            backwards.select(
+                "source",
+                pl.format("line {}", "line").alias("position"),
+                "reason",
+                pl.lit(1, dtype=pl.Int64).alias("records"),
+                pl.lit(0, dtype=pl.Int64).alias("bytes"),
+                pl.lit(0, dtype=pl.Int64).alias("input_bytes"),
+            ),
+        ]
+    )
     directory = landing.read_directory(settings.landing)
     key = settings.hmac_key()
     sessions = radius.build_sessions(records)
-    horizon = window.end + dt.timedelta(days=settings.session_horizon_days)
-    assignments = radius.sessions_to_assignments(sessions, horizon)
+    assignments = radius.sessions_to_assignments(sessions, dt.timedelta(hours=settings.max_session_silence_hours))
     assignments = subscribers.identify_assignments(assignments, directory, key)
     lo = pl.lit(window.start).cast(pl.Datetime("ms", "UTC"))
     hi = pl.lit(window.end).cast(pl.Datetime("ms", "UTC"))
@@ -112,7 +140,10 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     billing.filter(pl.col("known")).select(
         "user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("billing").alias("source")
     ).write_parquet(stage / "billing_user_day.parquet")
-    quarantine.write_parquet(stage / "radius.quarantine.parquet")
+    # The quarantine keeps the reason and where, not the record: it would hold clear identities.
+    quarantine_dir = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    quarantine.write_parquet(quarantine_dir / "radius.problems.parquet")
     return {
         "accounting_records": records.height,
         "sessions": sessions.height,
@@ -120,9 +151,10 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
         "address_conflicts": int(assignments["conflict"].sum()),
         "unknown_identities": int((~assignments["known"]).sum()),
         "users": users.height,
-        "counter_resets": int(billing["counter_resets"].sum() or 0),
-        "quarantined_lines": quarantine.height,
-        "problems": quarantine.head(20).to_dicts(),
+        "sessions_closed_by_nas_reset": int((sessions["closed_by"] == "nas_reset").sum()),
+        "sessions_without_stop": int((sessions["closed_by"] == "open").sum()),
+        "quarantined_records": quarantine.height,
+        "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in quarantine.head(20).to_dicts()],
     }
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 class InputFormatError(ValueError):
-    """Bad input: names the file, the byte offset or line, and the reason."""
+    """Bad input: names the file, the byte offset or line, and the reason; `length` bytes are affected."""
 
-    def __init__(self, source: str, position: str, reason: str) -> None:
+    def __init__(self, source: str, position: str, reason: str, length: int = 0) -> None:
         super().__init__(f"{source}: {position}: {reason}")
         self.source = source
         self.position = position
         self.reason = reason
+        self.length = length

@@ -1,418 +1,152 @@
-"""IPFIX (RFC 7011) message streams: decoding to canonical flow columns, and encoding.
+"""IPFIX (RFC 7011): message decoding into canonical flow columns, and encoding for tests and the generator.
 
-Decoding is vectorised per data set: a fixed-length template becomes a numpy structured dtype
-and a whole set is read with one `frombuffer`. Templates are scoped by observation domain and
-live in a `TemplateCache` the caller keeps per exporter, so a template sent in an earlier message
-(or file) still decodes later data.
+A stored IPFIX file is messages back to back (RFC 5655 style). Templates and options templates
+are scoped by (origin, observation domain), may arrive in any earlier message or file, may be
+withdrawn (field count 0) or redefined; the caller's ExporterState keeps them across files.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 import numpy as np
-import polars as pl
 
-from transforms.errors import InputFormatError
+from transforms._records import (
+    IE_DST_PORT,
+    IE_DST_V4,
+    IE_DST_V6,
+    IE_END_MS,
+    IE_OCTETS,
+    IE_PACKETS,
+    IE_PROTOCOL,
+    IE_SAMPLING_INTERVAL,
+    IE_SAMPLING_PACKET_INTERVAL,
+    IE_SAMPLING_PACKET_SPACE,
+    IE_SELECTOR_ID,
+    IE_SRC_PORT,
+    IE_SRC_V4,
+    IE_SRC_V6,
+    IE_START_MS,
+    Accumulator,
+    Clock,
+    DecodeResult,
+    ExporterState,
+    Template,
+    handle_data_set,
+    record_dtype,
+)
 
 IPFIX_VERSION = 10
 HEADER = struct.Struct("!HHIII")
 SET_HEADER = struct.Struct("!HH")
 TEMPLATE_SET_ID = 2
 OPTIONS_TEMPLATE_SET_ID = 3
-VARIABLE_LENGTH = 65535
 MAX_MESSAGE = 65535
 
-# Information elements the pipeline reads (RFC 7012 / IANA registry numbers).
-IE_OCTETS = 1
-IE_PACKETS = 2
-IE_PROTOCOL = 4
-IE_SRC_PORT = 7
-IE_SRC_V4 = 8
-IE_DST_PORT = 11
-IE_DST_V4 = 12
-IE_SRC_V6 = 27
-IE_DST_V6 = 28
-IE_SAMPLING_INTERVAL = 34
-IE_SAMPLER_ID = 48
-IE_SAMPLER_RANDOM_INTERVAL = 50
-IE_OCTETS_TOTAL = 85
-IE_PACKETS_TOTAL = 86
-IE_START_S = 150
-IE_END_S = 151
-IE_START_MS = 152
-IE_END_MS = 153
-IE_SELECTOR_ID = 302
-IE_SAMPLING_PACKET_INTERVAL = 305
-IE_SAMPLING_PACKET_SPACE = 306
 
-V4_MAPPED_PREFIX = np.uint64(0xFFFF_0000_0000)
-
-FLOW_SCHEMA: dict[str, pl.DataType] = {
-    "exporter": pl.String(),
-    "domain_id": pl.UInt32(),
-    "selector_id": pl.UInt64(),
-    "first_ts": pl.Datetime("ms", "UTC"),
-    "last_ts": pl.Datetime("ms", "UTC"),
-    "src_hi": pl.UInt64(),
-    "src_lo": pl.UInt64(),
-    "dst_hi": pl.UInt64(),
-    "dst_lo": pl.UInt64(),
-    "src_port": pl.UInt16(),
-    "dst_port": pl.UInt16(),
-    "protocol": pl.UInt8(),
-    "packets": pl.UInt64(),
-    "bytes": pl.UInt64(),
-}
-
-
-@dataclass(frozen=True)
-class Template:
-    """A (possibly options) template: field (ie, length, enterprise) list and scope count."""
-
-    template_id: int
-    fields: tuple[tuple[int, int, int], ...]
-    scope_count: int = 0
-
-    @property
-    def fixed_length(self) -> int | None:
-        if any(length == VARIABLE_LENGTH for _, length, _ in self.fields):
-            return None
-        return sum(length for _, length, _ in self.fields)
-
-
-@dataclass
-class TemplateCache:
-    """Templates by (observation domain, template id); kept by the caller across files."""
-
-    templates: dict[tuple[int, int], Template] = field(default_factory=dict)
-
-
-@dataclass
-class SamplingAnnouncement:
-    """Rate announced in options data for a domain, optionally for one selector/sampler id."""
-
-    domain_id: int
-    selector_id: int | None
-    rate: int
-    source: str
-
-
-@dataclass
-class DecodeResult:
-    """Decoded flows of one file, the sampling it announced, and what could not be decoded."""
-
-    flows: pl.DataFrame
-    sampling: list[SamplingAnnouncement]
-    problems: list[InputFormatError]
-    messages: int
-    lost_records: int
-
-
-def _field_dtype(ie: int, length: int, index: int) -> list[tuple[str, str]]:
-    name = f"f{index}_{ie}"
-    if length in (1, 2, 4, 8):
-        return [(name, f">u{length}")]
-    if length == 16:
-        return [(name + "_hi", ">u8"), (name + "_lo", ">u8")]
-    return [(name, f"V{length}")]
-
-
-def _record_dtype(template: Template) -> np.dtype:
-    parts: list[tuple[str, str]] = []
-    for index, (ie, length, _enterprise) in enumerate(template.fields):
-        parts.extend(_field_dtype(ie, length, index))
-    return np.dtype(parts)
-
-
-def _column(records: np.ndarray, template: Template, ie: int, suffix: str = "") -> np.ndarray | None:
-    for index, (field_ie, _length, enterprise) in enumerate(template.fields):
-        if field_ie == ie and enterprise == 0:
-            return np.asarray(records[f"f{index}_{ie}{suffix}"]).astype(np.uint64)
-    return None
-
-
-def _v4_mapped(v4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(v4.size, dtype=np.uint64), v4.astype(np.uint64) | V4_MAPPED_PREFIX
-
-
-def _addresses(records: np.ndarray, template: Template, v4_ie: int, v6_ie: int) -> tuple[np.ndarray, np.ndarray] | None:
-    v4 = _column(records, template, v4_ie)
-    if v4 is not None:
-        return _v4_mapped(v4)
-    hi = _column(records, template, v6_ie, "_hi")
-    lo = _column(records, template, v6_ie, "_lo")
-    if hi is not None and lo is not None:
-        return hi, lo
-    return None
-
-
-def _flow_columns(records: np.ndarray, template: Template) -> dict[str, np.ndarray] | str:
-    """Canonical columns of fixed-length data records, or the reason they cannot be used."""
-    n = records.size
-    src = _addresses(records, template, IE_SRC_V4, IE_SRC_V6)
-    dst = _addresses(records, template, IE_DST_V4, IE_DST_V6)
-    if src is None or dst is None:
-        return "template has no source/destination address"
-    start = _column(records, template, IE_START_MS)
-    end = _column(records, template, IE_END_MS)
-    if start is None:
-        start_s = _column(records, template, IE_START_S)
-        end_s = _column(records, template, IE_END_S)
-        if start_s is None:
-            return "template has no absolute flow start time"
-        start = start_s * np.uint64(1000)
-        end = end_s * np.uint64(1000) if end_s is not None else start
-    if end is None:
-        end = start
-    packets = _column(records, template, IE_PACKETS)
-    if packets is None:
-        packets = _column(records, template, IE_PACKETS_TOTAL)
-    octets = _column(records, template, IE_OCTETS)
-    if octets is None:
-        octets = _column(records, template, IE_OCTETS_TOTAL)
-    if packets is None or octets is None:
-        return "template has no packet or octet count"
-    zeros16 = np.zeros(n, dtype=np.uint64)
-    selector = _column(records, template, IE_SELECTOR_ID)
-    if selector is None:
-        selector = _column(records, template, IE_SAMPLER_ID)
-    src_port = _column(records, template, IE_SRC_PORT)
-    dst_port = _column(records, template, IE_DST_PORT)
-    protocol = _column(records, template, IE_PROTOCOL)
-    return {
-        "selector_id": selector if selector is not None else np.full(n, np.iinfo(np.uint64).max, dtype=np.uint64),
-        "first_ts": start.astype(np.int64),
-        "last_ts": end.astype(np.int64),
-        "src_hi": src[0],
-        "src_lo": src[1],
-        "dst_hi": dst[0],
-        "dst_lo": dst[1],
-        "src_port": (src_port if src_port is not None else zeros16).astype(np.uint16),
-        "dst_port": (dst_port if dst_port is not None else zeros16).astype(np.uint16),
-        "protocol": (protocol if protocol is not None else zeros16).astype(np.uint8),
-        "packets": packets,
-        "bytes": octets,
-    }
-
-
-def _split_variable_records(payload: memoryview, template: Template) -> list[dict[int, bytes]]:
-    """Records of a template with variable-length fields, as ie -> raw bytes (slow path)."""
-    records: list[dict[int, bytes]] = []
+def parse_template_set(payload: memoryview, options: bool, offset: int) -> list[tuple[int, Template | None]]:
+    """(template id, template or None for a withdrawal) of one (options) template set."""
+    out: list[tuple[int, Template | None]] = []
     pos = 0
-    while pos < len(payload):
-        record: dict[int, bytes] = {}
-        start = pos
-        for ie, length, enterprise in template.fields:
-            if length == VARIABLE_LENGTH:
-                if pos >= len(payload):
-                    raise ValueError("variable-length field runs past the set")
-                length = payload[pos]
-                pos += 1
-                if length == 255:
-                    if pos + 2 > len(payload):
-                        raise ValueError("variable-length field runs past the set")
-                    length = int.from_bytes(payload[pos : pos + 2], "big")
-                    pos += 2
-            if pos + length > len(payload):
-                if all(b == 0 for b in payload[start:]):
-                    return records  # trailing padding
-                raise ValueError("record runs past the end of its set")
-            if enterprise == 0:
-                record[ie] = bytes(payload[pos : pos + length])
-            pos += length
-        records.append(record)
-        if pos == start:
-            break
-    return records
-
-
-def _records_to_fixed(records: list[dict[int, bytes]], template: Template) -> tuple[np.ndarray, Template]:
-    """Re-packs variable-length records into fixed-length ones with the same fields' values."""
-    kept = [(ie, length, 0) for ie, length, ent in template.fields if ent == 0 and length != VARIABLE_LENGTH]
-    fixed = Template(template.template_id, tuple(kept), template.scope_count)
-    dtype = _record_dtype(fixed)
-    out = np.zeros(len(records), dtype=dtype)
-    for row, record in enumerate(records):
-        for index, (ie, length, _e) in enumerate(kept):
-            raw = record.get(ie, b"\0" * length)
-            if length == 16:
-                out[row][f"f{index}_{ie}_hi"] = int.from_bytes(raw[:8], "big")
-                out[row][f"f{index}_{ie}_lo"] = int.from_bytes(raw[8:], "big")
-            elif length in (1, 2, 4, 8):
-                out[row][f"f{index}_{ie}"] = int.from_bytes(raw, "big")
-    return out, fixed
-
-
-def _options_values(records: np.ndarray, template: Template) -> list[dict[int, int]]:
-    out: list[dict[int, int]] = []
-    names = records.dtype.names or ()
-    for record in records:
-        values: dict[int, int] = {}
-        for index, (ie, length, enterprise) in enumerate(template.fields):
-            name = f"f{index}_{ie}"
-            if enterprise == 0 and name in names and length in (1, 2, 4, 8):
-                values[ie] = int(record[name])
-        out.append(values)
-    return out
-
-
-def sampling_from_options(values: dict[int, int], domain_id: int) -> SamplingAnnouncement | None:
-    """Rate from one options record: IE 305/306, IE 34 or IE 50; None if it announces none."""
-    selector = values.get(IE_SELECTOR_ID, values.get(IE_SAMPLER_ID))
-    interval = values.get(IE_SAMPLING_PACKET_INTERVAL)
-    space = values.get(IE_SAMPLING_PACKET_SPACE)
-    if interval and space is not None:
-        return SamplingAnnouncement(domain_id, selector, (interval + space) // interval, "ipfix:305/306")
-    if values.get(IE_SAMPLING_INTERVAL):
-        return SamplingAnnouncement(domain_id, selector, values[IE_SAMPLING_INTERVAL], "ipfix:34")
-    if values.get(IE_SAMPLER_RANDOM_INTERVAL):
-        return SamplingAnnouncement(domain_id, selector, values[IE_SAMPLER_RANDOM_INTERVAL], "ipfix:50")
-    return None
-
-
-def _parse_template_set(payload: memoryview, options: bool, offset: int, source: str) -> list[Template]:
-    templates: list[Template] = []
-    pos = 0
-    while pos + 4 <= len(payload):
+    header = 6 if options else 4
+    while pos + header <= len(payload):
         template_id, field_count = struct.unpack_from("!HH", payload, pos)
-        pos += 4
-        scope_count = 0
-        if options:
-            if pos + 2 > len(payload):
-                raise InputFormatError(source, f"byte {offset + pos}", "options template header truncated")
-            (scope_count,) = struct.unpack_from("!H", payload, pos)
-            pos += 2
+        scope_count = struct.unpack_from("!H", payload, pos + 4)[0] if options else 0
+        pos += header
         if template_id == 0 and field_count == 0:
-            break  # padding
-        if template_id < 256:
-            raise InputFormatError(source, f"byte {offset + pos}", f"template id {template_id} < 256")
+            break  # set padding
+        if template_id < 256 and not (template_id in (2, 3) and field_count == 0):
+            raise ValueError(f"template id {template_id} at byte {offset + pos - header} is reserved (< 256)")
+        if field_count == 0:
+            out.append((template_id, None))  # RFC 7011 8.1: withdrawal
+            continue
+        if options and (scope_count == 0 or scope_count > field_count):
+            raise ValueError(f"options template {template_id}: scope field count {scope_count} of {field_count}")
         fields: list[tuple[int, int, int]] = []
         for _ in range(field_count):
             if pos + 4 > len(payload):
-                raise InputFormatError(source, f"byte {offset + pos}", "template field list truncated")
+                raise ValueError(f"template {template_id}: field list runs past the end of its set")
             ie, length = struct.unpack_from("!HH", payload, pos)
             pos += 4
             enterprise = 0
             if ie & 0x8000:
                 if pos + 4 > len(payload):
-                    raise InputFormatError(source, f"byte {offset + pos}", "enterprise number truncated")
+                    raise ValueError(f"template {template_id}: enterprise number runs past the end of its set")
                 (enterprise,) = struct.unpack_from("!I", payload, pos)
                 pos += 4
                 ie &= 0x7FFF
+            if length == 0:
+                raise ValueError(f"template {template_id}: field {ie} has length 0")
             fields.append((ie, length, enterprise))
-        if field_count == 0:
-            continue  # RFC 7011 8.1: a template withdrawal
-        templates.append(Template(template_id, tuple(fields), scope_count))
-    return templates
+        out.append((template_id, Template(template_id, tuple(fields), scope_count, True)))
+    return out
 
 
-def decode_ipfix(data: bytes, exporter: str, source: str, cache: TemplateCache) -> DecodeResult:
-    """Flows (FLOW_SCHEMA rows) of a file of back-to-back IPFIX messages, with options and problems."""
+def decode_message(view: memoryview, pos: int, acc: Accumulator, origin: str) -> int:
+    """Decodes the IPFIX message at `pos`; returns its length, or 0 when the stream cannot go on."""
+    if pos + HEADER.size > len(view):
+        acc.problem(pos, f"truncated message header ({len(view) - pos} bytes left)", len(view) - pos)
+        return 0
+    version, length, export_time, sequence, domain = HEADER.unpack_from(view, pos)
+    if version != IPFIX_VERSION:
+        acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", len(view) - pos)
+        return 0
+    if length < HEADER.size or pos + length > len(view):
+        acc.problem(pos, f"message length {length} runs past the end of the data or is too short", len(view) - pos)
+        return 0
+    acc.messages += 1
+    acc.formats["ipfix"] = acc.formats.get("ipfix", 0) + 1
+    clock = Clock(export_time * 1000, acc.state.system_init_ms.get((origin, domain)))
+    data_records = 0
+    set_pos = pos + HEADER.size
+    end = pos + length
+    while set_pos + SET_HEADER.size <= end:
+        set_id, set_length = SET_HEADER.unpack_from(view, set_pos)
+        if set_length < SET_HEADER.size or set_pos + set_length > end:
+            acc.problem(set_pos, f"set length {set_length} invalid; rest of the message skipped", end - set_pos)
+            break
+        payload = view[set_pos + SET_HEADER.size : set_pos + set_length]
+        try:
+            if set_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
+                for template_id, template in parse_template_set(
+                    payload, set_id == OPTIONS_TEMPLATE_SET_ID, set_pos + 4
+                ):
+                    if template is not None:
+                        acc.state.templates[(origin, domain, template_id)] = template
+                    elif template_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
+                        for key in [k for k in acc.state.templates if k[:2] == (origin, domain)]:
+                            del acc.state.templates[key]
+                    else:
+                        acc.state.templates.pop((origin, domain, template_id), None)
+            elif set_id >= 256:
+                template = acc.state.templates.get((origin, domain, set_id))
+                if template is None:
+                    acc.problem(
+                        set_pos, f"data set for unknown template {set_id} in domain {domain}; set skipped", set_length
+                    )
+                else:
+                    clock.system_init_ms = acc.state.system_init_ms.get((origin, domain))
+                    data_records += handle_data_set(acc, payload, template, origin, domain, clock, set_pos, "ipfix")
+            else:
+                acc.problem(set_pos, f"reserved set id {set_id}; set skipped", set_length)
+        except (ValueError, struct.error) as exc:
+            acc.problem(set_pos, str(exc), set_length)
+        set_pos += set_length
+    acc.count_sequence((origin, IPFIX_VERSION, domain), sequence, data_records)
+    return length
+
+
+def decode_ipfix(data: bytes, exporter: str, source: str, state: ExporterState | None = None) -> DecodeResult:
+    """Flows of a file of back-to-back IPFIX messages; problems name the byte offset."""
+    acc = Accumulator(exporter, source, state if state is not None else ExporterState())
     view = memoryview(data)
     pos = 0
-    problems: list[InputFormatError] = []
-    sampling: list[SamplingAnnouncement] = []
-    batches: list[dict[str, np.ndarray]] = []
-    messages = 0
-    lost = 0
-    expected_sequence: dict[int, int] = {}
     while pos < len(view):
-        if pos + HEADER.size > len(view):
-            problems.append(
-                InputFormatError(source, f"byte {pos}", f"truncated message header ({len(view) - pos} bytes left)")
-            )
+        consumed = decode_message(view, pos, acc, "")
+        if consumed == 0:
             break
-        version, length, _export_time, sequence, domain = HEADER.unpack_from(view, pos)
-        if version != IPFIX_VERSION:
-            problems.append(InputFormatError(source, f"byte {pos}", f"not an IPFIX message (version {version})"))
-            break
-        if length < HEADER.size or pos + length > len(view):
-            problems.append(
-                InputFormatError(
-                    source, f"byte {pos}", f"message length {length} runs past the end of the file or is too short"
-                )
-            )
-            break
-        messages += 1
-        if domain in expected_sequence and sequence != expected_sequence[domain]:
-            lost += (sequence - expected_sequence[domain]) % (1 << 32)
-        data_records = 0
-        set_pos = pos + HEADER.size
-        end = pos + length
-        while set_pos + SET_HEADER.size <= end:
-            set_id, set_length = SET_HEADER.unpack_from(view, set_pos)
-            if set_length < SET_HEADER.size or set_pos + set_length > end:
-                problems.append(InputFormatError(source, f"byte {set_pos}", f"set length {set_length} invalid"))
-                break
-            payload = view[set_pos + SET_HEADER.size : set_pos + set_length]
-            try:
-                if set_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
-                    for template in _parse_template_set(
-                        payload, set_id == OPTIONS_TEMPLATE_SET_ID, set_pos + 4, source
-                    ):
-                        cache.templates[(domain, template.template_id)] = template
-                elif set_id >= 256:
-                    known = cache.templates.get((domain, set_id))
-                    if known is None:
-                        problems.append(
-                            InputFormatError(
-                                source, f"byte {set_pos}", f"data set for unknown template {set_id} in domain {domain}"
-                            )
-                        )
-                    else:
-                        records, usable = _decode_data_set(payload, known)
-                        data_records += records.size
-                        if usable.scope_count:
-                            for values in _options_values(records, usable):
-                                announcement = sampling_from_options(values, domain)
-                                if announcement is not None:
-                                    sampling.append(announcement)
-                        elif records.size:
-                            columns = _flow_columns(records, usable)
-                            if isinstance(columns, str):
-                                problems.append(
-                                    InputFormatError(source, f"byte {set_pos}", f"template {set_id}: {columns}")
-                                )
-                            else:
-                                columns["domain_id"] = np.full(records.size, domain, dtype=np.uint32)
-                                batches.append(columns)
-            except (ValueError, struct.error) as exc:
-                problems.append(InputFormatError(source, f"byte {set_pos}", str(exc)))
-            set_pos += set_length
-        expected_sequence[domain] = (sequence + data_records) % (1 << 32)
-        pos = end
-    return DecodeResult(_to_frame(batches, exporter), sampling, problems, messages, lost)
-
-
-def _decode_data_set(payload: memoryview, template: Template) -> tuple[np.ndarray, Template]:
-    length = template.fixed_length
-    if length is None:
-        return _records_to_fixed(_split_variable_records(payload, template), template)
-    if length == 0:
-        raise ValueError(f"template {template.template_id} has zero record length")
-    count = len(payload) // length
-    # Trailing bytes shorter than a record are padding (RFC 7011 3.3.1).
-    return np.frombuffer(payload, dtype=_record_dtype(template), count=count), template
-
-
-def _to_frame(batches: list[dict[str, np.ndarray]], exporter: str) -> pl.DataFrame:
-    if not batches:
-        return pl.DataFrame(schema=FLOW_SCHEMA)
-    columns = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
-    frame = pl.DataFrame(columns)
-    return frame.select(
-        pl.lit(exporter).alias("exporter"),
-        pl.col("domain_id"),
-        pl.col("selector_id"),
-        pl.col("first_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        pl.col("last_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        *[
-            pl.col(c)
-            for c in ("src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "protocol", "packets", "bytes")
-        ],
-    ).cast(FLOW_SCHEMA)  # type: ignore[arg-type]
+        pos += consumed
+    return acc.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +214,7 @@ def encode_template_set(templates: list[Template]) -> bytes:
 
 def pack_records(template: Template, columns: dict[int, np.ndarray]) -> np.ndarray:
     """Fixed-length records of a template from ie -> values (16-byte fields as (n, 2) hi/lo)."""
-    dtype = _record_dtype(template)
+    dtype = record_dtype(template)
     n = len(next(iter(columns.values())))
     out = np.zeros(n, dtype=dtype)
     for index, (ie, length, _e) in enumerate(template.fields):

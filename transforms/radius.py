@@ -9,6 +9,7 @@ import polars as pl
 from transforms.addresses import parse_address_column
 
 GIGAWORD = 1 << 32
+STATUS_TYPES = ("Start", "Stop", "Interim-Update", "Accounting-On", "Accounting-Off", "Alive")
 
 # Attributes the pipeline reads; everything else in a record is kept out of the frame.
 ATTRIBUTES = {
@@ -108,9 +109,15 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
         pl.col("value").str.strip_chars('"'),
     )
     # A repeated attribute keeps its first value (RFC 2866 allows at most one of each we read).
-    wide = (
-        wanted.group_by("record", "name").agg(pl.col("value").first()).pivot(on="name", index="record", values="value")
+    # RFC 2866 allows at most one of each attribute we read: an exact repeat is harmless, a
+    # repeat with another value makes the record ambiguous.
+    grouped = wanted.group_by("record", "name").agg(
+        pl.col("value").first(), pl.col("value").n_unique().alias("_values")
     )
+    conflicting = (
+        grouped.filter(pl.col("_values") > 1).group_by("record").agg(pl.col("name").sort().first().alias("_conflict"))
+    )
+    wide = grouped.pivot(on="name", index="record", values="value")
     headers = lines.filter(pl.col("is_header")).select("record", "line")
     for column in ATTRIBUTES.values():
         if column not in wide.columns:
@@ -127,18 +134,40 @@ def parse_detail(text: str, source: str, timezone: str) -> tuple[pl.DataFrame, p
             + pl.col("out_octets").cast(pl.Int64, strict=False)
         ).alias("out_octets"),
         pl.col("session_time_s").cast(pl.Int64, strict=False),
+        pl.col("status").replace({"Alive": "Interim-Update"}),
         pl.lit(source).alias("source"),
     )
-    bad = records.filter(pl.col("status").is_null() | pl.col("session_id").is_null() | pl.col("event_ts").is_null())
+    records = records.join(conflicting, on="record", how="left")
+    known_status = pl.col("status").is_in(list(STATUS_TYPES))
+    nas_event = pl.col("status").is_in(["Accounting-On", "Accounting-Off"])
+    counters_unreadable = (
+        pl.col("status").is_in(["Interim-Update", "Stop"])
+        & (pl.col("in_octets").is_null() | pl.col("out_octets").is_null())
+        & (pl.col("in_octets").is_not_null() | pl.col("out_octets").is_not_null())
+    )
+    bad = records.filter(
+        pl.col("status").is_null()
+        | (pl.col("session_id").is_null() & ~nas_event)
+        | pl.col("event_ts").is_null()
+        | pl.col("_conflict").is_not_null()
+        | ~known_status
+        | counters_unreadable
+    )
     problems.append(
         bad.select(
             "source",
             "line",
             pl.when(pl.col("status").is_null())
             .then(pl.lit("record without Acct-Status-Type"))
+            .when(~known_status)
+            .then(pl.format("unknown Acct-Status-Type {}", "status"))
             .when(pl.col("session_id").is_null())
             .then(pl.lit("record without Acct-Session-Id"))
-            .otherwise(pl.lit("record without a readable Event-Timestamp or Timestamp"))
+            .when(pl.col("event_ts").is_null())
+            .then(pl.lit("record without a readable Event-Timestamp or Timestamp"))
+            .when(pl.col("_conflict").is_not_null())
+            .then(pl.format("attribute {} repeated with different values", "_conflict"))
+            .otherwise(pl.lit("unreadable Acct-Input/Output-Octets"))
             .alias("reason"),
         )
     )
@@ -191,33 +220,69 @@ def format_detail(records: pl.DataFrame, timezone: str) -> str:
 
 
 def build_sessions(records: pl.DataFrame) -> pl.DataFrame:
-    """One row per (nas, session_id): start/end (UTC ms), identity and address attributes, last counters."""
-    ordered = records.sort("event_ts")
-    return ordered.group_by("nas", "session_id").agg(
-        (pl.col("event_ts") - pl.duration(seconds=pl.col("session_time_s").fill_null(0))).min().alias("start_ts"),
-        pl.col("event_ts").filter(pl.col("status") == "Stop").min().alias("stop_ts"),
-        pl.col("event_ts").max().alias("last_seen_ts"),
-        pl.col("user_name").drop_nulls().first(),
-        pl.col("calling_station_id").drop_nulls().first(),
-        pl.col("framed_protocol").drop_nulls().first(),
-        pl.col("framed_ip").drop_nulls().first(),
-        pl.coalesce("delegated_prefix", "framed_ipv6_prefix").drop_nulls().first().alias("ipv6_prefix"),
-        pl.col("in_octets").max().alias("in_octets"),
-        pl.col("out_octets").max().alias("out_octets"),
+    """One row per (nas, session_id): start, stop (or null), last seen (UTC), identity, addresses, counters.
+
+    A NAS that sends Accounting-On/Off has rebooted: its sessions without a Stop end there.
+    """
+    nas_events = (
+        records.filter(pl.col("status").is_in(["Accounting-On", "Accounting-Off"]))
+        .select("nas", pl.col("event_ts").alias("nas_reset_ts"))
+        .sort("nas_reset_ts")
+    )
+    sessions = (
+        records.filter(
+            pl.col("session_id").is_not_null() & ~pl.col("status").is_in(["Accounting-On", "Accounting-Off"])
+        )
+        .sort("event_ts")
+        .group_by("nas", "session_id")
+        .agg(
+            (pl.col("event_ts") - pl.duration(seconds=pl.col("session_time_s").fill_null(0))).min().alias("start_ts"),
+            pl.col("event_ts").filter(pl.col("status") == "Stop").min().alias("stop_ts"),
+            pl.col("event_ts").max().alias("last_seen_ts"),
+            pl.col("user_name").drop_nulls().first(),
+            pl.col("calling_station_id").drop_nulls().first(),
+            pl.col("framed_protocol").drop_nulls().first(),
+            pl.col("framed_ip").drop_nulls().first(),
+            pl.coalesce("delegated_prefix", "framed_ipv6_prefix").drop_nulls().first().alias("ipv6_prefix"),
+            pl.col("in_octets").max().alias("in_octets"),
+            pl.col("out_octets").max().alias("out_octets"),
+        )
+        .sort("last_seen_ts")
+    )
+    return (
+        sessions.join_asof(
+            nas_events,
+            left_on="last_seen_ts",
+            right_on="nas_reset_ts",
+            by="nas",
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .with_columns(
+            stop_ts=pl.when(pl.col("stop_ts").is_null()).then(pl.col("nas_reset_ts")).otherwise(pl.col("stop_ts")),
+            closed_by=pl.when(pl.col("stop_ts").is_not_null())
+            .then(pl.lit("stop"))
+            .when(pl.col("nas_reset_ts").is_not_null())
+            .then(pl.lit("nas_reset"))
+            .otherwise(pl.lit("open")),
+        )
+        .drop("nas_reset_ts")
     )
 
 
-def sessions_to_assignments(sessions: pl.DataFrame, horizon: dt.datetime) -> pl.DataFrame:
-    """Assignment rows (user_id, service, family, key, prefix_len, valid_from, valid_to), half-open.
+def sessions_to_assignments(sessions: pl.DataFrame, max_silence: dt.timedelta) -> pl.DataFrame:
+    """Assignment rows (identity, family, key, prefix_len, valid_from, valid_to, conflict), half-open.
 
-    A session without Stop holds its address until the next session on the same address starts
-    (or `horizon`); overlapping sessions on one address resolve to the latest Start.
+    A session without Stop holds its address until the next session on the same address starts,
+    or `max_silence` after its last record; overlapping sessions on one address resolve to the
+    latest Start, and the overlap is flagged as a conflict.
     """
     v4 = sessions.filter(pl.col("framed_ip").is_not_null()).with_columns(address=pl.col("framed_ip"))
     v6 = sessions.filter(pl.col("ipv6_prefix").is_not_null()).with_columns(address=pl.col("ipv6_prefix"))
     rows = pl.concat([v4, v6]).with_columns(parse_address_column(pl.col("address")).alias("parsed")).unnest("parsed")
-    horizon_ts = pl.lit(horizon).cast(pl.Datetime("ms", "UTC"))
-    rows = rows.with_columns(valid_to=pl.coalesce("stop_ts", horizon_ts)).sort("start_ts")
+    rows = rows.filter(pl.col("family").is_not_null())
+    silence_end = pl.col("last_seen_ts") + pl.duration(seconds=int(max_silence.total_seconds()))
+    rows = rows.with_columns(valid_to=pl.coalesce("stop_ts", silence_end)).sort("start_ts")
     rows = rows.with_columns(
         next_start=pl.col("start_ts").shift(-1).over("family", "key", "prefix_len", order_by="start_ts"),
     ).with_columns(
@@ -234,16 +299,32 @@ def sessions_to_assignments(sessions: pl.DataFrame, horizon: dt.datetime) -> pl.
         pl.col("start_ts").alias("valid_from"),
         "valid_to",
         "conflict",
+        "closed_by",
         "nas",
         "session_id",
     ).filter(pl.col("valid_to") > pl.col("valid_from"))
 
 
+def split_backward_counters(records: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(records whose counters never go below an earlier record of their session; the others + reason)."""
+    ordered = records.sort("event_ts").with_columns(
+        _prior_in=pl.col("in_octets").cum_max().shift(1).over("nas", "session_id", order_by="event_ts"),
+        _prior_out=pl.col("out_octets").cum_max().shift(1).over("nas", "session_id", order_by="event_ts"),
+    )
+    backwards = (pl.col("in_octets") < pl.col("_prior_in")) | (pl.col("out_octets") < pl.col("_prior_out"))
+    bad = ordered.filter(backwards.fill_null(False))
+    good = ordered.filter(~backwards.fill_null(False)).drop("_prior_in", "_prior_out")
+    problems = bad.select(
+        "source", "line", pl.lit("accounting counters went backwards within the session").alias("reason")
+    )
+    return good, problems
+
+
 def billing_usage_by_day(records: pl.DataFrame, week_start: dt.datetime, timezone: str) -> pl.DataFrame:
     """Per (calling_station_id, local day of the week): in/out bytes from cumulative counters.
 
-    Each counter delta is spread over the time between two records; deltas that go backwards
-    are counted in `counter_resets` and contribute nothing.
+    Each counter delta is spread over the time between two records (counters that went
+    backwards are removed beforehand by split_backward_counters).
     """
     week_end = week_start + dt.timedelta(days=7)
     phones = records.filter(
@@ -268,7 +349,6 @@ def billing_usage_by_day(records: pl.DataFrame, week_start: dt.datetime, timezon
         - pl.col("out_octets").shift(1, fill_value=0).over("nas", "session_id", order_by="event_ts"),
     ).with_columns(prev_ts=pl.coalesce("prev_ts", "start_ts"))
     intervals = intervals.with_columns(
-        reset=(pl.col("d_in") < 0) | (pl.col("d_out") < 0),
         d_in=pl.col("d_in").clip(lower_bound=0),
         d_out=pl.col("d_out").clip(lower_bound=0),
         span_ms=(pl.col("event_ts") - pl.col("prev_ts")).dt.total_milliseconds().clip(lower_bound=1),
@@ -306,6 +386,5 @@ def billing_usage_by_day(records: pl.DataFrame, week_start: dt.datetime, timezon
         .agg(
             (pl.col("d_in") * pl.col("share")).sum().alias("in_bytes"),
             (pl.col("d_out") * pl.col("share")).sum().alias("out_bytes"),
-            pl.col("reset").sum().alias("counter_resets"),
         )
     )

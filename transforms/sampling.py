@@ -1,11 +1,14 @@
-"""Sampling rates for decoded flows: announced by the exporter, else configured, else quarantine."""
+"""Sampling rates for decoded flows: carried by the record or header, announced by the exporter,
+configured, or else quarantined (never scaled by 1)."""
 
 from __future__ import annotations
 
 import polars as pl
 
-NO_SELECTOR = (1 << 64) - 1
+from transforms._records import NO_SELECTOR, SamplingAnnouncement
+
 ANNOUNCEMENT_SCHEMA: dict[str, pl.DataType] = {
+    "origin": pl.String(),
     "domain_id": pl.UInt32(),
     "selector_id": pl.UInt64(),
     "rate": pl.UInt32(),
@@ -13,25 +16,42 @@ ANNOUNCEMENT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def latest_announcements(announcements: pl.DataFrame) -> pl.DataFrame:
-    """The last announced rate per (domain_id, selector_id); selector NO_SELECTOR = domain-wide."""
-    return announcements.group_by("domain_id", "selector_id", maintain_order=True).last()
+def announcements_frame(announcements: list[SamplingAnnouncement]) -> pl.DataFrame:
+    """ANNOUNCEMENT_SCHEMA rows, in order; a missing selector becomes NO_SELECTOR (domain-wide)."""
+    return pl.DataFrame(
+        [
+            {
+                "origin": a.origin,
+                "domain_id": a.domain_id,
+                "selector_id": NO_SELECTOR if a.selector_id is None else a.selector_id,
+                "rate": a.rate,
+                "source": a.source,
+            }
+            for a in announcements
+        ],
+        schema=ANNOUNCEMENT_SCHEMA,
+    )
 
 
 def resolve_sampling(
-    flows: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None
+    flows: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(flows with sampling_rate, sampling_source; flows with no known rate plus `reason`).
+    """(flows with sampling_rate and sampling_source; flows with no known rate plus `reason`).
 
-    A flow carrying a selector/sampler id takes that selector's rate; one without takes its
-    domain's rate when the domain announced exactly one; else the configured default.
+    Order: a rate in the record or export header; the announced rate of the record's selector;
+    the domain's rate when it announced exactly one; the configured default. A configured
+    override replaces all of them (for exporters known to announce a wrong rate).
     """
-    latest = latest_announcements(announcements)
+    latest = (
+        announcements.filter(pl.col("rate") > 0)
+        .group_by("origin", "domain_id", "selector_id", maintain_order=True)
+        .last()
+    )
     by_selector = latest.select(
-        "domain_id", "selector_id", pl.col("rate").alias("_sel_rate"), pl.col("source").alias("_sel_src")
+        "origin", "domain_id", "selector_id", pl.col("rate").alias("_sel_rate"), pl.col("source").alias("_sel_src")
     )
     single = (
-        latest.group_by("domain_id")
+        latest.group_by("origin", "domain_id")
         .agg(
             pl.col("rate").n_unique().alias("_n"),
             pl.col("rate").first().alias("_dom_rate"),
@@ -40,20 +60,26 @@ def resolve_sampling(
         .filter(pl.col("_n") == 1)
         .drop("_n")
     )
-    joined = flows.join(by_selector, on=["domain_id", "selector_id"], how="left").join(
-        single, on="domain_id", how="left"
+    joined = flows.join(by_selector, on=["origin", "domain_id", "selector_id"], how="left").join(
+        single, on=["origin", "domain_id"], how="left"
     )
     default = pl.lit(default_rate, dtype=pl.UInt32) if default_rate else pl.lit(None, dtype=pl.UInt32)
+    domain_wide = pl.col("selector_id") == NO_SELECTOR
     resolved = joined.with_columns(
         sampling_rate=pl.coalesce(
-            "_sel_rate", pl.when(pl.col("selector_id") == NO_SELECTOR).then(pl.col("_dom_rate")), default
+            "record_rate", "_sel_rate", pl.when(domain_wide).then(pl.col("_dom_rate")), default
         ).cast(pl.UInt32),
         sampling_source=pl.coalesce(
+            "record_rate_source",
             "_sel_src",
-            pl.when(pl.col("selector_id") == NO_SELECTOR).then(pl.col("_dom_src")),
+            pl.when(domain_wide).then(pl.col("_dom_src")),
             pl.when(default.is_not_null()).then(pl.lit("config")),
         ),
-    ).drop("_sel_rate", "_sel_src", "_dom_rate", "_dom_src")
+    ).drop("_sel_rate", "_sel_src", "_dom_rate", "_dom_src", "record_rate", "record_rate_source")
+    if override_rate:
+        resolved = resolved.with_columns(
+            sampling_rate=pl.lit(override_rate, dtype=pl.UInt32), sampling_source=pl.lit("config:override")
+        )
     known = resolved.filter(pl.col("sampling_rate").is_not_null())
     unknown = resolved.filter(pl.col("sampling_rate").is_null()).with_columns(
         reason=pl.lit("no sampling rate known for this exporter/domain/selector")

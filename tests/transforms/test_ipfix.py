@@ -4,7 +4,8 @@ import numpy as np
 import polars as pl
 
 from transforms import ipfix
-from transforms.sampling import ANNOUNCEMENT_SCHEMA, resolve_sampling
+from transforms._records import ExporterState
+from transforms.sampling import ANNOUNCEMENT_SCHEMA, announcements_frame, resolve_sampling
 
 
 def _records(n: int, start_ms: int = 1_717_340_400_000) -> dict[int, np.ndarray]:
@@ -43,10 +44,10 @@ def _file(records: dict[int, np.ndarray], sampling_style: str = "packet_space", 
 
 def test_round_trip_keeps_every_field_across_many_messages() -> None:
     records = _records(5000)  # more than one 64 KiB message
-    result = ipfix.decode_ipfix(_file(records), "r1", "f.ipfix", ipfix.TemplateCache())
+    result = ipfix.decode_ipfix(_file(records), "r1", "f.ipfix", ExporterState())
     assert result.problems == []
     assert result.messages > 2
-    assert result.lost_records == 0
+    assert result.lost == 0
     flows = result.flows
     assert flows.height == 5000
     assert flows["src_lo"].to_numpy().tolist() == (records[ipfix.IE_SRC_V4] | np.uint64(0xFFFF_0000_0000)).tolist()
@@ -57,15 +58,8 @@ def test_round_trip_keeps_every_field_across_many_messages() -> None:
 
 
 def test_sampling_interval_option_and_resolution_per_domain() -> None:
-    result = ipfix.decode_ipfix(_file(_records(10), "interval", 512), "r1", "f", ipfix.TemplateCache())
-    announcements = pl.DataFrame(
-        [
-            {"domain_id": a.domain_id, "selector_id": a.selector_id, "rate": a.rate, "source": a.source}
-            for a in result.sampling
-        ],
-        schema=ANNOUNCEMENT_SCHEMA,
-    )
-    known, unknown = resolve_sampling(result.flows, announcements, None)
+    result = ipfix.decode_ipfix(_file(_records(10), "interval", 512), "r1", "f", ExporterState())
+    known, unknown = resolve_sampling(result.flows, announcements_frame(result.sampling), None)
     assert unknown.height == 0
     assert set(known["sampling_rate"].to_list()) == {512}
     assert set(known["sampling_source"].to_list()) == {"ipfix:34"}
@@ -81,7 +75,7 @@ def test_flows_without_a_known_rate_are_set_aside_not_scaled_by_one() -> None:
         ipfix.FLOW_TEMPLATE_V4,
         ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, records),
     )
-    result = ipfix.decode_ipfix(data, "r1", "f", ipfix.TemplateCache())
+    result = ipfix.decode_ipfix(data, "r1", "f", ExporterState())
     known, unknown = resolve_sampling(result.flows, pl.DataFrame(schema=ANNOUNCEMENT_SCHEMA), None)
     assert known.height == 0 and unknown.height == 3
     known, _ = resolve_sampling(result.flows, pl.DataFrame(schema=ANNOUNCEMENT_SCHEMA), 2048)
@@ -89,15 +83,15 @@ def test_flows_without_a_known_rate_are_set_aside_not_scaled_by_one() -> None:
 
 
 def test_templates_from_an_earlier_file_decode_later_data() -> None:
-    cache = ipfix.TemplateCache()
+    state = ExporterState()
     first = _file(_records(5))
-    ipfix.decode_ipfix(first, "r1", "day1", cache)
+    ipfix.decode_ipfix(first, "r1", "day1", state)
     data_only, _ = ipfix.encode_messages(
         9, 0, 0, b"", ipfix.FLOW_TEMPLATE_V4, ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(4))
     )
-    later = ipfix.decode_ipfix(data_only, "r1", "day2", cache)
+    later = ipfix.decode_ipfix(data_only, "r1", "day2", state)
     assert later.flows.height == 4 and later.problems == []
-    fresh = ipfix.decode_ipfix(data_only, "r1", "day2", ipfix.TemplateCache())
+    fresh = ipfix.decode_ipfix(data_only, "r1", "day2", ExporterState())
     assert fresh.flows.height == 0
     assert "unknown template 256" in str(fresh.problems[0])
 
@@ -105,7 +99,7 @@ def test_templates_from_an_earlier_file_decode_later_data() -> None:
 def test_truncated_file_keeps_complete_messages_and_names_the_offset() -> None:
     data = _file(_records(3000))
     cut = len(data) - 100
-    result = ipfix.decode_ipfix(data[:cut], "r1", "cut.ipfix", ipfix.TemplateCache())
+    result = ipfix.decode_ipfix(data[:cut], "r1", "cut.ipfix", ExporterState())
     assert 0 < result.flows.height < 3000
     problem = result.problems[0]
     assert problem.source == "cut.ipfix" and problem.position.startswith("byte ")
@@ -123,9 +117,9 @@ def test_sequence_gap_is_counted_as_lost_records() -> None:
         pos += length
     dropped = messages[2]
     kept = b"".join(messages[:2] + messages[3:])
-    result = ipfix.decode_ipfix(kept, "r1", "gap", ipfix.TemplateCache())
+    result = ipfix.decode_ipfix(kept, "r1", "gap", ExporterState())
     dropped_records = (len(dropped) - 16 - 4) // ipfix.FLOW_TEMPLATE_V4.fixed_length  # type: ignore[operator]
-    assert result.lost_records == dropped_records
+    assert result.lost == dropped_records
     assert result.flows.height == 5000 - dropped_records
 
 
@@ -163,7 +157,7 @@ def test_variable_length_and_enterprise_fields_are_skipped_correctly() -> None:
     data_set = struct.pack("!HH", 300, len(payload) + 4) + payload
     body = template_set + data_set
     message = struct.pack("!HHIII", 10, 16 + len(body), 0, 0, 1) + body
-    result = ipfix.decode_ipfix(message, "r", "var", ipfix.TemplateCache())
+    result = ipfix.decode_ipfix(message, "r", "var", ExporterState())
     assert result.problems == []
     assert result.flows["bytes"].to_list() == [999, 5]
     assert result.flows["packets"].to_list() == [2, 1]

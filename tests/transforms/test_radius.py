@@ -3,7 +3,14 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from transforms.radius import billing_usage_by_day, build_sessions, format_detail, parse_detail, sessions_to_assignments
+from transforms.radius import (
+    billing_usage_by_day,
+    build_sessions,
+    format_detail,
+    parse_detail,
+    sessions_to_assignments,
+    split_backward_counters,
+)
 
 TZ = "Asia/Tokyo"
 DETAIL = """\
@@ -74,13 +81,58 @@ def test_unreadable_record_is_reported_with_its_line_and_the_rest_kept() -> None
 
 def test_session_without_stop_ends_when_the_next_holder_of_the_address_starts() -> None:
     records, _ = parse_detail(DETAIL, "d", TZ)
-    horizon = dt.datetime(2024, 6, 12, tzinfo=dt.UTC)
-    table = sessions_to_assignments(build_sessions(records), horizon).sort("valid_from")
+    silence = dt.timedelta(hours=48)
+    table = sessions_to_assignments(build_sessions(records), silence).sort("valid_from")
     assert table["user_name"].to_list() == ["u1@bb.example.jp", "u2@bb.example.jp"]
     s2_start = dt.datetime.fromtimestamp(1717347600 - 60, dt.UTC)
-    assert table["valid_to"].to_list() == [s2_start, horizon]
+    s2_last_seen = dt.datetime.fromtimestamp(1717347600, dt.UTC)
+    assert table["valid_to"].to_list() == [s2_start, s2_last_seen + silence]
     assert table["conflict"].to_list() == [True, False]
     assert table["valid_from"][0] == dt.datetime(2024, 6, 2, 14, 0, tzinfo=dt.UTC)
+
+
+def test_accounting_on_closes_the_open_sessions_of_that_nas_only() -> None:
+    reboot = """\
+Mon Jun  3 05:00:00 2024
+\tAcct-Status-Type = Accounting-On
+\tNAS-Identifier = "bras-a"
+\tTimestamp = 1717358400
+
+"""
+    other_nas = DETAIL.replace('"bras-a"', '"bras-b"').replace('"S1"', '"T1"').replace('"S2"', '"T2"')
+    records, problems = parse_detail(DETAIL + reboot + other_nas, "d", TZ)
+    assert problems.height == 0
+    sessions = build_sessions(records).sort("nas", "session_id")
+    closed = dict(zip(sessions["session_id"], sessions["closed_by"]))
+    assert closed == {"S1": "nas_reset", "S2": "nas_reset", "T1": "open", "T2": "open"}
+    reset = dt.datetime.fromtimestamp(1717358400, dt.UTC)
+    assert sessions.filter(pl.col("session_id") == "S2")["stop_ts"].item() == reset
+
+
+def test_repeated_attribute_with_another_value_sets_the_record_aside() -> None:
+    doubled = DETAIL.replace(
+        "\tFramed-IP-Address = 203.0.113.9\n\tAcct-Session-Time = 60",
+        "\tFramed-IP-Address = 203.0.113.9\n\tFramed-IP-Address = 203.0.113.10\n\tAcct-Session-Time = 60",
+    )
+    records, problems = parse_detail(doubled, "d", TZ)
+    assert records["session_id"].to_list() == ["S1", "S1"]
+    assert problems["reason"].to_list() == ["attribute framed_ip repeated with different values"]
+
+
+def test_counters_that_go_backwards_are_set_aside_and_the_next_delta_uses_the_last_good_value() -> None:
+    week = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
+    t = int(week.timestamp())
+    records = _mobile(
+        [
+            ("Interim-Update", t + 3600, 3600, 3000),
+            ("Interim-Update", t + 7200, 7200, 1000),  # went backwards: a broken or replayed record
+            ("Interim-Update", t + 10800, 10800, 4000),
+        ]
+    ).with_columns(source=pl.lit("d"), line=pl.Series([1, 20, 40]))
+    good, bad = split_backward_counters(records)
+    assert bad["line"].to_list() == [20]
+    days = billing_usage_by_day(good.drop("source", "line"), week, TZ)
+    assert days["out_bytes"].sum() == pytest.approx(4000.0)
 
 
 def _mobile(rows: list[tuple[str, int, int, int]]) -> pl.DataFrame:
@@ -109,18 +161,12 @@ def test_billing_splits_a_counter_delta_across_midnight_by_time() -> None:
     assert days["in_bytes"].to_list() == pytest.approx([200.0, 200.0])
 
 
-def test_billing_keeps_only_the_part_inside_the_week_and_counts_counter_resets() -> None:
+def test_billing_keeps_only_the_part_inside_the_week() -> None:
     week = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
     t = int(week.timestamp())
-    records = _mobile(
-        [
-            ("Interim-Update", t + 3600, 2 * 3600, 3000),  # session began 1 h before the week
-            ("Interim-Update", t + 7200, 3 * 3600, 2000),  # counter went backwards
-        ]
-    )
+    records = _mobile([("Interim-Update", t + 3600, 2 * 3600, 3000)])  # session began 1 h before the week
     days = billing_usage_by_day(records, week, TZ)
     assert days["out_bytes"].sum() == pytest.approx(1500.0)
-    assert days["counter_resets"].sum() == 1
 
 
 def test_written_detail_parses_back_to_the_same_records() -> None:

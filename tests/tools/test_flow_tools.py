@@ -1,0 +1,116 @@
+"""Flow exports written by real tools (nfpcapd/nfdump/nfreplay, softflowd) decode to what the pcap holds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.tools.conftest import capture_udp, expected_totals, free_udp_port, require
+from transforms._records import ExporterState
+from transforms.addresses import format_address
+from transforms.exports import decode_flow_file
+from transforms.nfdump_csv import decode_nfdump_csv
+
+
+def totals(flows: pl.DataFrame, scale: int = 1) -> dict[str, tuple[int, int]]:
+    grouped = flows.group_by("src_hi", "src_lo").agg(pl.col("bytes").sum(), pl.col("packets").sum())
+    return {
+        format_address(r["src_hi"], r["src_lo"]): (r["bytes"] * scale, r["packets"] * scale)
+        for r in grouped.iter_rows(named=True)
+    }
+
+
+@pytest.fixture(scope="module")
+def nfcapd_file(user_pcap: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require("nfpcapd")
+    out = tmp_path_factory.mktemp("nfcapd")
+    subprocess.run(["nfpcapd", "-r", str(user_pcap), "-w", str(out)], check=True, capture_output=True, timeout=120)
+    files = sorted(p for p in out.rglob("nfcapd.*") if p.is_file())
+    assert files, "nfpcapd wrote no nfcapd file"
+    return files[0]
+
+
+def test_nfpcapd_then_nfdump_csv_reads_back_the_pcap_totals(nfcapd_file: Path) -> None:
+    require("nfdump")
+    csv = subprocess.run(
+        ["nfdump", "-r", str(nfcapd_file), "-o", "csv"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TZ": "Asia/Tokyo"},
+        timeout=60,
+    ).stdout
+    assert csv.startswith(b"ts,te,td,sa,da,sp,dp,pr"), csv[:80]
+    assert b"\nSummary\n" in csv
+    flows, problems = decode_nfdump_csv(csv, "nfpcapd", "nfdump.csv", "Asia/Tokyo")
+    assert problems == []
+    assert totals(flows) == expected_totals()
+    # nfdump prints local time: read in the same zone, the first flow starts at the pcap's first packet.
+    assert flows["first_ts"].min().timestamp() == pytest.approx(1_717_340_400.0, abs=1.0)  # type: ignore[union-attr]
+    assert set(flows["protocol"].to_list()) == {6, 17}
+
+
+def test_nfreplay_v9_captured_by_tshark_decodes_to_the_pcap_totals(nfcapd_file: Path, tmp_path: Path) -> None:
+    require("nfreplay", "tshark")
+    port = free_udp_port()
+    capture = tmp_path / "v9.pcapng"
+    with capture_udp(port, capture):
+        subprocess.run(
+            ["nfreplay", "-r", str(nfcapd_file), "-H", "127.0.0.1", "-p", str(port), "-v", "9", "-d", "1000"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    result = decode_flow_file(capture.read_bytes(), "nfreplay", str(capture), ExporterState())
+    assert result.problems == []
+    assert result.formats.get("netflow_v9", 0) >= 1
+    assert result.lost == 0
+    assert totals(result.flows) == expected_totals()
+    assert set(result.flows["origin"].to_list()) == {"127.0.0.1"}
+
+
+def _softflowd(user_pcap: Path, tmp_path: Path, *args: str) -> Path:
+    port = free_udp_port()
+    capture = tmp_path / f"softflowd{'-'.join(args)}.pcapng"
+    with capture_udp(port, capture):
+        subprocess.run(
+            ["softflowd", "-r", str(user_pcap), "-n", f"127.0.0.1:{port}", "-d", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    return capture
+
+
+def test_softflowd_ipfix_with_absolute_times_matches_the_pcap(user_pcap: Path, tmp_path: Path) -> None:
+    require("softflowd", "tshark")
+    capture = _softflowd(user_pcap, tmp_path, "-v", "10", "-A", "milli")
+    result = decode_flow_file(capture.read_bytes(), "softflowd", str(capture), ExporterState())
+    assert result.problems == []
+    assert result.formats == {"ipfix": result.messages}
+    assert totals(result.flows) == expected_totals()
+    first = result.flows["first_ts"].min()
+    assert first.timestamp() == pytest.approx(1_717_340_400.0, abs=0.01)  # type: ignore[union-attr]
+    # softflowd announces its (1-in-1) sampling with IE 305/306 in options data.
+    assert [(a.rate, a.source) for a in result.sampling] == [(1, "ipfix:305/306")]
+
+
+@pytest.mark.parametrize("version", ["9", "5"])
+def test_softflowd_netflow_v9_and_v5_match_the_pcap_totals(user_pcap: Path, tmp_path: Path, version: str) -> None:
+    require("softflowd", "tshark")
+    capture = _softflowd(user_pcap, tmp_path, "-v", version)
+    result = decode_flow_file(capture.read_bytes(), "softflowd", str(capture), ExporterState())
+    assert result.problems == []
+    assert result.formats == {f"netflow_v{version}": result.messages}
+    assert totals(result.flows) == expected_totals()
+
+
+def test_softflowd_one_in_two_sampling_scaled_back_matches_the_pcap(user_pcap: Path, tmp_path: Path) -> None:
+    require("softflowd", "tshark")
+    capture = _softflowd(user_pcap, tmp_path, "-v", "10", "-A", "milli", "-s", "2")
+    result = decode_flow_file(capture.read_bytes(), "softflowd", str(capture), ExporterState())
+    assert [(a.rate, a.source) for a in result.sampling] == [(2, "ipfix:305/306")]
+    assert totals(result.flows, scale=2) == expected_totals()

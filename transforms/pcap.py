@@ -1,0 +1,203 @@
+"""pcap and pcapng captures: the UDP datagrams inside, with their source address; and a pcap writer."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from transforms.errors import InputFormatError
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
+    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
+    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+LINK_NULL, LINK_ETHERNET, LINK_RAW, LINK_SLL, LINK_IPV4, LINK_IPV6, LINK_SLL2 = 0, 1, 101, 113, 228, 229, 276
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One UDP payload from a capture: offset of the frame in the file, source address and ports."""
+
+    offset: int
+    source: str
+    source_port: int
+    destination_port: int
+    payload: memoryview
+
+
+def is_capture(data: bytes) -> bool:
+    return data[:4] in PCAP_MAGICS or data[:4] == PCAPNG_MAGIC
+
+
+def _ip_payload(frame: memoryview, link: int) -> memoryview | None:
+    if link == LINK_ETHERNET:
+        if len(frame) < 14:
+            return None
+        ethertype = struct.unpack_from("!H", frame, 12)[0]
+        pos = 14
+        while ethertype in (0x8100, 0x88A8) and len(frame) >= pos + 4:  # VLAN tags
+            ethertype = struct.unpack_from("!H", frame, pos + 2)[0]
+            pos += 4
+        return frame[pos:] if ethertype in (0x0800, 0x86DD) else None
+    if link == LINK_SLL:
+        return frame[16:] if len(frame) >= 16 and struct.unpack_from("!H", frame, 14)[0] in (0x0800, 0x86DD) else None
+    if link == LINK_SLL2:
+        return frame[20:] if len(frame) >= 20 and struct.unpack_from("!H", frame, 0)[0] in (0x0800, 0x86DD) else None
+    if link == LINK_NULL:
+        return frame[4:]
+    if link in (LINK_RAW, LINK_IPV4, LINK_IPV6):
+        return frame
+    return None
+
+
+def _udp(ip: memoryview) -> tuple[str, int, int, memoryview] | str | None:
+    """(source address, source port, destination port, payload), a reason it is unusable, or None if not UDP."""
+    if len(ip) < 1:
+        return None
+    version = ip[0] >> 4
+    if version == 4:
+        if len(ip) < 20:
+            return "truncated IPv4 header"
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        flags_fragment = struct.unpack_from("!H", ip, 6)[0]
+        if ip[9] != 17:
+            return None
+        if flags_fragment & 0x3FFF:
+            return "IP fragment (not reassembled)"
+        source = str(ipaddress.IPv4Address(bytes(ip[12:16])))
+        segment = ip[ihl : min(total, len(ip))]
+    elif version == 6:
+        if len(ip) < 40:
+            return "truncated IPv6 header"
+        if ip[6] != 17:
+            return "IPv6 extension headers not supported" if ip[6] in (0, 43, 44, 60) else None
+        source = str(ipaddress.IPv6Address(bytes(ip[8:24])))
+        segment = ip[40 : 40 + struct.unpack_from("!H", ip, 4)[0]]
+    else:
+        return None
+    if len(segment) < 8:
+        return "truncated UDP header"
+    sport, dport, length = struct.unpack_from("!HHH", segment, 0)
+    if length < 8 or length > len(segment):
+        return f"UDP length {length} does not match the captured {len(segment)} bytes (snap length too small?)"
+    return source, sport, dport, segment[8:length]
+
+
+def udp_datagrams(data: bytes, source: str, problems: list[InputFormatError]) -> Iterator[Datagram]:
+    """Every UDP datagram of a pcap or pcapng capture; unusable frames are reported, not raised."""
+    view = memoryview(data)
+    if data[:4] == PCAPNG_MAGIC:
+        yield from _pcapng(view, source, problems)
+        return
+    if data[:4] not in PCAP_MAGICS or len(data) < 24:
+        raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture")
+    endian, _ = PCAP_MAGICS[data[:4]]
+    link = struct.unpack_from(endian + "I", view, 20)[0] & 0x0FFFFFFF
+    pos = 24
+    record = struct.Struct(endian + "IIII")
+    while pos < len(view):
+        if pos + 16 > len(view):
+            problems.append(InputFormatError(source, f"byte {pos}", "truncated packet record header"))
+            return
+        _s, _frac, captured, _original = record.unpack_from(view, pos)
+        if pos + 16 + captured > len(view):
+            problems.append(
+                InputFormatError(source, f"byte {pos}", f"packet of {captured} bytes runs past the end of the file")
+            )
+            return
+        yield from _frame(view[pos + 16 : pos + 16 + captured], link, pos, source, problems)
+        pos += 16 + captured
+
+
+def _frame(
+    frame: memoryview, link: int, offset: int, source: str, problems: list[InputFormatError]
+) -> Iterator[Datagram]:
+    ip = _ip_payload(frame, link)
+    if ip is None:
+        return
+    udp = _udp(ip)
+    if isinstance(udp, str):
+        problems.append(InputFormatError(source, f"byte {offset}", udp))
+    elif udp is not None:
+        yield Datagram(offset, *udp)
+
+
+def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> Iterator[Datagram]:
+    pos = 0
+    endian = "<"
+    links: list[int] = []
+    while pos + 12 <= len(view):
+        if bytes(view[pos : pos + 4]) == PCAPNG_MAGIC:
+            endian = "<" if bytes(view[pos + 8 : pos + 12]) == b"\x4d\x3c\x2b\x1a" else ">"
+            links = []
+        block_type, length = struct.unpack_from(endian + "II", view, pos)
+        if length < 12 or length % 4 or pos + length > len(view):
+            problems.append(InputFormatError(source, f"byte {pos}", f"pcapng block length {length} invalid"))
+            return
+        body = view[pos + 8 : pos + length - 4]
+        if block_type == 1 and len(body) >= 2:
+            links.append(struct.unpack_from(endian + "H", body, 0)[0])
+        elif block_type == 6 and len(body) >= 20:
+            interface, _hi, _lo, captured, _orig = struct.unpack_from(endian + "IIIII", body, 0)
+            if interface >= len(links) or 20 + captured > len(body):
+                problems.append(
+                    InputFormatError(
+                        source, f"byte {pos}", "enhanced packet block for an unknown interface or too short"
+                    )
+                )
+            else:
+                yield from _frame(body[20 : 20 + captured], links[interface], pos, source, problems)
+        elif block_type == 3 and len(body) >= 4 and links:
+            yield from _frame(body[4:], links[0], pos, source, problems)
+        pos += length
+
+
+def write_pcap(packets: list[tuple[float, bytes]], link: int = LINK_ETHERNET) -> bytes:
+    """A classic pcap file (microsecond timestamps) of (epoch seconds, frame) pairs."""
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, link))
+    for ts, frame in packets:
+        seconds = int(ts)
+        out += struct.pack("<IIII", seconds, int(round((ts - seconds) * 1e6)), len(frame), len(frame)) + frame
+    return bytes(out)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ethernet_ipv4_frame(src: str, dst: str, protocol: int, transport: bytes, ident: int = 0) -> bytes:
+    """An Ethernet II frame carrying an IPv4 packet with the given transport header + payload."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(transport),
+        ident & 0xFFFF,
+        0x4000,
+        64,
+        protocol,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + header + transport
+
+
+def udp_segment(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def tcp_segment(sport: int, dport: int, payload: bytes, seq: int = 1, flags: int = 0x18) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
