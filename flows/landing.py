@@ -65,7 +65,8 @@ class ExporterIngest:
     files: list[str] = field(default_factory=list)
     input_bytes: int = 0
     messages: int = 0
-    lost: int = 0
+    lost_records: int = 0
+    lost_datagrams: int = 0
     outside_window: int = 0
     duplicate_files: int = 0
     formats: dict[str, int] = field(default_factory=dict)
@@ -145,7 +146,8 @@ def ingest_exporter(
                 continue
             decoded = decode_flow_file(data, exporter, str(path), state)
             result.messages += decoded.messages
-            result.lost += decoded.lost
+            result.lost_records += decoded.lost_records
+            result.lost_datagrams += decoded.lost_datagrams
             for kind, count in decoded.formats.items():
                 result.formats[kind] = result.formats.get(kind, 0) + count
             frames.append(decoded.flows)
@@ -187,7 +189,11 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
             for path in sorted(folder.iterdir()):
                 if not path.is_file() or path.name.startswith("."):
                     continue
-                data = read_bytes(path)
+                try:
+                    data = read_bytes(path)
+                except InputFormatError as exc:
+                    problems.append(pl.DataFrame({"source": [exc.source], "line": [0], "reason": [exc.reason]}))
+                    continue
                 digest = hashlib.sha256(data).hexdigest()
                 if digest in seen:
                     continue

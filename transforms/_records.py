@@ -7,7 +7,9 @@ InputFormatError naming the file and byte offset, never raised past the decoder.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +165,8 @@ class DecodeResult:
     sampling: list[SamplingAnnouncement]
     problems: list[InputFormatError]
     messages: int
-    lost: int
+    lost_records: int
+    lost_datagrams: int
     formats: dict[str, int] = field(default_factory=dict)
 
 
@@ -182,6 +185,7 @@ class Batch:
     columns: dict[str, np.ndarray]
     origin: str
     domain_id: int
+    record_rate_source: str | None = None
     header_rate: int | None = None
     header_rate_source: str | None = None
 
@@ -197,24 +201,65 @@ class Accumulator:
         self.sampling: list[SamplingAnnouncement] = []
         self.problems: list[InputFormatError] = []
         self.messages = 0
-        self.lost = 0
+        self.lost_records = 0
+        self.lost_datagrams = 0
         self.formats: dict[str, int] = {}
+        # Records of templates with absolute timestamps wait here, per (template, origin, domain),
+        # so that a whole file's records are converted in one vectorised pass.
+        self.pending: dict[tuple[Template, str, int], list[np.ndarray]] = {}
 
     def problem(self, offset: int, reason: str, length: int = 0) -> None:
         self.problems.append(InputFormatError(self.source, f"byte {offset}", reason, length))
 
-    def count_sequence(self, key: tuple[str, int, int], sequence: int, advance: int) -> None:
-        """Counts what a gap in export sequence numbers says was lost (mod 2^32)."""
+    def count_sequence(
+        self, key: tuple[str, int, int], sequence: int, advance: int, counts_datagrams: bool = False
+    ) -> None:
+        """Counts what a gap in export sequence numbers says was lost (mod 2^32): records for IPFIX
+        and v5, whose sequence numbers count records; datagrams for v9, whose count packets."""
         expected = self.state.next_sequence.get(key)
         if expected is not None and sequence != expected:
             gap = (sequence - expected) % (1 << 32)
             if gap < (1 << 31):  # a step backwards is a restart or reordering, not a loss
-                self.lost += gap
+                if counts_datagrams:
+                    self.lost_datagrams += gap
+                else:
+                    self.lost_records += gap
         self.state.next_sequence[key] = (sequence + advance) % (1 << 32)
 
+    def flush(self) -> None:
+        """Converts pending records into one batch per group, a cache-sized chunk at a time.
+
+        Reading one field of every record walks the whole array; doing it per ~1 MB chunk keeps
+        the chunk in cache for all fields instead of streaming the file from memory per field.
+        """
+        for (template, origin, domain), parts in self.pending.items():
+            total = sum(part.size for part in parts)
+            out: dict[str, np.ndarray] = {}
+            rate_source: str | None = None
+            filled = 0
+            for chunk in _chunks(parts, CHUNK_RECORDS):
+                decoded = flow_columns(chunk, template, Clock(0, None))
+                if isinstance(decoded, str):  # checked before deferring
+                    raise ValueError(decoded)
+                columns, rate_source = decoded
+                if not out:
+                    out = {name: np.empty(total, dtype=values.dtype) for name, values in columns.items()}
+                for name, values in columns.items():
+                    out[name][filled : filled + chunk.size] = values
+                filled += chunk.size
+            self.batches.append(Batch(out, origin, domain, rate_source))
+        self.pending = {}
+
     def result(self) -> DecodeResult:
+        self.flush()
         return DecodeResult(
-            to_frame(self.batches, self.exporter), self.sampling, self.problems, self.messages, self.lost, self.formats
+            to_frame(self.batches, self.exporter),
+            self.sampling,
+            self.problems,
+            self.messages,
+            self.lost_records,
+            self.lost_datagrams,
+            self.formats,
         )
 
 
@@ -227,6 +272,24 @@ def _field_dtype(ie: int, length: int, index: int) -> list[tuple[str, str]]:
     return [(name, f"V{length}")]
 
 
+CHUNK_RECORDS = 1 << 15
+
+
+def _chunks(parts: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The records of `parts` in order, regrouped into arrays of about `size` records."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for part in parts:
+        pending.append(part)
+        count += part.size
+        if count >= size:
+            yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+            pending, count = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+@functools.lru_cache(maxsize=1024)
 def record_dtype(template: Template) -> np.dtype:
     """numpy structured dtype of a fixed-length template (big-endian, no alignment)."""
     parts: list[tuple[str, str]] = []
@@ -300,8 +363,10 @@ def _timestamp(records: np.ndarray, template: Template, clock: Clock, which: str
     return None
 
 
-def flow_columns(records: np.ndarray, template: Template, clock: Clock) -> dict[str, np.ndarray] | str:
-    """Canonical columns of decoded data records, or the reason they cannot be used."""
+def flow_columns(
+    records: np.ndarray, template: Template, clock: Clock
+) -> tuple[dict[str, np.ndarray], str | None] | str:
+    """(canonical columns, source of a per-record sampling rate) of data records, or why they are unusable."""
     n = records.size
     src = _addresses(records, template, IE_SRC_V4, IE_SRC_V6)
     dst = _addresses(records, template, IE_DST_V4, IE_DST_V6)
@@ -337,7 +402,6 @@ def flow_columns(records: np.ndarray, template: Template, clock: Clock) -> dict[
     return {
         "selector_id": selector if selector is not None else np.full(n, NO_SELECTOR, dtype=np.uint64),
         "record_rate": rate if rate is not None else np.zeros(n, dtype=np.uint64),
-        "record_rate_source": np.full(n, rate_source or "", dtype=object),
         "first_ts": start,
         "last_ts": end,
         "src_hi": src[0],
@@ -349,7 +413,7 @@ def flow_columns(records: np.ndarray, template: Template, clock: Clock) -> dict[
         "protocol": (protocol if protocol is not None else zeros).astype(np.uint8),
         "packets": packets,
         "bytes": octets,
-    }
+    }, rate_source
 
 
 def _record_rate(records: np.ndarray, template: Template) -> tuple[np.ndarray | None, str | None]:
@@ -465,6 +529,15 @@ def sampling_from_options(
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def needs_clock(template: Template) -> bool:
+    """True when the template's times are relative to the export packet (sysUpTime or deltas)."""
+    ies = {ie for ie, _, enterprise in template.fields if enterprise == 0}
+    absolute = ies & {IE_START_MS, IE_START_S, IE_START_US, IE_START_NS}
+    relative = ies & {IE_START_UPTIME, IE_END_UPTIME, IE_START_DELTA_US, IE_END_DELTA_US}
+    return bool(relative) and not absolute and IE_SYSTEM_INIT_MS not in ies
+
+
 def handle_data_set(
     acc: Accumulator,
     payload: memoryview,
@@ -486,46 +559,82 @@ def handle_data_set(
                 acc.sampling.append(announcement)
                 acc.state.sampling.append(announcement)
     elif records.size:
-        columns = flow_columns(records, usable, clock)
-        if isinstance(columns, str):
+        if usable.fixed_length is not None and not needs_clock(usable):
+            key = (usable, origin, domain)
+            if key not in acc.pending:
+                # Check the template once, on its first records, so problems still name an offset.
+                decoded = flow_columns(records[:1], usable, clock)
+                if isinstance(decoded, str):
+                    acc.problem(
+                        offset,
+                        f"template {template.template_id}: {decoded}; {records.size} records set aside",
+                        len(payload),
+                    )
+                    return int(records.size)
+            acc.pending.setdefault(key, []).append(records)
+            return int(records.size)
+        decoded = flow_columns(records, usable, clock)
+        if isinstance(decoded, str):
             acc.problem(
-                offset, f"template {template.template_id}: {columns}; {records.size} records set aside", len(payload)
+                offset, f"template {template.template_id}: {decoded}; {records.size} records set aside", len(payload)
             )
         else:
-            acc.batches.append(Batch(columns, origin, domain))
+            acc.batches.append(Batch(decoded[0], origin, domain, decoded[1]))
     return int(records.size)
 
 
+NUMERIC_COLUMNS = (
+    "selector_id",
+    "record_rate",
+    "first_ts",
+    "last_ts",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "packets",
+    "bytes",
+)
+
+
 def to_frame(batches: list[Batch], exporter: str) -> pl.DataFrame:
-    """FLOW_SCHEMA rows of all batches."""
+    """FLOW_SCHEMA rows of all batches; per-batch facts (origin, domain, rate source) are gathered by batch index."""
     if not batches:
         return pl.DataFrame(schema=FLOW_SCHEMA)
-    frames = []
-    for batch in batches:
-        c = batch.columns
-        n = c["first_ts"].size
-        rate = c["record_rate"]
-        source = c["record_rate_source"]
-        if batch.header_rate is not None:
-            from_record = rate > 0
-            rate = np.where(from_record, rate, np.uint64(batch.header_rate))
-            source = np.where(from_record, source, batch.header_rate_source or "")
-        frames.append(
-            pl.DataFrame(
-                {
-                    "origin": np.full(n, batch.origin, dtype=object),
-                    "domain_id": np.full(n, batch.domain_id, dtype=np.uint32),
-                    **{k: v for k, v in c.items() if k not in ("record_rate", "record_rate_source")},
-                    "record_rate": rate,
-                    "record_rate_source": source,
-                },
-                strict=False,
-            )
+    sizes = np.array([b.columns["first_ts"].size for b in batches])
+    if len(batches) == 1:
+        columns = batches[0].columns
+        header_rate: np.ndarray | int = batches[0].header_rate or 0
+    else:
+        columns = {name: np.concatenate([b.columns[name] for b in batches]) for name in NUMERIC_COLUMNS}
+        header_rate = np.repeat(np.array([b.header_rate or 0 for b in batches], dtype=np.uint64), sizes)
+    from_record = columns["record_rate"] > 0
+    rate = np.where(
+        from_record, columns["record_rate"], np.uint64(header_rate) if isinstance(header_rate, int) else header_rate
+    )
+    meta = pl.DataFrame(
+        {
+            "origin": [b.origin for b in batches],
+            "domain_id": pl.Series([b.domain_id for b in batches], dtype=pl.UInt32),
+            "record_source": pl.Series([b.record_rate_source for b in batches], dtype=pl.String),
+            "header_source": pl.Series([b.header_rate_source for b in batches], dtype=pl.String),
+        }
+    )
+    frame = pl.DataFrame({k: v for k, v in columns.items() if k != "record_rate"}).with_columns(
+        pl.Series("record_rate", rate), pl.Series("_from_record", from_record)
+    )
+    if len(batches) == 1:
+        frame = frame.with_columns(
+            pl.lit(meta.row(0)[i], dtype=meta.dtypes[i]).alias(name) for i, name in enumerate(meta.columns)
         )
-    frame = pl.concat(frames, how="vertical_relaxed")
+    else:
+        frame = pl.concat([frame, meta[np.repeat(np.arange(len(batches)), sizes)]], how="horizontal")
     return frame.select(
         pl.lit(exporter).alias("exporter"),
-        pl.col("origin").cast(pl.String),
+        "origin",
         "domain_id",
         "selector_id",
         pl.when(pl.col("record_rate") > 0)
@@ -533,7 +642,7 @@ def to_frame(batches: list[Batch], exporter: str) -> pl.DataFrame:
         .cast(pl.UInt32, strict=False)
         .alias("record_rate"),
         pl.when(pl.col("record_rate") > 0)
-        .then(pl.col("record_rate_source").cast(pl.String))
+        .then(pl.when(pl.col("_from_record")).then(pl.col("record_source")).otherwise(pl.col("header_source")))
         .alias("record_rate_source"),
         pl.col("first_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
         pl.col("last_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),

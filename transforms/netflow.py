@@ -133,7 +133,7 @@ def decode_v9_packet(view: memoryview, acc: Accumulator, origin: str, base: int 
             acc.problem(base + pos, str(exc), length)
         pos += length
     # v9 sequence numbers count export packets, so a gap is a number of lost datagrams.
-    acc.count_sequence((origin, 9, source_id), sequence, 1)
+    acc.count_sequence((origin, 9, source_id), sequence, 1, counts_datagrams=True)
 
 
 def decode_v5_packet(view: memoryview, acc: Accumulator, origin: str, base: int = 0) -> None:
@@ -159,7 +159,6 @@ def decode_v5_packet(view: memoryview, acc: Accumulator, origin: str, base: int 
         columns = {
             "selector_id": np.full(n, NO_SELECTOR, dtype=np.uint64),
             "record_rate": np.zeros(n, dtype=np.uint64),
-            "record_rate_source": np.full(n, "", dtype=object),
             "first_ts": init_ms + records["first"].astype(np.int64),
             "last_ts": init_ms + records["last"].astype(np.int64),
             "src_hi": np.zeros(n, dtype=np.uint64),
@@ -172,7 +171,7 @@ def decode_v5_packet(view: memoryview, acc: Accumulator, origin: str, base: int 
             "packets": records["packets"].astype(np.uint64),
             "bytes": records["octets"].astype(np.uint64),
         }
-        acc.batches.append(Batch(columns, origin, engine, interval or None, "v5:header" if interval else None))
+        acc.batches.append(Batch(columns, origin, engine, None, interval or None, "v5:header" if interval else None))
     acc.count_sequence((origin, 5, engine), sequence, count)
 
 

@@ -67,7 +67,7 @@ def test_nfreplay_v9_captured_by_tshark_decodes_to_the_pcap_totals(nfcapd_file: 
     result = decode_flow_file(capture.read_bytes(), "nfreplay", str(capture), ExporterState())
     assert result.problems == []
     assert result.formats.get("netflow_v9", 0) >= 1
-    assert result.lost == 0
+    assert result.lost_datagrams == 0
     assert totals(result.flows) == expected_totals()
     assert set(result.flows["origin"].to_list()) == {"127.0.0.1"}
 

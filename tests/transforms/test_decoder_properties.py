@@ -144,7 +144,7 @@ def test_mutated_v9_capture_decodes_or_reports(mutations: list[tuple[int, int]])
 def test_ipfix_writer_then_decoder_round_trips_exactly(n: int, seed: int) -> None:
     data = _ipfix_file(n, seed)
     result = ipfix.decode_ipfix(data, "x", "rt", ExporterState())
-    assert result.problems == [] and result.lost == 0
+    assert result.problems == [] and result.lost_records == 0
     rng = np.random.default_rng(seed)
     start = 1_717_340_400_000 + rng.integers(0, 10**9, n, dtype=np.uint64)
     end = 1_717_340_400_000 + rng.integers(0, 10**9, n, dtype=np.uint64)

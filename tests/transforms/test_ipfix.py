@@ -47,7 +47,7 @@ def test_round_trip_keeps_every_field_across_many_messages() -> None:
     result = ipfix.decode_ipfix(_file(records), "r1", "f.ipfix", ExporterState())
     assert result.problems == []
     assert result.messages > 2
-    assert result.lost == 0
+    assert result.lost_records == 0
     flows = result.flows
     assert flows.height == 5000
     assert flows["src_lo"].to_numpy().tolist() == (records[ipfix.IE_SRC_V4] | np.uint64(0xFFFF_0000_0000)).tolist()
@@ -119,7 +119,7 @@ def test_sequence_gap_is_counted_as_lost_records() -> None:
     kept = b"".join(messages[:2] + messages[3:])
     result = ipfix.decode_ipfix(kept, "r1", "gap", ExporterState())
     dropped_records = (len(dropped) - 16 - 4) // ipfix.FLOW_TEMPLATE_V4.fixed_length  # type: ignore[operator]
-    assert result.lost == dropped_records
+    assert result.lost_records == dropped_records
     assert result.flows.height == 5000 - dropped_records
 
 

@@ -1,0 +1,170 @@
+"""Hostile and unusual input in the landing zone: nothing lost silently, nothing fatal, all counted."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import zstandard
+
+from flows import landing
+from flows.weekly import AuditFailed, weekly_report
+from tests.conftest import WEEK
+from transforms import ipfix
+
+START = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
+END = START + dt.timedelta(days=7)
+
+
+def _records(n: int, start_ms: int) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(n)
+    return {
+        ipfix.IE_START_MS: start_ms + np.arange(n, dtype=np.uint64) * 1000,
+        ipfix.IE_END_MS: start_ms + np.arange(n, dtype=np.uint64) * 1000,
+        ipfix.IE_SRC_V4: rng.integers(0, 2**32, n, dtype=np.uint64),
+        ipfix.IE_DST_V4: rng.integers(0, 2**32, n, dtype=np.uint64),
+        ipfix.IE_SRC_PORT: rng.integers(0, 65536, n),
+        ipfix.IE_DST_PORT: rng.integers(0, 65536, n),
+        ipfix.IE_PROTOCOL: np.full(n, 6),
+        ipfix.IE_PACKETS: np.full(n, 2, dtype=np.uint64),
+        ipfix.IE_OCTETS: np.full(n, 3000, dtype=np.uint64),
+    }
+
+
+def _write_day(root: Path, exporter: str, day: dt.date, name: str, data: bytes) -> Path:
+    path = root / "flows" / exporter / day.isoformat() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path: Path) -> None:
+    options = ipfix.sampling_options_template("interval")
+    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4, options])
+    announce, seq = ipfix.encode_messages(
+        1,
+        0,
+        0,
+        header,
+        options,
+        ipfix.pack_records(options, {ipfix.IE_SELECTOR_ID: np.array([1]), ipfix.IE_SAMPLING_INTERVAL: np.array([64])}),
+    )
+    day1, _ = ipfix.encode_messages(
+        1,
+        0,
+        seq,
+        b"",
+        ipfix.FLOW_TEMPLATE_V4,
+        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(10, 1_717_340_400_000)),
+    )
+    day2, _ = ipfix.encode_messages(
+        1, 0, 0, b"", ipfix.FLOW_TEMPLATE_V4, ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(7, 1_717_426_800_000))
+    )
+    _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", announce + day1)
+    _write_day(tmp_path, "r1", dt.date(2024, 6, 4), "b.ipfix", day2)
+    state = tmp_path / "state"
+    first = landing.ingest_exporter(tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, None, None, "UTC", state)
+    assert first.flows.height == 10
+    # A later run reads only day 2, which has no templates and no options: the state supplies both.
+    second = landing.ingest_exporter(tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", state)
+    assert second.flows.height == 7
+    assert second.quarantine.height == 0
+    assert second.flows["sampling_rate"].to_list() == [64] * 7
+    assert set(second.flows["sampling_source"].to_list()) == {"ipfix:34"}
+    # Without the state the same file can be read by nobody: its data sets are reported, not dropped silently.
+    fresh = landing.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", tmp_path / "empty"
+    )
+    assert fresh.flows.height == 0
+    assert "unknown template 256" in fresh.quarantine["reason"][0]
+
+
+def test_compressed_duplicate_and_outside_window_records_are_counted(tmp_path: Path) -> None:
+    options = ipfix.sampling_options_template("interval")
+    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4, options])
+    announce, seq = ipfix.encode_messages(
+        1,
+        0,
+        0,
+        header,
+        options,
+        ipfix.pack_records(options, {ipfix.IE_SELECTOR_ID: np.array([1]), ipfix.IE_SAMPLING_INTERVAL: np.array([8])}),
+    )
+    inside, seq = ipfix.encode_messages(
+        1,
+        0,
+        seq,
+        b"",
+        ipfix.FLOW_TEMPLATE_V4,
+        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(5, 1_717_340_400_000)),
+    )
+    outside, _ = ipfix.encode_messages(
+        1,
+        0,
+        seq,
+        b"",
+        ipfix.FLOW_TEMPLATE_V4,
+        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(3, 1_700_000_000_000)),
+    )
+    content = announce + inside + outside
+    day = dt.date(2024, 6, 3)
+    _write_day(tmp_path, "r1", day, "a.ipfix", content)
+    _write_day(tmp_path, "r1", day, "a.ipfix.gz", gzip.compress(content))  # the same file delivered twice
+    _write_day(tmp_path, "r1", day, "c.ipfix.zst", zstandard.ZstdCompressor().compress(content[:-10]))  # truncated copy
+    result = landing.ingest_exporter(tmp_path, "r1", [day], START, END, None, None, "UTC", tmp_path / "state")
+    assert result.duplicate_files == 1
+    assert result.outside_window == 3  # the truncated copy lost its last message (the outside one)
+    assert result.flows.height == 5 + 5
+    reasons = result.quarantine["reason"].to_list()
+    assert any("runs past the end" in r for r in reasons)
+    assert result.quarantine["source"].str.ends_with("c.ipfix.zst").any()
+
+
+@pytest.fixture()
+def hostile_landing(tmp_path: Path, small_landing: Path) -> Path:
+    landing_copy = tmp_path / "landing"
+    shutil.copytree(small_landing, landing_copy)
+    day_dir = landing_copy / "flows" / "bb-tokyo-1" / "2024-06-04"
+    original = next(day_dir.iterdir())
+    data = original.read_bytes()
+    (day_dir / "late-copy.ipfix").write_bytes(data)  # the same file delivered twice
+    (day_dir / "noise.bin").write_bytes(np.random.default_rng(1).bytes(512))  # random bytes
+    # The day's real file arrived cut off in the middle of a message.
+    original.unlink()
+    (day_dir / "partial.ipfix").write_bytes(data[: len(data) * 2 // 3])
+    (day_dir / "late-copy.ipfix").write_bytes(data[: len(data) * 2 // 3])
+    return landing_copy
+
+
+def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes(
+    hostile_landing: Path, small_settings: object, prefect_server: None
+) -> None:
+    settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.01)  # type: ignore[type-var]
+    run = weekly_report(WEEK, settings)
+    tokyo = next(e for e in run["ingest"]["exporters"] if e["exporter"] == "bb-tokyo-1")
+    assert tokyo["duplicate_files"] == 1
+    assert tokyo["unreadable_input_bytes"] >= 512
+    problems = " | ".join(tokyo["problems"])
+    assert "noise.bin: byte 0: not an IPFIX stream" in problems
+    # The cut-off file and its duplicate: one is decoded (its complete messages kept), one skipped.
+    assert "late-copy.ipfix: byte" in problems and "runs past the end" in problems
+    assert "partial.ipfix" not in problems
+    quarantine = settings.quarantine_path / f"week={WEEK}"
+    files = list(quarantine.rglob("flows.bb-tokyo-1.problems.parquet"))
+    assert len(files) == 1
+    assert pl.read_parquet(files[0])["reason"].str.contains("not an IPFIX stream").any()
+
+
+def test_the_audit_fails_the_week_when_too_much_input_is_unreadable(
+    hostile_landing: Path, small_settings: object, prefect_server: None
+) -> None:
+    settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.0)  # type: ignore[type-var]
+    with pytest.raises(AuditFailed, match="could not be decoded"):
+        weekly_report(WEEK, settings)
+    assert not (settings.warehouse / "_manifest.json").exists()

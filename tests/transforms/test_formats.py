@@ -1,0 +1,176 @@
+"""Format details: nfdump CSV headers, v9 losses, template withdrawal and odd templates, and the
+generator's own flows through its writer and the decoder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+import numpy as np
+import polars as pl
+
+from flows.generate import _ipfix_for_day
+from transforms import ipfix, netflow
+from transforms._records import ExporterState
+from transforms.exports import decode_flow_file
+from transforms.nfdump_csv import decode_nfdump_csv
+from transforms.pcap import ethernet_ipv4_frame, udp_segment, write_pcap
+from transforms.synth.week import WeekSpec, generate_week
+
+MODERN_CSV = b"""firstSeen,duration,proto,srcAddr,srcPort,dstAddr,dstPort,packets,bytes,flows
+2024-06-03 09:00:00.250,1.500,TCP,2400:4050:1:200::5,51000,2001:db8::1,443,10,12000,1
+2024-06-03 09:00:01.000,0.000,ESP,192.0.2.5,0,198.51.100.7,0,3,4500,1
+2024-06-03 09:00:02.000,0.000,TCP,not-an-address,1,192.0.2.1,2,1,1,1
+Summary
+flows,bytes,packets,avg_bps,avg_pps,avg_bpp
+3,16501,14,0,0,0
+"""
+
+
+def test_nfdump_modern_header_local_time_and_summary_trailer() -> None:
+    flows, problems = decode_nfdump_csv(MODERN_CSV, "r", "x.csv", "Asia/Tokyo")
+    assert [(p.position, p.reason) for p in problems] == [("line 4", "unreadable src_lo")]
+    assert flows.height == 2
+    assert flows["first_ts"].to_list() == [
+        dt.datetime(2024, 6, 3, 0, 0, 0, 250000, tzinfo=dt.UTC),
+        dt.datetime(2024, 6, 3, 0, 0, 1, tzinfo=dt.UTC),
+    ]
+    assert flows["last_ts"][0] == dt.datetime(2024, 6, 3, 0, 0, 1, 750000, tzinfo=dt.UTC)
+    assert flows["protocol"].to_list() == [6, 50]
+    assert flows["src_hi"][0] == 0x2400_4050_0001_0200
+    assert flows["record_rate"].to_list() == [1, 1] and flows["record_rate_source"].to_list() == ["nfdump", "nfdump"]
+
+
+def test_nfdump_legacy_bidirectional_record_gives_both_directions() -> None:
+    header = b"ts,te,td,sa,da,sp,dp,pr,flg,fwd,stos,ipkt,ibyt,opkt,obyt\n"
+    row = b"2024-06-03 00:00:00,2024-06-03 00:00:05,5.000,10.0.0.1,10.0.0.2,1000,443,TCP,......,0,0,2,100,3,900\n"
+    flows, problems = decode_nfdump_csv(header + row, "r", "x.csv", "UTC")
+    assert problems == []
+    assert flows.select("src_port", "dst_port", "bytes").rows() == [(1000, 443, 100), (443, 1000, 900)]
+
+
+def _v9(sequence: int, records: int) -> bytes:
+    values = {
+        netflow.IE_SRC_V4: np.arange(records),
+        netflow.IE_DST_V4: np.arange(records),
+        netflow.IE_OCTETS: np.full(records, 10),
+        netflow.IE_PACKETS: np.full(records, 1),
+        netflow.IE_START_UPTIME: np.full(records, 1000),
+        netflow.IE_END_UPTIME: np.full(records, 2000),
+    }
+    packet = netflow.encode_v9_packet(
+        10_000,
+        1_717_340_400,
+        sequence,
+        1,
+        [netflow.V9_FLOW_TEMPLATE],
+        [(netflow.V9_FLOW_TEMPLATE, netflow.pack_v9_records(netflow.V9_FLOW_TEMPLATE, values))],
+    )
+    return ethernet_ipv4_frame("192.0.2.1", "192.0.2.2", 17, udp_segment(2055, 9995, packet))
+
+
+def test_v9_sequence_gap_counts_lost_datagrams() -> None:
+    capture = write_pcap([(1.0, _v9(100, 3)), (2.0, _v9(101, 3)), (3.0, _v9(104, 3))])
+    result = decode_flow_file(capture, "r", "c.pcap", ExporterState())
+    assert result.lost_datagrams == 2 and result.lost_records == 0
+    assert result.flows.height == 9
+
+
+def test_template_withdrawal_makes_later_data_unknown_and_redefinition_replaces_it() -> None:
+    state = ExporterState()
+    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4])
+    records = ipfix.pack_records(
+        ipfix.FLOW_TEMPLATE_V4,
+        {
+            ipfix.IE_START_MS: np.array([1_717_340_400_000]),
+            ipfix.IE_END_MS: np.array([1_717_340_400_000]),
+            ipfix.IE_SRC_V4: np.array([1]),
+            ipfix.IE_DST_V4: np.array([2]),
+            ipfix.IE_SRC_PORT: np.array([3]),
+            ipfix.IE_DST_PORT: np.array([4]),
+            ipfix.IE_PROTOCOL: np.array([6]),
+            ipfix.IE_PACKETS: np.array([1]),
+            ipfix.IE_OCTETS: np.array([99]),
+        },
+    )
+    first, seq = ipfix.encode_messages(5, 0, 0, header, ipfix.FLOW_TEMPLATE_V4, records)
+    withdrawal_set = struct.pack("!HHHH", 2, 8, 256, 0)
+    withdraw = struct.pack("!HHIII", 10, 16 + len(withdrawal_set), 0, seq, 5) + withdrawal_set
+    after, _ = ipfix.encode_messages(5, 0, seq, b"", ipfix.FLOW_TEMPLATE_V4, records)
+    result = ipfix.decode_ipfix(first + withdraw + after, "r", "w.ipfix", state)
+    assert result.flows.height == 1
+    assert [p.reason for p in result.problems] == ["data set for unknown template 256 in domain 5; set skipped"]
+    # Redefinition: template 256 now means IPv6 records.
+    redefined = ipfix.Template(256, ipfix.FLOW_TEMPLATE_V6.fields)
+    v6 = ipfix.pack_records(
+        redefined,
+        {
+            ipfix.IE_START_MS: np.array([1_717_340_400_000]),
+            ipfix.IE_END_MS: np.array([1_717_340_400_000]),
+            ipfix.IE_SRC_V6: np.array([[0x2400_4050_0000_0000, 1]], dtype=np.uint64),
+            ipfix.IE_DST_V6: np.array([[0x2001_0DB8_0000_0000, 2]], dtype=np.uint64),
+            ipfix.IE_SRC_PORT: np.array([3]),
+            ipfix.IE_DST_PORT: np.array([4]),
+            ipfix.IE_PROTOCOL: np.array([17]),
+            ipfix.IE_PACKETS: np.array([1]),
+            ipfix.IE_OCTETS: np.array([7]),
+        },
+    )
+    again, _ = ipfix.encode_messages(5, 0, 0, ipfix.encode_template_set([redefined]), redefined, v6)
+    result = ipfix.decode_ipfix(again, "r", "w2.ipfix", state)
+    assert result.flows["src_hi"].to_list() == [0x2400_4050_0000_0000]
+
+
+def test_template_with_a_zero_length_field_or_only_variable_fields_is_reported() -> None:
+    zero = struct.pack("!HH", 300, 2) + struct.pack("!HH", ipfix.IE_OCTETS, 0) + struct.pack("!HH", ipfix.IE_PACKETS, 8)
+    variable = struct.pack("!HH", 301, 1) + struct.pack("!HH", ipfix.IE_OCTETS, 65535)
+    body = struct.pack("!HH", 2, 4 + len(zero)) + zero + struct.pack("!HH", 2, 4 + len(variable)) + variable
+    # A data set for 301 whose length byte points past the end of the set.
+    data_set = struct.pack("!HH", 301, 4 + 3) + bytes([200, 1, 2])
+    message = struct.pack("!HHIII", 10, 16 + len(body) + len(data_set), 0, 0, 1) + body + data_set
+    result = ipfix.decode_ipfix(message, "r", "odd.ipfix", ExporterState())
+    reasons = [p.reason for p in result.problems]
+    assert reasons[0] == "template 300: field 1 has length 0"
+    assert reasons[1] == "record runs past the end of its set"
+    assert all(p.position.startswith("byte ") for p in result.problems)
+
+
+def test_generator_flows_through_its_ipfix_writer_decode_back_exactly() -> None:
+    week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=60, mobile_phones=40, seed=9))
+    exporter = week.spec.exporters[0]
+    flows = week.flows[exporter.name]
+    data, _ = _ipfix_for_day(flows, exporter, 0)
+    result = ipfix.decode_ipfix(data, exporter.name, "gen.ipfix", ExporterState())
+    assert result.problems == []
+    decoded = result.flows.select(
+        pl.col("first_ts").dt.epoch("ms"),
+        pl.col("last_ts").dt.epoch("ms"),
+        "src_hi",
+        "src_lo",
+        "dst_hi",
+        "dst_lo",
+        "src_port",
+        "dst_port",
+        "protocol",
+        "packets",
+        "bytes",
+    ).sort(pl.all())
+    expected = (
+        flows.select(
+            "first_ts",
+            "last_ts",
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "src_port",
+            "dst_port",
+            "protocol",
+            "packets",
+            "bytes",
+        )
+        .cast(decoded.schema)
+        .sort(pl.all())
+    )  # type: ignore[arg-type]
+    assert decoded.equals(expected)
+    assert [(a.rate, a.source) for a in result.sampling] == [(exporter.sampling_rate, "ipfix:305/306")]
