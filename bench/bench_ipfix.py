@@ -125,8 +125,9 @@ def main() -> None:
     )
     for name, path in (("trafficreport", big), ("trafficreport", small), ("netflow (PyPI)", small)):
         count, checksum, seconds, peak = measure(name, path)
+        size_mb = path.stat().st_size / 1e6
         print(
-            f"{name:16} {count:11,d} {path.stat().st_size / 1e6:8.1f} {seconds:8.2f} {count / seconds:12,.0f} {peak:12,.0f}  {checksum}"
+            f"{name:16} {count:11,d} {size_mb:8.1f} {seconds:8.2f} {count / seconds:12,.0f} {peak:12,.0f}  {checksum}"
         )
 
 
