@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,18 +160,51 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     }
 
 
+CHUNK_ROWS = 2_500_000
+
+
+def _day_starts(window: WeekWindow) -> list[int]:
+    zone = ZoneInfo(window.timezone)
+    return [
+        int(dt.datetime.combine(window.week + dt.timedelta(days=d), dt.time(0), zone).timestamp()) for d in range(8)
+    ]
+
+
 @task(cache_policy=NO_CACHE)
-def attribute_exporter(settings: Settings, flows_path: str, stage: Path) -> dict[str, str]:
-    """User-day, port and hourly partial aggregates of one exporter's attributed flows."""
+def attribute_exporter(
+    settings: Settings, window: WeekWindow, flows_path: str, service: str, stage: Path
+) -> dict[str, str]:
+    """User-day, port and hourly partial aggregates of one exporter's flows, attributed by sort-merge
+    in chunks of CHUNK_ROWS on two threads, so memory stays bounded whatever the week's size."""
     assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
-    flows = usage.add_local_time(usage.estimate_volume(pl.scan_parquet(flows_path)), settings.timezone)
-    attributed = attribution.attribute_flows_to_users(flows, assignments).collect()
-    name = Path(flows_path).stem
+    day_starts = _day_starts(window)
+    lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
+    rows = pl.scan_parquet(flows_path).select(pl.len()).collect().item()
+
+    def chunk_totals(offset: int) -> attribution.Totals:
+        chunk = usage.estimate_volume(pl.scan_parquet(flows_path).slice(offset, CHUNK_ROWS)).collect()
+        totals = attribution.Totals.empty(lookup)
+        attribution.add_chunk(totals, chunk, lookup)
+        return totals
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parts = list(pool.map(chunk_totals, range(0, max(rows, 1), CHUNK_ROWS)))
+    totals = attribution.merge_totals(parts)
+    days = pl.DataFrame({"day_index": range(7), "day": window.days})
+    user_day = (
+        attribution.user_day_volumes(lookup, totals)
+        .join(lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index")
+        .join(days.with_columns(pl.col("day_index").cast(pl.Int32)), on="day_index")
+        .select("user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("flows").alias("source"))
+    )
+    ports = attribution.port_hour_volumes(lookup, totals).group_by("protocol", "port").agg(pl.col("bytes").sum())
+    hours = attribution.hourly_volumes(lookup, totals).join(days, on="day_index").drop("day_index")
     out = {}
+    name = Path(flows_path).stem
     for table, frame in (
-        ("user_day", usage.user_day_from_flows(attributed.lazy()).collect()),
-        ("port", usage.usage_by_port(attributed.lazy()).collect()),
-        ("hour", usage.traffic_by_hour(attributed.lazy()).collect()),
+        ("user_day", user_day),
+        ("port", ports.with_columns(service=pl.lit(service))),
+        ("hour", hours.with_columns(service=pl.lit(service))),
     ):
         path = stage / "partials" / f"{table}.{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +254,7 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
     port_usage = (
         pl.concat([pl.read_parquet(p["port"]) for p in partials])
         .group_by("service", "protocol", "port")
-        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("bytes").sum())
+        .agg(pl.col("bytes").sum())
         .with_columns(pl.lit(window.week).alias("week"))
         .sort("service", "protocol", "port")
     )
@@ -327,7 +361,10 @@ def weekly_report(week: dt.date, settings: Settings | None = None, force: bool =
     flow_futures = [ingest_flows_of_exporter.submit(settings, window, e, stage) for e in exporters]
     flow_info = [f.result() for f in flow_futures]
     assignment_info = assignment_future.result()
-    partials = [attribute_exporter.submit(settings, str(info["path"]), stage) for info in flow_info]
+    partials = [
+        attribute_exporter.submit(settings, window, str(info["path"]), str(info["service"]), stage)
+        for info in flow_info
+    ]
     tables = combine_tables(window, stage, [p.result() for p in partials])
     ingest = {"exporters": flow_info, "radius": assignment_info}
     audit = audit_tables(tables, ingest, settings)

@@ -1,59 +1,432 @@
-"""Attribution of flows to the user that held the source or destination address at that moment."""
+"""Attribution at scale: flows x address assignments by sort-merge on one packed 64-bit key.
+
+Each side of a flow (source = the user sent it, IN; destination = the user received it, OUT)
+becomes key = (address id << 32) | second, where the address id is the IPv4 address itself or,
+for IPv6, the id of the elementary range of delegated prefixes that holds the address's upper
+64 bits. Sessions are cut at local midnights into pieces, one per (session, day). Sorting the
+keys puts every piece's flows in one contiguous run, so a piece's volume is the difference of
+two prefix sums at two binary-searched positions: no per-flow lookup and no hash join, and any
+chunk of flows can be processed on its own (sums add up), which bounds memory.
+
+Sessions on one address never overlap (the assignment step resolves conflicts); among nested
+IPv6 prefixes the longest prefix with a session at that moment wins, resolved once per range.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import polars as pl
 
-from transforms.addresses import V4_MAPPED, prefix_mask
+from transforms.addresses import V4_MAPPED
 
-USER_COLUMNS = ("user_key", "service", "customer_type")
-
-
-def _side_key(side: str, family: str, length: int) -> pl.Expr:
-    hi, lo = pl.col(f"{side}_hi"), pl.col(f"{side}_lo")
-    is_v4 = (hi == 0) & ((lo & 0xFFFF_FFFF_0000_0000) == V4_MAPPED)
-    if family == "v4":
-        return pl.when(is_v4).then(lo)
-    return pl.when(~is_v4).then(hi & pl.lit(prefix_mask(length), dtype=pl.UInt64))
+U32 = np.uint64(32)
+MASK32 = np.uint64(0xFFFF_FFFF)
+SECONDS_PER_HOUR = 3600
 
 
-def attribute_flows_to_users(flows: pl.LazyFrame, assignments: pl.DataFrame) -> pl.LazyFrame:
-    """Flows plus src_/dst_ user_key, service, customer_type of the address holder at first_ts.
+@dataclass(frozen=True)
+class SessionTable:
+    """Non-overlapping session pieces of one key space, sorted by (id, start): [start, end) seconds."""
 
-    IPv4 addresses match exactly; IPv6 addresses match delegated prefixes, longest first. A
-    match needs valid_from <= first_ts < valid_to of the assignment.
-    """
-    v6_lengths = sorted(assignments.filter(pl.col("family") == "v6")["prefix_len"].unique().to_list(), reverse=True)
-    candidates = [("v4", 32)] + [("v6", int(length)) for length in v6_lengths]
-    out = flows.sort("first_ts")
+    ids: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    user: np.ndarray
+    day: np.ndarray
+
+    @property
+    def start_keys(self) -> np.ndarray:
+        return (self.ids << U32) | self.start_s
+
+    @property
+    def end_keys(self) -> np.ndarray:
+        return (self.ids << U32) | self.end_s
+
+
+@dataclass(frozen=True)
+class AssignmentLookup:
+    """Everything attribution needs, as numpy arrays; times are seconds since `epoch_s`."""
+
+    epoch_s: int
+    day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
+    v4: SessionTable
+    v4_blocks: np.ndarray  # bool per /16: does any IPv4 session lie in it
+    v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
+    v6_range_ends: np.ndarray  # last /64 of each range, inclusive
+    v6: SessionTable
+    users: pl.DataFrame  # user_index -> user_key, service, customer_type
+
+    @property
+    def days(self) -> int:
+        return int(self.day_starts.size - 1)
+
+
+def seconds_since(ts: pl.Series, epoch_s: int) -> np.ndarray:
+    """Whole seconds of UTC timestamps since epoch_s, clipped to 32 bits."""
+    millis = ts.dt.epoch("ms").to_numpy()
+    values = millis // 1000 - epoch_s
+    np.clip(values, 0, (1 << 32) - 1, out=values)
+    return values.view(np.uint64)
+
+
+def _pieces(
+    ids: np.ndarray, start: np.ndarray, end: np.ndarray, user: np.ndarray, day_starts: np.ndarray
+) -> SessionTable:
+    """Sessions cut at day boundaries; pieces outside the days are dropped."""
+    first = np.searchsorted(day_starts, start, side="right") - 1
+    last = np.searchsorted(day_starts, np.maximum(end, start + np.uint64(1)) - np.uint64(1), side="right") - 1
+    first = np.clip(first, 0, day_starts.size - 2)
+    last = np.clip(last, -1, day_starts.size - 2)
+    count = np.maximum(last - first + 1, 0)
+    rows = np.repeat(np.arange(ids.size), count)
+    day = np.repeat(first, count) + (np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count))
+    piece_start = np.maximum(start[rows], day_starts[day])
+    piece_end = np.minimum(end[rows], day_starts[day + 1])
+    keep = piece_end > piece_start
+    rows, day, piece_start, piece_end = rows[keep], day[keep], piece_start[keep], piece_end[keep]
+    order = np.lexsort((piece_start, ids[rows]))
+    return SessionTable(
+        ids[rows][order].astype(np.uint64),
+        piece_start[order].astype(np.uint64),
+        piece_end[order].astype(np.uint64),
+        user[rows][order].astype(np.int64),
+        day[order].astype(np.int64),
+    )
+
+
+def _resolve_v6(v6: pl.DataFrame, epoch_s: int, day_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, SessionTable]:
+    """Elementary ranges of the /64 line and their session pieces, longest prefix winning where nested."""
+    empty = np.zeros(0, dtype=np.uint64)
+    if v6.is_empty():
+        return empty, empty, _pieces(empty, empty, empty, np.zeros(0, dtype=np.int64), day_starts)
+    length = v6["prefix_len"].to_numpy().astype(np.int64)
+    start = v6["key"].to_numpy().astype(np.uint64)
+    span = np.where(
+        length >= 64, np.uint64(0), (np.uint64(1) << (64 - np.minimum(length, 63)).astype(np.uint64)) - np.uint64(1)
+    )
+    end = start + span
+    t_from = seconds_since(v6["valid_from"], epoch_s)
+    t_to = seconds_since(v6["valid_to"], epoch_s)
+    user = v6["user_index"].to_numpy().astype(np.int64)
+    # Elementary ranges: cut the /64 line at every prefix start and after every prefix end.
+    cuts = np.unique(np.concatenate([start, end + np.uint64(1)]))
+    range_starts = cuts[:-1]
+    range_ends = cuts[1:] - np.uint64(1)
+    first = np.searchsorted(range_starts, start, side="left")
+    last = np.searchsorted(range_starts, end, side="right") - 1
+    covered = last - first + 1
+    rows = np.repeat(np.arange(start.size), covered)
+    rid = np.repeat(first, covered) + (np.arange(rows.size) - np.repeat(np.cumsum(covered) - covered, covered))
+    table = pl.DataFrame(
+        {"rid": rid.astype(np.int64), "len": length[rows], "from": t_from[rows], "to": t_to[rows], "user": user[rows]}
+    )
+    keep = np.unique(rid)  # ranges in the gaps between prefixes are nobody's
+    nested = table.group_by("rid").agg(pl.col("len").n_unique().alias("n")).filter(pl.col("n") > 1)["rid"]
+    resolved = table.filter(~pl.col("rid").is_in(nested.implode())).select("rid", "from", "to", "user")
+    if nested.len():
+        timeline = _longest_prefix_timeline(table.filter(pl.col("rid").is_in(nested.implode())))
+        resolved = pl.concat([resolved, timeline.cast(resolved.schema)])  # type: ignore[arg-type]
+    dense = np.searchsorted(keep, resolved["rid"].to_numpy()).astype(np.uint64)
+    pieces = _pieces(
+        dense, resolved["from"].to_numpy(), resolved["to"].to_numpy(), resolved["user"].to_numpy(), day_starts
+    )
+    return range_starts[keep], range_ends[keep], pieces
+
+
+def _longest_prefix_timeline(table: pl.DataFrame) -> pl.DataFrame:
+    """Per nested range: time pieces where the longest prefix with an active session owns the range."""
+    out: list[tuple[int, int, int, int]] = []
+    for (rid,), group in table.group_by("rid"):
+        rows = sorted(group.iter_rows(named=True), key=lambda r: -r["len"])
+        bounds = sorted({r["from"] for r in rows} | {r["to"] for r in rows})
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            owner = next((r for r in rows if r["from"] <= a and b <= r["to"]), None)
+            if owner is None:
+                continue
+            if out and out[-1][0] == rid and out[-1][3] == owner["user"] and out[-1][2] == a:
+                out[-1] = (out[-1][0], out[-1][1], b, out[-1][3])
+            else:
+                out.append((int(rid), int(a), int(b), int(owner["user"])))  # type: ignore[arg-type]
+    return pl.DataFrame(
+        out, schema={"rid": pl.Int64, "from": pl.UInt64, "to": pl.UInt64, "user": pl.Int64}, orient="row"
+    )
+
+
+def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int] | None = None) -> AssignmentLookup:
+    """Lookup tables from assignment rows (user_key, service, customer_type, family, key, prefix_len,
+    valid_from, valid_to). `epoch_s` is the time origin in epoch seconds; `day_starts_s` are the
+    local midnights (epoch seconds) that cut sessions into days (default: one day, all time)."""
+    users = (
+        assignments.select("user_key", "service", "customer_type")
+        .unique(maintain_order=True)
+        .with_row_index("user_index")
+    )
+    indexed = assignments.join(users, on=["user_key", "service", "customer_type"], how="left", nulls_equal=True)
+    bounds = np.array([s - epoch_s for s in day_starts_s] if day_starts_s else [0, (1 << 32) - 1], dtype=np.uint64)
+    v4 = indexed.filter(pl.col("family") == "v4")
+    addresses = v4["key"].to_numpy().astype(np.uint64) & MASK32
+    v4_table = _pieces(
+        addresses,
+        seconds_since(v4["valid_from"], epoch_s),
+        seconds_since(v4["valid_to"], epoch_s),
+        v4["user_index"].to_numpy().astype(np.int64),
+        bounds,
+    )
+    blocks = np.zeros(1 << 16, dtype=bool)
+    blocks[(addresses >> np.uint64(16)).astype(np.int64)] = True
+    starts, ends, v6_table = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s, bounds)
+    return AssignmentLookup(epoch_s, bounds, v4_table, blocks, starts, ends, v6_table, users)
+
+
+@dataclass
+class Totals:
+    """Running sums over any number of flow chunks: per session piece, per (day, hour), per port-hour."""
+
+    v4_in: np.ndarray
+    v4_out: np.ndarray
+    v6_in: np.ndarray
+    v6_out: np.ndarray
+    hour_in: np.ndarray
+    hour_out: np.ndarray
+    hour_all: np.ndarray
+    hour_both: np.ndarray
+    ports: list[pl.DataFrame] = field(default_factory=list)
+    flows: int = 0
+
+    @classmethod
+    def empty(cls, lookup: AssignmentLookup) -> Totals:
+        hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
+
+        def zeros(n: int) -> np.ndarray:
+            return np.zeros(n, dtype=np.uint64)
+
+        v4, v6 = lookup.v4.ids.size, lookup.v6.ids.size
+        return cls(zeros(v4), zeros(v4), zeros(v6), zeros(v6), zeros(hours), zeros(hours), zeros(hours), zeros(hours))
+
+
+QUARTER_HOUR = 900
+
+
+@dataclass(frozen=True)
+class HourSlots:
+    """Maps seconds since epoch to day * 24 + local hour through a quarter-hour table (every real
+    time zone's local hours start on a UTC quarter hour); one extra slot for outside the days."""
+
+    origin: int
+    table: np.ndarray
+    outside: int
+
+    @classmethod
+    def for_days(cls, day_starts: np.ndarray) -> HourSlots:
+        days = day_starts.size - 1
+        origin = int(day_starts[0])
+        if int(day_starts[-1]) - origin > 400 * 86_400:  # the open-ended "day" used when no days are given
+            return cls(origin, np.zeros(1, dtype=np.int64), 0)
+        quarters = np.arange(origin, int(day_starts[-1]), QUARTER_HOUR, dtype=np.int64)
+        day = np.searchsorted(day_starts.astype(np.int64), quarters, side="right") - 1
+        hour = np.minimum((quarters - day_starts.astype(np.int64)[day]) // SECONDS_PER_HOUR, 23)
+        return cls(origin, (day * 24 + hour).astype(np.int64), days * 24)
+
+    def __call__(self, seconds: np.ndarray) -> np.ndarray:
+        if self.table.size == 1:
+            return np.zeros(seconds.size, dtype=np.int64)
+        index = (seconds.astype(np.int64) - self.origin) // QUARTER_HOUR
+        inside = (index >= 0) & (index < self.table.size)
+        return np.where(inside, self.table[np.clip(index, 0, self.table.size - 1)], self.outside)
+
+
+def _match_side(
+    ids: np.ndarray,
+    seconds: np.ndarray,
+    est: np.ndarray,
+    rows: np.ndarray,
+    table: SessionTable,
+    slots_of: HourSlots,
+    hours: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bytes per piece, bytes per hour slot of matched flows, sorted keys of matched flows)."""
+    if table.ids.size == 0 or rows.size == 0:
+        return np.zeros(table.ids.size, dtype=np.uint64), np.zeros(hours, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    frame = pl.DataFrame({"k": (ids[rows] << U32) | seconds[rows], "b": est[rows]}).sort("k")
+    k = frame["k"].to_numpy()
+    b = frame["b"].to_numpy()
+    lo = np.searchsorted(k, table.start_keys, side="left")
+    hi = np.searchsorted(k, table.end_keys, side="left")
+    prefix = np.zeros(k.size + 1, dtype=np.uint64)
+    np.cumsum(b, out=prefix[1:])
+    inside = np.cumsum(np.bincount(lo, minlength=k.size + 1) - np.bincount(hi, minlength=k.size + 1))[: k.size] > 0
+    slots = slots_of(k[inside] & MASK32)
+    per_hour = np.bincount(slots, weights=b[inside], minlength=hours).astype(np.uint64)
+    return prefix[hi] - prefix[lo], per_hour, k[inside]
+
+
+def _ids(
+    flows: pl.DataFrame, side: str, lookup: AssignmentLookup
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(v4 ids, v4 candidate rows, v6 range ids, v6 candidate rows) of one side."""
+    hi = flows[f"{side}_hi"].to_numpy()
+    lo = flows[f"{side}_lo"].to_numpy()
+    address = lo & MASK32
+    is_v4 = (hi == 0) & ((lo & ~MASK32) == np.uint64(V4_MAPPED))
+    v4_rows = np.flatnonzero(is_v4 & lookup.v4_blocks[(address >> np.uint64(16)).astype(np.int64)])
+    v6_ids = np.zeros(hi.size, dtype=np.uint64)
+    v6_rows = np.zeros(0, dtype=np.int64)
+    if lookup.v6_range_starts.size:
+        rows = np.flatnonzero(~is_v4)
+        pos = np.searchsorted(lookup.v6_range_starts, hi[rows], side="right") - 1
+        inside = (pos >= 0) & (hi[rows] <= lookup.v6_range_ends[np.maximum(pos, 0)])
+        v6_rows = rows[inside]
+        v6_ids[v6_rows] = pos[inside].astype(np.uint64)
+    return address, v4_rows, v6_ids, v6_rows
+
+
+def _matched_keys(sorted_keys: np.ndarray, ids: np.ndarray, seconds: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` have their key among the (sorted) matched keys."""
+    if sorted_keys.size == 0 or rows.size == 0:
+        return np.zeros(rows.size, dtype=bool)
+    keys = (ids[rows] << U32) | seconds[rows]
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return np.asarray(sorted_keys[pos] == keys)
+
+
+def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> None:
+    """Adds a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port) to the totals."""
+    seconds = seconds_since(flows["first_ts"], lookup.epoch_s)
+    est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
+    hours = totals.hour_all.size
+    slots_of = HourSlots.for_days(lookup.day_starts)
+    slots = slots_of(seconds)
+    totals.hour_all += np.bincount(slots, weights=est, minlength=hours).astype(np.uint64)
+    matched: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for side in ("src", "dst"):
-        out = out.with_columns(pl.lit(None, dtype=pl.String).alias(f"{side}_{c}") for c in USER_COLUMNS)
-        for family, length in candidates:
-            table = (
-                assignments.lazy()
-                .filter((pl.col("family") == family) & (pl.col("prefix_len") == length))
-                .select(
-                    pl.col("key").alias("_key"),
-                    pl.col("valid_from").alias("_from"),
-                    pl.col("valid_to").alias("_to"),
-                    *[pl.col(c).alias(f"_{c}") for c in USER_COLUMNS],
-                )
-                .sort("_from")
-            )
-            hit = (
-                pl.col(f"{side}_user_key").is_null()
-                & pl.col("_user_key").is_not_null()
-                & (pl.col("first_ts") < pl.col("_to"))
-            )
-            out = (
-                out.with_columns(_key=_side_key(side, family, length))
-                .join_asof(
-                    table, left_on="first_ts", right_on="_from", by="_key", strategy="backward", check_sortedness=False
-                )
-                .with_columns(
-                    pl.when(hit).then(pl.col(f"_{c}")).otherwise(pl.col(f"{side}_{c}")).alias(f"{side}_{c}")
-                    for c in USER_COLUMNS
-                )
-                .drop("_key", "_from", "_to", *[f"_{c}" for c in USER_COLUMNS])
-            )
-    return out
+        v4_ids, v4_rows, v6_ids, v6_rows = _ids(flows, side, lookup)
+        v4_sums, v4_hours, v4_keys = _match_side(v4_ids, seconds, est, v4_rows, lookup.v4, slots_of, hours)
+        v6_sums, v6_hours, v6_keys = _match_side(v6_ids, seconds, est, v6_rows, lookup.v6, slots_of, hours)
+        if side == "src":
+            totals.v4_in += v4_sums
+            totals.v6_in += v6_sums
+            totals.hour_in += v4_hours + v6_hours
+        else:
+            totals.v4_out += v4_sums
+            totals.v6_out += v6_sums
+            totals.hour_out += v4_hours + v6_hours
+        matched[side] = [(v4_keys, v4_ids, v4_rows), (v6_keys, v6_ids, v6_rows)]
+    # Flows matched on both sides (user to user) are counted in IN and OUT; find them to know
+    # the unattributed volume exactly. Only rows that are candidates on both sides can be.
+    candidate = {side: np.zeros(flows.height, dtype=bool) for side in matched}
+    for side, parts in matched.items():
+        for _, _, rows in parts:
+            candidate[side][rows] = True
+    both = candidate["src"] & candidate["dst"]
+    if both.any():
+        for parts in matched.values():
+            hit = np.zeros(flows.height, dtype=bool)
+            for keys, ids, rows in parts:
+                rows = rows[both[rows]]
+                hit[rows[_matched_keys(keys, ids, seconds, rows)]] = True
+            both &= hit
+    if both.any():
+        totals.hour_both += np.bincount(slots[both], weights=est[both], minlength=hours).astype(np.uint64)
+    # One packed key per flow: protocol | has port | lower port | hour slot.
+    protocol = flows["protocol"].to_numpy().astype(np.uint64)
+    lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy()).astype(np.uint64)
+    has_port = (protocol == 6) | (protocol == 17)
+    key = (
+        (protocol << np.uint64(40))
+        | (has_port.astype(np.uint64) << U32)
+        | (np.where(has_port, lower, 0) << np.uint64(16))
+    )
+    key |= slots.astype(np.uint64)
+    totals.ports.append(pl.DataFrame({"key": key, "bytes": est}).group_by("key").agg(pl.col("bytes").sum()))
+    totals.flows += flows.height
+
+
+def user_day_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
+    """Rows (user_index, day_index, in_bytes, out_bytes) with traffic."""
+    frame = pl.DataFrame(
+        {
+            "user_index": np.concatenate([lookup.v4.user, lookup.v6.user]).astype(np.uint32),
+            "day_index": np.concatenate([lookup.v4.day, lookup.v6.day]).astype(np.int32),
+            "in_bytes": np.concatenate([totals.v4_in, totals.v6_in]),
+            "out_bytes": np.concatenate([totals.v4_out, totals.v6_out]),
+        }
+    )
+    return (
+        frame.group_by("user_index", "day_index")
+        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum())
+        .filter((pl.col("in_bytes") > 0) | (pl.col("out_bytes") > 0))
+    )
+
+
+def hourly_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
+    """Rows (day_index, hour, in_bytes, out_bytes, unattributed_bytes) of the days (outside slot dropped)."""
+    slots = lookup.days * 24
+    unattributed = totals.hour_all - totals.hour_in - totals.hour_out + totals.hour_both
+    return pl.DataFrame(
+        {
+            "day_index": np.arange(slots) // 24,
+            "hour": np.arange(slots) % 24,
+            "in_bytes": totals.hour_in[:slots],
+            "out_bytes": totals.hour_out[:slots],
+            "unattributed_bytes": unattributed[:slots],
+        }
+    )
+
+
+def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
+    """Rows (protocol, port, day_index, hour, bytes) of the days; port is null for protocols without ports."""
+    slots = lookup.days * 24
+    if not totals.ports:
+        return pl.DataFrame(
+            schema={
+                "protocol": pl.UInt8,
+                "port": pl.UInt16,
+                "day_index": pl.Int64,
+                "hour": pl.Int64,
+                "bytes": pl.UInt64,
+            }
+        )
+    merged = pl.concat(totals.ports).group_by("key").agg(pl.col("bytes").sum())
+    key = merged["key"].to_numpy()
+    slot = (key & np.uint64(0xFFFF)).astype(np.int64)
+    has_port = ((key >> U32) & np.uint64(1)).astype(bool)
+    frame = pl.DataFrame(
+        {
+            "protocol": (key >> np.uint64(40)).astype(np.uint8),
+            "port": pl.Series(((key >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)),
+            "has_port": has_port,
+            "day_index": slot // 24,
+            "hour": slot % 24,
+            "bytes": merged["bytes"],
+            "slot": slot,
+        }
+    )
+    return frame.filter(pl.col("slot") < slots).select(
+        "protocol", pl.when(pl.col("has_port")).then(pl.col("port")).alias("port"), "day_index", "hour", "bytes"
+    )
+
+
+def merge_totals(parts: list[Totals]) -> Totals:
+    """The sum of totals computed on separate chunks of the same lookup."""
+
+    def total(name: str) -> np.ndarray:
+        out = getattr(parts[0], name).copy()
+        for part in parts[1:]:
+            out += getattr(part, name)
+        return np.asarray(out)
+
+    merged = Totals(
+        total("v4_in"),
+        total("v4_out"),
+        total("v6_in"),
+        total("v6_out"),
+        total("hour_in"),
+        total("hour_out"),
+        total("hour_all"),
+        total("hour_both"),
+    )
+    merged.ports = [frame for p in parts for frame in p.ports]
+    merged.flows = sum(p.flows for p in parts)
+    return merged

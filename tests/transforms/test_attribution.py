@@ -3,48 +3,59 @@ import datetime as dt
 import polars as pl
 
 from transforms.addresses import V4_MAPPED, address_key
-from transforms.attribution import attribute_flows_to_users
-from transforms.usage import user_day_from_flows
+from transforms.attribution import Totals, add_chunk, build_lookup, hourly_volumes, port_hour_volumes, user_day_volumes
 
 UTC = dt.UTC
+MONDAY = int(dt.datetime(2024, 6, 3, tzinfo=UTC).timestamp())
+DAYS = [MONDAY + d * 86_400 for d in range(3)]  # two days, cut at midnight UTC
 
 
-def ts(hour: int, minute: int = 0) -> dt.datetime:
-    return dt.datetime(2024, 6, 3, hour, minute, tzinfo=UTC)
+def ts(hour: int, minute: int = 0, day: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 6, 3 + day, hour, minute, tzinfo=UTC)
 
 
-def v4(text: str) -> int:
-    key = address_key(text)
-    assert key is not None
-    return int(key["key"])  # type: ignore[call-overload]
+def key(text: str) -> int:
+    parsed = address_key(text)
+    assert parsed is not None
+    return int(parsed["key"])  # type: ignore[call-overload]
 
 
-def assignments(rows: list[tuple[str, str, str, int, dt.datetime, dt.datetime]]) -> pl.DataFrame:
+def assignments(rows: list[tuple[str, str, int, int, dt.datetime, dt.datetime]]) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {
                 "user_key": u,
-                "service": s,
+                "service": "broadband_pppoe",
                 "customer_type": "personal",
                 "family": f,
                 "key": k,
-                "prefix_len": 32 if f == "v4" else None,
+                "prefix_len": n,
                 "valid_from": a,
                 "valid_to": b,
             }
-            for u, s, f, k, a, b in rows
+            for u, f, k, n, a, b in rows
         ]
     ).with_columns(
         pl.col("key").cast(pl.UInt64),
-        pl.col("valid_from").cast(pl.Datetime("ms", "UTC")),
-        pl.col("valid_to").cast(pl.Datetime("ms", "UTC")),
+        pl.col("valid_from").dt.cast_time_unit("ms"),
+        pl.col("valid_to").dt.cast_time_unit("ms"),
     )
 
 
-def flows(rows: list[tuple[dt.datetime, int, int, int, int, int]]) -> pl.LazyFrame:
-    return pl.LazyFrame(
+def flows(rows: list[tuple[dt.datetime, int, int, int, int, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
         [
-            {"first_ts": t, "src_hi": sh, "src_lo": sl, "dst_hi": dh, "dst_lo": dl, "est_bytes": b}
+            {
+                "first_ts": t,
+                "src_hi": sh,
+                "src_lo": sl,
+                "dst_hi": dh,
+                "dst_lo": dl,
+                "est_bytes": b,
+                "protocol": 6,
+                "src_port": 443,
+                "dst_port": 50000,
+            }
             for t, sh, sl, dh, dl, b in rows
         ],
         schema={
@@ -54,84 +65,95 @@ def flows(rows: list[tuple[dt.datetime, int, int, int, int, int]]) -> pl.LazyFra
             "dst_hi": pl.UInt64,
             "dst_lo": pl.UInt64,
             "est_bytes": pl.UInt64,
+            "protocol": pl.UInt8,
+            "src_port": pl.UInt16,
+            "dst_port": pl.UInt16,
         },
     )
 
 
+def run(table: pl.DataFrame, data: pl.DataFrame) -> tuple[dict[tuple[str, int], tuple[int, int]], pl.DataFrame]:
+    lookup = build_lookup(table, MONDAY - 86_400, DAYS)
+    totals = Totals.empty(lookup)
+    add_chunk(totals, data, lookup)
+    per_user = user_day_volumes(lookup, totals).join(
+        lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index"
+    )
+    volumes = {(r["user_key"], r["day_index"]): (r["in_bytes"], r["out_bytes"]) for r in per_user.iter_rows(named=True)}
+    return volumes, hourly_volumes(lookup, totals)
+
+
+REMOTE = V4_MAPPED | 0xC6120001
+
+
 def test_an_address_that_moves_mid_day_is_attributed_by_time() -> None:
-    addr = v4("203.0.113.7")
+    addr = key("203.0.113.7")
     table = assignments(
         [
-            ("alice", "broadband_pppoe", "v4", addr, ts(0), ts(11, 30)),
-            ("bob", "broadband_pppoe", "v4", addr, ts(11, 31), ts(23, 59)),
+            ("alice", "v4", addr, 32, ts(0), ts(11, 30)),
+            ("bob", "v4", addr, 32, ts(11, 31), ts(23, 59)),
         ]
-    ).with_columns(pl.lit(32).alias("prefix_len"))
-    remote = V4_MAPPED | 0xC6120001
-    out = attribute_flows_to_users(
+    )
+    volumes, hours = run(
+        table,
         flows(
             [
-                (ts(9), 0, remote, 0, addr, 100),  # to alice: OUT
-                (
-                    ts(
-                        11,
-                        30,
-                    ),
-                    0,
-                    remote,
-                    0,
-                    addr,
-                    7,
-                ),  # in the gap between sessions: nobody
-                (ts(12), 0, addr, 0, remote, 30),  # from bob: IN
-                (ts(18), 0, remote, 0, addr, 500),  # to bob: OUT
+                (ts(9), 0, REMOTE, 0, addr, 100),  # to alice: OUT
+                (ts(11, 30), 0, REMOTE, 0, addr, 7),  # in the gap between sessions: nobody's
+                (ts(12), 0, addr, 0, REMOTE, 30),  # from bob: IN
+                (ts(18), 0, REMOTE, 0, addr, 500),  # to bob: OUT
             ]
         ),
-        table,
-    ).collect()
-    assert out["dst_user_key"].to_list() == ["alice", None, None, "bob"]
-    assert out["src_user_key"].to_list() == [None, None, "bob", None]
-    days = user_day_from_flows(out.lazy().with_columns(pl.lit(dt.date(2024, 6, 3)).alias("day"))).collect()
-    by_user = {r["user_key"]: (r["in_bytes"], r["out_bytes"]) for r in days.iter_rows(named=True)}
-    assert by_user == {"alice": (0, 100), "bob": (30, 500)}
+    )
+    assert volumes == {("alice", 0): (0, 100), ("bob", 0): (30, 500)}
+    assert hours.filter(pl.col("hour") == 11)["unattributed_bytes"].sum() == 7
+    assert hours.filter(pl.col("hour") == 12)["in_bytes"].sum() == 30
+
+
+def test_a_session_across_midnight_splits_its_volume_into_both_days() -> None:
+    addr = key("203.0.113.8")
+    table = assignments([("carol", "v4", addr, 32, ts(22), ts(2, day=1))])
+    volumes, _ = run(table, flows([(ts(23), 0, REMOTE, 0, addr, 5), (ts(1, day=1), 0, REMOTE, 0, addr, 11)]))
+    assert volumes == {("carol", 0): (0, 5), ("carol", 1): (0, 11)}
 
 
 def test_ipv6_longest_delegated_prefix_wins() -> None:
-    wide = address_key("2400:4050:1200::/48")
-    narrow = address_key("2400:4050:1200:3400::/56")
-    assert wide is not None and narrow is not None
-    table = pl.concat(
+    table = assignments(
         [
-            assignments([("isp-pool", "broadband_ipoe", "v6", int(wide["key"]), ts(0), ts(23))]).with_columns(
-                pl.lit(48).alias("prefix_len")
-            ),  # type: ignore[call-overload]
-            assignments([("carol", "broadband_ipoe", "v6", int(narrow["key"]), ts(0), ts(23))]).with_columns(
-                pl.lit(56).alias("prefix_len")
-            ),  # type: ignore[call-overload]
+            ("isp-pool", "v6", key("2400:4050:1200::/48"), 48, ts(0), ts(23)),
+            ("dave", "v6", key("2400:4050:1200:3400::/56"), 56, ts(0), ts(23)),
         ]
     )
-    inside_narrow = 0x2400_4050_1200_3412
-    inside_wide_only = 0x2400_4050_1200_9900
-    out = attribute_flows_to_users(
+    remote_hi = 0x2001_0DB8_0000_0001
+    volumes, _ = run(
+        table,
         flows(
             [
-                (ts(5), inside_narrow, 1, 0x2001_0DB8_0000_0001, 2, 10),
-                (ts(6), inside_wide_only, 1, 0x2001_0DB8_0000_0001, 2, 10),
+                (ts(5), 0x2400_4050_1200_3412, 1, remote_hi, 2, 10),
+                (ts(6), 0x2400_4050_1200_9900, 1, remote_hi, 2, 20),
             ]
         ),
-        table,
-    ).collect()
-    assert out["src_user_key"].to_list() == ["carol", "isp-pool"]
+    )
+    assert volumes == {("dave", 0): (10, 0), ("isp-pool", 0): (20, 0)}
 
 
 def test_traffic_between_two_users_is_in_for_one_and_out_for_the_other() -> None:
-    a, b = v4("198.51.100.1"), v4("198.51.100.2")
-    table = assignments(
-        [
-            ("dave", "broadband_pppoe", "v4", a, ts(0), ts(23)),
-            ("erin", "broadband_pppoe", "v4", b, ts(0), ts(23)),
-        ]
-    ).with_columns(pl.lit(32).alias("prefix_len"))
-    out = attribute_flows_to_users(flows([(ts(3), 0, a, 0, b, 40)]), table).collect()
-    days = user_day_from_flows(out.lazy().with_columns(pl.lit(dt.date(2024, 6, 3)).alias("day"))).collect()
-    by_user = {r["user_key"]: (r["in_bytes"], r["out_bytes"]) for r in days.iter_rows(named=True)}
-    assert by_user == {"dave": (40, 0), "erin": (0, 40)}
+    a, b = key("198.51.100.1"), key("198.51.100.2")
+    table = assignments([("erin", "v4", a, 32, ts(0), ts(23)), ("frank", "v4", b, 32, ts(0), ts(23))])
+    volumes, hours = run(table, flows([(ts(3), 0, a, 0, b, 40), (ts(3), 0, REMOTE, 0, V4_MAPPED | 0x0A000001, 9)]))
+    assert volumes == {("erin", 0): (40, 0), ("frank", 0): (0, 40)}
+    assert hours["unattributed_bytes"].sum() == 9
+    assert hours["in_bytes"].sum() == 40 and hours["out_bytes"].sum() == 40
+
+
+def test_port_hours_use_the_lower_port_and_no_port_for_other_protocols() -> None:
+    addr = key("203.0.113.9")
+    table = assignments([("gina", "v4", addr, 32, ts(0), ts(23))])
+    data = flows([(ts(4), 0, addr, 0, REMOTE, 10), (ts(4, 30), 0, addr, 0, REMOTE, 5)]).with_columns(
+        protocol=pl.Series([6, 50], dtype=pl.UInt8)
+    )
+    lookup = build_lookup(table, MONDAY - 86_400, DAYS)
+    totals = Totals.empty(lookup)
+    add_chunk(totals, data, lookup)
+    rows = port_hour_volumes(lookup, totals).sort("protocol").rows()
+    assert rows == [(6, 443, 0, 4, 10), (50, None, 0, 4, 5)]
