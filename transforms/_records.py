@@ -583,21 +583,9 @@ def handle_data_set(
     return int(records.size)
 
 
-NUMERIC_COLUMNS = (
-    "selector_id",
-    "record_rate",
-    "first_ts",
-    "last_ts",
-    "src_hi",
-    "src_lo",
-    "dst_hi",
-    "dst_lo",
-    "src_port",
-    "dst_port",
-    "protocol",
-    "packets",
-    "bytes",
-)
+# The per-flow fields every decoder produces, after exporter/origin/domain/sampling columns.
+FLOW_FIELDS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "protocol", "packets", "bytes")
+NUMERIC_COLUMNS = ("selector_id", "record_rate", "first_ts", "last_ts", *FLOW_FIELDS)
 
 
 def to_frame(batches: list[Batch], exporter: str) -> pl.DataFrame:

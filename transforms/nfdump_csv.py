@@ -10,7 +10,7 @@ import io
 
 import polars as pl
 
-from transforms._records import NO_SELECTOR
+from transforms._records import FLOW_FIELDS, NO_SELECTOR
 from transforms.addresses import V4_MAPPED
 from transforms.errors import InputFormatError
 
@@ -150,19 +150,7 @@ def decode_nfdump_csv(
     if bad.height > 1000:
         problems.append(InputFormatError(source, "lines", f"{bad.height - 1000} more unreadable lines"))
     good = frame.join(bad.select("_line"), on="_line", how="anti")
-    forward = good.select(
-        "first_ts",
-        "last_ts",
-        "src_hi",
-        "src_lo",
-        "dst_hi",
-        "dst_lo",
-        "src_port",
-        "dst_port",
-        "protocol",
-        "packets",
-        "bytes",
-    )
+    forward = good.select("first_ts", "last_ts", *FLOW_FIELDS)
     parts = [forward]
     if names is LEGACY and "obyt" in good.columns:
         # Bidirectional records (NSEL) carry the reverse direction in opkt/obyt.
@@ -194,14 +182,6 @@ def decode_nfdump_csv(
         pl.lit("nfdump").alias("record_rate_source"),
         pl.col("first_ts").dt.cast_time_unit("ms"),
         pl.col("last_ts").dt.cast_time_unit("ms"),
-        "src_hi",
-        "src_lo",
-        "dst_hi",
-        "dst_lo",
-        "src_port",
-        "dst_port",
-        "protocol",
-        "packets",
-        "bytes",
+        *FLOW_FIELDS,
     )
     return flows, problems
