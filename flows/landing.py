@@ -57,11 +57,12 @@ def list_exporters(landing: Path) -> list[str]:
 
 @dataclass
 class ExporterIngest:
-    """Flows of one exporter for the week and what was set aside."""
+    """Where one exporter's flows of the week were staged (one parquet part per input file), and
+    what was set aside or counted on the way."""
 
-    flows: pl.DataFrame
+    parts: list[Path]
+    unrated: list[Path]
     quarantine: pl.DataFrame
-    unrated: pl.DataFrame
     files: list[str] = field(default_factory=list)
     input_bytes: int = 0
     messages: int = 0
@@ -69,7 +70,14 @@ class ExporterIngest:
     lost_datagrams: int = 0
     outside_window: int = 0
     duplicate_files: int = 0
+    records: int = 0
+    raw_bytes: int = 0
+    sampling_sources: set[str] = field(default_factory=set)
     formats: dict[str, int] = field(default_factory=dict)
+
+    def flows(self) -> pl.DataFrame:
+        """All staged flows (for tests and small weeks: a big week is read in chunks instead)."""
+        return pl.read_parquet(self.parts) if self.parts else pl.DataFrame()
 
 
 def _state_file(state_dir: Path, exporter: str) -> Path:
@@ -111,13 +119,23 @@ def ingest_exporter(
     override_rate: int | None,
     nfdump_timezone: str,
     state_dir: Path,
+    stage: Path,
 ) -> ExporterIngest:
     """Decodes every flow file of one exporter for `days` (IPFIX, captures of v5/v9/IPFIX, nfdump CSV),
-    keeps flows starting in [start, end), resolves their sampling rate, and sets aside the rest."""
+    keeps flows starting in [start, end), resolves their sampling rate, and sets aside the rest.
+
+    One file is in memory at a time: a first pass decodes each file to a raw part (templates and
+    sampling announcements accumulate in the exporter state), a second pass resolves the rate of
+    each part with everything the exporter announced, wherever in the week it did.
+    """
     state = load_exporter_state(state_dir, exporter)
-    frames: list[pl.DataFrame] = []
     problems: list[dict[str, object]] = []
-    result = ExporterIngest(pl.DataFrame(), pl.DataFrame(schema=QUARANTINE_SCHEMA), pl.DataFrame())
+    result = ExporterIngest([], [], pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    stage.mkdir(parents=True, exist_ok=True)
+    lo = pl.lit(start).cast(pl.Datetime("ms", "UTC"))
+    hi = pl.lit(end).cast(pl.Datetime("ms", "UTC"))
+    in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
+    raw_parts: list[Path] = []
     seen: set[str] = set()
     for folder in day_dirs(landing / "flows" / exporter, days):
         for path in sorted(folder.iterdir()):
@@ -140,39 +158,53 @@ def ingest_exporter(
                     flows, csv_problems = decode_nfdump_csv(data, exporter, str(path), nfdump_timezone)
                 except InputFormatError as exc:
                     flows, csv_problems = pl.DataFrame(schema=FLOW_SCHEMA), [exc]
-                frames.append(flows)
                 problems.extend(_problem_row(p, 1) for p in csv_problems)
                 result.formats["nfdump_csv"] = result.formats.get("nfdump_csv", 0) + 1
-                continue
-            decoded = decode_flow_file(data, exporter, str(path), state)
-            result.messages += decoded.messages
-            result.lost_records += decoded.lost_records
-            result.lost_datagrams += decoded.lost_datagrams
-            for kind, count in decoded.formats.items():
-                result.formats[kind] = result.formats.get(kind, 0) + count
-            frames.append(decoded.flows)
-            problems.extend(_problem_row(p) for p in decoded.problems)
+            else:
+                decoded = decode_flow_file(data, exporter, str(path), state)
+                flows = decoded.flows
+                result.messages += decoded.messages
+                result.lost_records += decoded.lost_records
+                result.lost_datagrams += decoded.lost_datagrams
+                for kind, count in decoded.formats.items():
+                    result.formats[kind] = result.formats.get(kind, 0) + count
+                problems.extend(_problem_row(p) for p in decoded.problems)
+            del data
+            result.outside_window += flows.filter(~in_window).height
+            raw = stage / f"raw-{len(raw_parts):05d}.parquet"
+            flows.filter(in_window).write_parquet(raw)
+            raw_parts.append(raw)
     save_exporter_state(state_dir, exporter, state)
-    flows = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=FLOW_SCHEMA)
-    lo = pl.lit(start).cast(pl.Datetime("ms", "UTC"))
-    hi = pl.lit(end).cast(pl.Datetime("ms", "UTC"))
-    in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
-    result.outside_window = flows.filter(~in_window).height
-    flows = flows.filter(in_window)
-    known, unknown = resolve_sampling(flows, announcements_frame(state.sampling), default_rate, override_rate)
-    if unknown.height:
+    announcements = announcements_frame(state.sampling)
+    unknown_records = unknown_bytes = 0
+    reason = ""
+    for index, raw in enumerate(raw_parts):
+        known, unknown = resolve_sampling(pl.read_parquet(raw), announcements, default_rate, override_rate)
+        raw.unlink()
+        part = stage / f"part-{index:05d}.parquet"
+        known.write_parquet(part)
+        result.parts.append(part)
+        result.records += known.height
+        result.raw_bytes += int(known["bytes"].sum() or 0)
+        result.sampling_sources |= set(known["sampling_source"].unique().drop_nulls().to_list())
+        if unknown.height:
+            unrated = stage / f"unrated-{index:05d}.parquet"
+            unknown.write_parquet(unrated)
+            result.unrated.append(unrated)
+            unknown_records += unknown.height
+            unknown_bytes += int(unknown["bytes"].sum() or 0)
+            reason = str(unknown["reason"][0])
+    if unknown_records:
         problems.append(
             {
                 "source": f"flows/{exporter}",
-                "position": f"{unknown.height} records",
-                "reason": unknown["reason"][0],
-                "records": unknown.height,
-                "bytes": int(unknown["bytes"].sum()),
+                "position": f"{unknown_records} records",
+                "reason": reason,
+                "records": unknown_records,
+                "bytes": unknown_bytes,
                 "input_bytes": 0,
             }
         )
-    result.flows = known
-    result.unrated = unknown
     result.quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA)
     return result
 

@@ -55,6 +55,7 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
     """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
+    parts_dir = stage / "flows" / exporter
     result = landing.ingest_exporter(
         settings.landing,
         exporter,
@@ -65,23 +66,20 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         settings.override_rate_of(exporter),
         settings.nfdump_timezone,
         settings.state_path,
+        parts_dir,
     )
-    flows = result.flows.with_columns(service_group=pl.lit(settings.service_of(exporter)))
-    path = stage / "flows" / f"{exporter}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flows.write_parquet(path)
     quarantine = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
     quarantine.mkdir(parents=True, exist_ok=True)
     result.quarantine.write_parquet(quarantine / f"flows.{exporter}.problems.parquet")
-    if result.unrated.height:
-        result.unrated.write_parquet(quarantine / f"flows.{exporter}.no_sampling_rate.parquet")
+    for unrated in result.unrated:
+        unrated.replace(quarantine / f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet")
     return {
         "exporter": exporter,
         "service": settings.service_of(exporter),
-        "path": str(path),
+        "parts": [str(p) for p in result.parts],
         "files": len(result.files),
         "formats": result.formats,
-        "records": flows.height,
+        "records": result.records,
         "messages": result.messages,
         "lost_records": result.lost_records,
         "lost_datagrams": result.lost_datagrams,
@@ -92,8 +90,8 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         "quarantined_records": int(result.quarantine["records"].sum() or 0),
         "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
         "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in result.quarantine.head(20).to_dicts()],
-        "sampling_sources": sorted(flows["sampling_source"].unique().drop_nulls().to_list()),
-        "raw_bytes": int(flows["bytes"].sum() or 0),
+        "sampling_sources": sorted(result.sampling_sources),
+        "raw_bytes": result.raw_bytes,
     }
 
 
@@ -172,24 +170,26 @@ def _day_starts(window: WeekWindow) -> list[int]:
 
 @task(cache_policy=NO_CACHE)
 def attribute_exporter(
-    settings: Settings, window: WeekWindow, flows_path: str, service: str, stage: Path
+    settings: Settings, window: WeekWindow, exporter: str, parts: list[str], service: str, stage: Path
 ) -> dict[str, str]:
     """User-day, port and hourly partial aggregates of one exporter's flows, attributed by sort-merge
     in chunks of CHUNK_ROWS on two threads, so memory stays bounded whatever the week's size."""
     assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
     day_starts = _day_starts(window)
     lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
-    rows = pl.scan_parquet(flows_path).select(pl.len()).collect().item()
+    rows = pl.scan_parquet(parts).select(pl.len()).collect().item() if parts else 0
 
     def chunk_totals(offset: int) -> attribution.Totals:
-        chunk = usage.estimate_volume(pl.scan_parquet(flows_path).slice(offset, CHUNK_ROWS)).collect()
+        chunk = usage.estimate_volume(pl.scan_parquet(parts).slice(offset, CHUNK_ROWS)).collect()
         totals = attribution.Totals.empty(lookup)
         attribution.add_chunk(totals, chunk, lookup)
         return totals
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(chunk_totals, range(0, max(rows, 1), CHUNK_ROWS)))
-    totals = attribution.merge_totals(parts)
+    if not rows:
+        totals = attribution.Totals.empty(lookup)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            totals = attribution.merge_totals(list(pool.map(chunk_totals, range(0, rows, CHUNK_ROWS))))
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
     user_day = (
         attribution.user_day_volumes(lookup, totals)
@@ -200,13 +200,12 @@ def attribute_exporter(
     ports = attribution.port_hour_volumes(lookup, totals).group_by("protocol", "port").agg(pl.col("bytes").sum())
     hours = attribution.hourly_volumes(lookup, totals).join(days, on="day_index").drop("day_index")
     out = {}
-    name = Path(flows_path).stem
     for table, frame in (
         ("user_day", user_day),
         ("port", ports.with_columns(service=pl.lit(service))),
         ("hour", hours.with_columns(service=pl.lit(service))),
     ):
-        path = stage / "partials" / f"{table}.{name}.parquet"
+        path = stage / "partials" / f"{table}.{exporter}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(path)
         out[table] = str(path)
@@ -362,7 +361,9 @@ def weekly_report(week: dt.date, settings: Settings | None = None, force: bool =
     flow_info = [f.result() for f in flow_futures]
     assignment_info = assignment_future.result()
     partials = [
-        attribute_exporter.submit(settings, window, str(info["path"]), str(info["service"]), stage)
+        attribute_exporter.submit(
+            settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage
+        )
         for info in flow_info
     ]
     tables = combine_tables(window, stage, [p.result() for p in partials])

@@ -69,19 +69,23 @@ def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path
     _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", announce + day1)
     _write_day(tmp_path, "r1", dt.date(2024, 6, 4), "b.ipfix", day2)
     state = tmp_path / "state"
-    first = landing.ingest_exporter(tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, None, None, "UTC", state)
-    assert first.flows.height == 10
+    first = landing.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, None, None, "UTC", state, tmp_path / "stage1"
+    )
+    assert first.records == 10
     # A later run reads only day 2, which has no templates and no options: the state supplies both.
-    second = landing.ingest_exporter(tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", state)
-    assert second.flows.height == 7
+    second = landing.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", state, tmp_path / "stage2"
+    )
+    assert second.records == 7
     assert second.quarantine.height == 0
-    assert second.flows["sampling_rate"].to_list() == [64] * 7
-    assert set(second.flows["sampling_source"].to_list()) == {"ipfix:34"}
+    assert second.flows()["sampling_rate"].to_list() == [64] * 7
+    assert set(second.flows()["sampling_source"].to_list()) == {"ipfix:34"}
     # Without the state the same file can be read by nobody: its data sets are reported, not dropped silently.
     fresh = landing.ingest_exporter(
-        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", tmp_path / "empty"
+        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, None, None, "UTC", tmp_path / "empty", tmp_path / "stage3"
     )
-    assert fresh.flows.height == 0
+    assert fresh.records == 0
     assert "unknown template 256" in fresh.quarantine["reason"][0]
 
 
@@ -117,10 +121,12 @@ def test_compressed_duplicate_and_outside_window_records_are_counted(tmp_path: P
     _write_day(tmp_path, "r1", day, "a.ipfix", content)
     _write_day(tmp_path, "r1", day, "a.ipfix.gz", gzip.compress(content))  # the same file delivered twice
     _write_day(tmp_path, "r1", day, "c.ipfix.zst", zstandard.ZstdCompressor().compress(content[:-10]))  # truncated copy
-    result = landing.ingest_exporter(tmp_path, "r1", [day], START, END, None, None, "UTC", tmp_path / "state")
+    result = landing.ingest_exporter(
+        tmp_path, "r1", [day], START, END, None, None, "UTC", tmp_path / "state", tmp_path / "stage"
+    )
     assert result.duplicate_files == 1
     assert result.outside_window == 3  # the truncated copy lost its last message (the outside one)
-    assert result.flows.height == 5 + 5
+    assert result.records == 5 + 5
     reasons = result.quarantine["reason"].to_list()
     assert any("runs past the end" in r for r in reasons)
     assert result.quarantine["source"].str.ends_with("c.ipfix.zst").any()
