@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transforms.addresses import V4_MAPPED, prefix_mask  # noqa: E402
 from transforms.attribution import (  # noqa: E402
     Totals,
+    accumulate,
     add_chunk,
     build_lookup,
-    merge_totals,
     port_hour_volumes,
     user_day_volumes,
 )
@@ -141,8 +141,10 @@ def run_sort_merge(files: list[Path], sessions: Path) -> pl.DataFrame:
         add_chunk(totals, pl.scan_parquet(chunk[0]).slice(chunk[1], 2_500_000).collect(), lookup)
         return totals
 
+    totals = Totals.empty(lookup)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        totals = merge_totals(list(pool.map(one, chunks)))
+        for part in pool.map(one, chunks):
+            accumulate(totals, part)
     _ = port_hour_volumes(lookup, totals)
     volumes = user_day_volumes(lookup, totals).rename({"day_index": "day"})
     return volumes.join(lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index").select(

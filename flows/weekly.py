@@ -185,11 +185,11 @@ def attribute_exporter(
         attribution.add_chunk(totals, chunk, lookup)
         return totals
 
-    if not rows:
-        totals = attribution.Totals.empty(lookup)
-    else:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            totals = attribution.merge_totals(list(pool.map(chunk_totals, range(0, rows, CHUNK_ROWS))))
+    totals = attribution.Totals.empty(lookup)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # Chunks are folded in as they finish, so only the ones in flight are held.
+        for part in pool.map(chunk_totals, range(0, rows, CHUNK_ROWS)):
+            attribution.accumulate(totals, part)
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
     user_day = (
         attribution.user_day_volumes(lookup, totals)

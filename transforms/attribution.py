@@ -408,25 +408,15 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     )
 
 
-def merge_totals(parts: list[Totals]) -> Totals:
-    """The sum of totals computed on separate chunks of the same lookup."""
+TOTAL_ARRAYS = ("v4_in", "v4_out", "v6_in", "v6_out", "hour_in", "hour_out", "hour_all", "hour_both")
 
-    def total(name: str) -> np.ndarray:
-        out = getattr(parts[0], name).copy()
-        for part in parts[1:]:
-            out += getattr(part, name)
-        return np.asarray(out)
 
-    merged = Totals(
-        total("v4_in"),
-        total("v4_out"),
-        total("v6_in"),
-        total("v6_out"),
-        total("hour_in"),
-        total("hour_out"),
-        total("hour_all"),
-        total("hour_both"),
-    )
-    merged.ports = [frame for p in parts for frame in p.ports]
-    merged.flows = sum(p.flows for p in parts)
-    return merged
+def accumulate(into: Totals, part: Totals) -> Totals:
+    """Adds a chunk's totals into running totals (in place) and returns them; the chunk can go."""
+    for name in TOTAL_ARRAYS:
+        getattr(into, name)[:] += getattr(part, name)
+    into.ports.extend(part.ports)
+    if len(into.ports) > 64:  # keep the port-hour partials small as chunks add up
+        into.ports = [pl.concat(into.ports).group_by("key").agg(pl.col("bytes").sum())]
+    into.flows += part.flows
+    return into
