@@ -209,6 +209,18 @@ def ingest_exporter(
     return result
 
 
+def line_problems(problems: pl.DataFrame) -> pl.DataFrame:
+    """QUARANTINE_SCHEMA rows of (source, line, reason) problems, one record each."""
+    return problems.select(
+        "source",
+        pl.format("line {}", "line").alias("position"),
+        "reason",
+        pl.lit(1, dtype=pl.Int64).alias("records"),
+        pl.lit(0, dtype=pl.Int64).alias("bytes"),
+        pl.lit(0, dtype=pl.Int64).alias("input_bytes"),
+    )
+
+
 def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """All accounting records of every NAS for `days`, and the quarantined lines."""
     base = landing / "radius"
@@ -234,18 +246,7 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
                 frames.append(records)
                 problems.append(bad)
     records = pl.concat(frames) if frames else pl.DataFrame(schema=RECORD_SCHEMA)
-    quarantine = (
-        pl.concat(problems).select(
-            "source",
-            pl.format("line {}", "line").alias("position"),
-            "reason",
-            pl.lit(1, dtype=pl.Int64).alias("records"),
-            pl.lit(0, dtype=pl.Int64).alias("bytes"),
-            pl.lit(0, dtype=pl.Int64).alias("input_bytes"),
-        )
-        if problems
-        else pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    )
+    quarantine = line_problems(pl.concat(problems)) if problems else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     # Retransmitted records (same session, status and time) count once.
     return records.unique(
         subset=["nas", "session_id", "status", "event_ts"], keep="first", maintain_order=True

@@ -103,19 +103,7 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     days = [window.week - dt.timedelta(days=1)] + window.days + [window.week + dt.timedelta(days=7)]
     records, quarantine = landing.ingest_radius(settings.landing, days, settings.timezone)
     records, backwards = radius.split_backward_counters(records)
-    quarantine = pl.concat(
-        [
-            quarantine,
-            backwards.select(
-                "source",
-                pl.format("line {}", "line").alias("position"),
-                "reason",
-                pl.lit(1, dtype=pl.Int64).alias("records"),
-                pl.lit(0, dtype=pl.Int64).alias("bytes"),
-                pl.lit(0, dtype=pl.Int64).alias("input_bytes"),
-            ),
-        ]
-    )
+    quarantine = pl.concat([quarantine, landing.line_problems(backwards)])
     directory = landing.read_directory(settings.landing)
     key = settings.hmac_key()
     sessions = radius.build_sessions(records)
@@ -222,29 +210,17 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
         .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("source").first())
     )
     billing_days = pl.read_parquet(stage / "billing_user_day.parquet")
+    columns = [
+        "day",
+        "service",
+        "user_key",
+        "customer_type",
+        pl.col("in_bytes").cast(pl.Float64),
+        pl.col("out_bytes").cast(pl.Float64),
+        "source",
+    ]
     user_day = (
-        pl.concat(
-            [
-                broadband_days.select(
-                    "day",
-                    "service",
-                    "user_key",
-                    "customer_type",
-                    pl.col("in_bytes").cast(pl.Float64),
-                    pl.col("out_bytes").cast(pl.Float64),
-                    "source",
-                ),
-                billing_days.select(
-                    "day",
-                    "service",
-                    "user_key",
-                    "customer_type",
-                    pl.col("in_bytes").cast(pl.Float64),
-                    pl.col("out_bytes").cast(pl.Float64),
-                    "source",
-                ),
-            ]
-        )
+        pl.concat([broadband_days.select(columns), billing_days.select(columns)])
         .with_columns(pl.lit(window.week).alias("week"))
         .sort("day", "service", "user_key")
     )
