@@ -44,28 +44,24 @@ def _write_day(root: Path, exporter: str, day: dt.date, name: str, data: bytes) 
     return path
 
 
-def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path: Path) -> None:
+def _announcement(rate: int) -> tuple[bytes, int]:
+    """A message with the flow and options templates and a 1-in-`rate` (IE 34) announcement."""
     options = ipfix.sampling_options_template("interval")
     header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4, options])
-    announce, seq = ipfix.encode_messages(
-        1,
-        0,
-        0,
-        header,
-        options,
-        ipfix.pack_records(options, {ipfix.IE_SELECTOR_ID: np.array([1]), ipfix.IE_SAMPLING_INTERVAL: np.array([64])}),
-    )
-    day1, _ = ipfix.encode_messages(
-        1,
-        0,
-        seq,
-        b"",
-        ipfix.FLOW_TEMPLATE_V4,
-        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(10, 1_717_340_400_000)),
-    )
-    day2, _ = ipfix.encode_messages(
-        1, 0, 0, b"", ipfix.FLOW_TEMPLATE_V4, ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(7, 1_717_426_800_000))
-    )
+    values = {ipfix.IE_SELECTOR_ID: np.array([1]), ipfix.IE_SAMPLING_INTERVAL: np.array([rate])}
+    return ipfix.encode_messages(1, 0, 0, header, options, ipfix.pack_records(options, values))
+
+
+def _data(n: int, start_ms: int, sequence: int) -> tuple[bytes, int]:
+    """Messages of n flow records for template 256 (no templates in them)."""
+    records = ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(n, start_ms))
+    return ipfix.encode_messages(1, 0, sequence, b"", ipfix.FLOW_TEMPLATE_V4, records)
+
+
+def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path: Path) -> None:
+    announce, seq = _announcement(64)
+    day1, _ = _data(10, 1_717_340_400_000, seq)
+    day2, _ = _data(7, 1_717_426_800_000, 0)
     _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", announce + day1)
     _write_day(tmp_path, "r1", dt.date(2024, 6, 4), "b.ipfix", day2)
     state = tmp_path / "state"
@@ -90,32 +86,9 @@ def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path
 
 
 def test_compressed_duplicate_and_outside_window_records_are_counted(tmp_path: Path) -> None:
-    options = ipfix.sampling_options_template("interval")
-    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4, options])
-    announce, seq = ipfix.encode_messages(
-        1,
-        0,
-        0,
-        header,
-        options,
-        ipfix.pack_records(options, {ipfix.IE_SELECTOR_ID: np.array([1]), ipfix.IE_SAMPLING_INTERVAL: np.array([8])}),
-    )
-    inside, seq = ipfix.encode_messages(
-        1,
-        0,
-        seq,
-        b"",
-        ipfix.FLOW_TEMPLATE_V4,
-        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(5, 1_717_340_400_000)),
-    )
-    outside, _ = ipfix.encode_messages(
-        1,
-        0,
-        seq,
-        b"",
-        ipfix.FLOW_TEMPLATE_V4,
-        ipfix.pack_records(ipfix.FLOW_TEMPLATE_V4, _records(3, 1_700_000_000_000)),
-    )
+    announce, seq = _announcement(8)
+    inside, seq = _data(5, 1_717_340_400_000, seq)
+    outside, _ = _data(3, 1_700_000_000_000, seq)
     content = announce + inside + outside
     day = dt.date(2024, 6, 3)
     _write_day(tmp_path, "r1", day, "a.ipfix", content)

@@ -76,23 +76,29 @@ def test_v9_sequence_gap_counts_lost_datagrams() -> None:
     assert result.flows.height == 9
 
 
-def test_template_withdrawal_makes_later_data_unknown_and_redefinition_replaces_it() -> None:
-    state = ExporterState()
-    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4])
-    records = ipfix.pack_records(
-        ipfix.FLOW_TEMPLATE_V4,
+def _one_record(template: ipfix.Template, src: np.ndarray, dst: np.ndarray, protocol: int, octets: int) -> np.ndarray:
+    """One flow record of `template` (v4 or v6 addresses given as the template expects)."""
+    v6 = any(ie == ipfix.IE_SRC_V6 for ie, _, _ in template.fields)
+    return ipfix.pack_records(
+        template,
         {
             ipfix.IE_START_MS: np.array([1_717_340_400_000]),
             ipfix.IE_END_MS: np.array([1_717_340_400_000]),
-            ipfix.IE_SRC_V4: np.array([1]),
-            ipfix.IE_DST_V4: np.array([2]),
+            ipfix.IE_SRC_V6 if v6 else ipfix.IE_SRC_V4: src,
+            ipfix.IE_DST_V6 if v6 else ipfix.IE_DST_V4: dst,
             ipfix.IE_SRC_PORT: np.array([3]),
             ipfix.IE_DST_PORT: np.array([4]),
-            ipfix.IE_PROTOCOL: np.array([6]),
+            ipfix.IE_PROTOCOL: np.array([protocol]),
             ipfix.IE_PACKETS: np.array([1]),
-            ipfix.IE_OCTETS: np.array([99]),
+            ipfix.IE_OCTETS: np.array([octets]),
         },
     )
+
+
+def test_template_withdrawal_makes_later_data_unknown_and_redefinition_replaces_it() -> None:
+    state = ExporterState()
+    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4])
+    records = _one_record(ipfix.FLOW_TEMPLATE_V4, np.array([1]), np.array([2]), 6, 99)
     first, seq = ipfix.encode_messages(5, 0, 0, header, ipfix.FLOW_TEMPLATE_V4, records)
     withdrawal_set = struct.pack("!HHHH", 2, 8, 256, 0)
     withdraw = struct.pack("!HHIII", 10, 16 + len(withdrawal_set), 0, seq, 5) + withdrawal_set
@@ -102,19 +108,12 @@ def test_template_withdrawal_makes_later_data_unknown_and_redefinition_replaces_
     assert [p.reason for p in result.problems] == ["data set for unknown template 256 in domain 5; set skipped"]
     # Redefinition: template 256 now means IPv6 records.
     redefined = ipfix.Template(256, ipfix.FLOW_TEMPLATE_V6.fields)
-    v6 = ipfix.pack_records(
+    v6 = _one_record(
         redefined,
-        {
-            ipfix.IE_START_MS: np.array([1_717_340_400_000]),
-            ipfix.IE_END_MS: np.array([1_717_340_400_000]),
-            ipfix.IE_SRC_V6: np.array([[0x2400_4050_0000_0000, 1]], dtype=np.uint64),
-            ipfix.IE_DST_V6: np.array([[0x2001_0DB8_0000_0000, 2]], dtype=np.uint64),
-            ipfix.IE_SRC_PORT: np.array([3]),
-            ipfix.IE_DST_PORT: np.array([4]),
-            ipfix.IE_PROTOCOL: np.array([17]),
-            ipfix.IE_PACKETS: np.array([1]),
-            ipfix.IE_OCTETS: np.array([7]),
-        },
+        np.array([[0x2400_4050_0000_0000, 1]], dtype=np.uint64),
+        np.array([[0x2001_0DB8_0000_0000, 2]], dtype=np.uint64),
+        17,
+        7,
     )
     again, _ = ipfix.encode_messages(5, 0, 0, ipfix.encode_template_set([redefined]), redefined, v6)
     result = ipfix.decode_ipfix(again, "r", "w2.ipfix", state)
