@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transforms.addresses import V4_MAPPED, prefix_mask  # noqa: E402
 from transforms.attribution import (  # noqa: E402
+    ChunkTotals,
     Totals,
     accumulate,
-    add_chunk,
+    attribute_chunk,
     build_lookup,
     port_hour_volumes,
     user_day_volumes,
@@ -136,10 +137,8 @@ def run_sort_merge(files: list[Path], sessions: Path) -> pl.DataFrame:
         for offset in range(0, pl.scan_parquet(path).select(pl.len()).collect().item(), 2_500_000)
     ]
 
-    def one(chunk: tuple[Path, int]) -> Totals:
-        totals = Totals.empty(lookup)
-        add_chunk(totals, pl.scan_parquet(chunk[0]).slice(chunk[1], 2_500_000).collect(), lookup)
-        return totals
+    def one(chunk: tuple[Path, int]) -> ChunkTotals:
+        return attribute_chunk(pl.scan_parquet(chunk[0]).slice(chunk[1], 2_500_000).collect(), lookup)
 
     totals = Totals.empty(lookup)
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -15,6 +15,7 @@ IPv6 prefixes the longest prefix with a session at that moment wins, resolved on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -36,11 +37,12 @@ class SessionTable:
     user: np.ndarray
     day: np.ndarray
 
-    @property
+    # Cached: every chunk searches them (frozen dataclasses allow cached_property's own slot).
+    @cached_property
     def start_keys(self) -> np.ndarray:
         return (self.ids << U32) | self.start_s
 
-    @property
+    @cached_property
     def end_keys(self) -> np.ndarray:
         return (self.ids << U32) | self.end_s
 
@@ -61,6 +63,10 @@ class AssignmentLookup:
     @property
     def days(self) -> int:
         return int(self.day_starts.size - 1)
+
+    @cached_property
+    def hour_slots(self) -> HourSlots:
+        return HourSlots.for_days(self.day_starts)
 
 
 def seconds_since(ts: pl.Series, epoch_s: int) -> np.ndarray:
@@ -177,7 +183,10 @@ def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int
     blocks = np.zeros(1 << 16, dtype=bool)
     blocks[(addresses >> np.uint64(16)).astype(np.int64)] = True
     starts, ends, v6_table = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s, bounds)
-    return AssignmentLookup(epoch_s, bounds, v4_table, blocks, starts, ends, v6_table, users)
+    lookup = AssignmentLookup(epoch_s, bounds, v4_table, blocks, starts, ends, v6_table, users)
+    # Computed once here rather than raced for by the threads that share the lookup.
+    _ = lookup.hour_slots, v4_table.start_keys, v4_table.end_keys, v6_table.start_keys, v6_table.end_keys
+    return lookup
 
 
 @dataclass
@@ -238,28 +247,26 @@ class HourSlots:
 
 
 def _match_side(
-    ids: np.ndarray,
-    seconds: np.ndarray,
-    est: np.ndarray,
-    rows: np.ndarray,
-    table: SessionTable,
-    slots_of: HourSlots,
-    hours: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bytes per piece, bytes per hour slot of matched flows, sorted keys of matched flows)."""
+    ids: np.ndarray, seconds: np.ndarray, rows: np.ndarray, table: SessionTable
+) -> tuple[np.ndarray, np.ndarray]:
+    """(matched flow rows, their piece indices), ordered by piece."""
     if table.ids.size == 0 or rows.size == 0:
-        return np.zeros(table.ids.size, dtype=np.uint64), np.zeros(hours, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
-    frame = pl.DataFrame({"k": (ids[rows] << U32) | seconds[rows], "b": est[rows]}).sort("k")
-    k = frame["k"].to_numpy()
-    b = frame["b"].to_numpy()
-    lo = np.searchsorted(k, table.start_keys, side="left")
-    hi = np.searchsorted(k, table.end_keys, side="left")
-    prefix = np.zeros(k.size + 1, dtype=np.uint64)
-    np.cumsum(b, out=prefix[1:])
-    inside = np.cumsum(np.bincount(lo, minlength=k.size + 1) - np.bincount(hi, minlength=k.size + 1))[: k.size] > 0
-    slots = slots_of(k[inside] & MASK32)
-    per_hour = np.bincount(slots, weights=b[inside], minlength=hours).astype(np.uint64)
-    return prefix[hi] - prefix[lo], per_hour, k[inside]
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Sorted keys make the search walk the pieces in order (cache-friendly) and put each piece's
+    # flows in one run; the cost is per flow of the chunk, whatever the number of pieces.
+    ordered = pl.DataFrame({"k": (ids[rows] << U32) | seconds[rows], "r": rows}).sort("k")
+    keys = ordered["k"].to_numpy()
+    piece = np.searchsorted(table.start_keys, keys, side="right").astype(np.int64) - 1
+    hit = (piece >= 0) & (keys < table.end_keys[np.maximum(piece, 0)])
+    return ordered["r"].to_numpy()[hit], piece[hit]
+
+
+def _sum_runs(piece: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct pieces, summed values) of values grouped by runs of equal, sorted piece indices."""
+    if piece.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    starts = np.flatnonzero(np.concatenate([[True], piece[1:] != piece[:-1]]))
+    return piece[starts], np.add.reduceat(values, starts)
 
 
 def _ids(
@@ -282,53 +289,45 @@ def _ids(
     return address, v4_rows, v6_ids, v6_rows
 
 
-def _matched_keys(sorted_keys: np.ndarray, ids: np.ndarray, seconds: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Which of `rows` have their key among the (sorted) matched keys."""
-    if sorted_keys.size == 0 or rows.size == 0:
-        return np.zeros(rows.size, dtype=bool)
-    keys = (ids[rows] << U32) | seconds[rows]
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return np.asarray(sorted_keys[pos] == keys)
+@dataclass(frozen=True)
+class ChunkTotals:
+    """One chunk's sums: sparse (piece index, bytes) per key space and direction, dense per hour
+    slot, and the chunk's port-hour partial. Its size follows the chunk, not the week's sessions."""
+
+    pieces: dict[str, tuple[np.ndarray, np.ndarray]]
+    hour_in: np.ndarray
+    hour_out: np.ndarray
+    hour_all: np.ndarray
+    hour_both: np.ndarray
+    ports: pl.DataFrame
+    flows: int
 
 
-def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> None:
-    """Adds a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port) to the totals."""
+def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotals:
+    """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port)
+    per session piece and direction, per hour slot and per (protocol, lower port, hour slot)."""
     seconds = seconds_since(flows["first_ts"], lookup.epoch_s)
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
-    hours = totals.hour_all.size
-    slots_of = HourSlots.for_days(lookup.day_starts)
-    slots = slots_of(seconds)
-    totals.hour_all += np.bincount(slots, weights=est, minlength=hours).astype(np.uint64)
-    matched: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for side in ("src", "dst"):
+    hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
+    slots = lookup.hour_slots(seconds)
+
+    pieces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    matched: dict[str, np.ndarray] = {}
+    for side, direction in (("src", "in"), ("dst", "out")):
         v4_ids, v4_rows, v6_ids, v6_rows = _ids(flows, side, lookup)
-        v4_sums, v4_hours, v4_keys = _match_side(v4_ids, seconds, est, v4_rows, lookup.v4, slots_of, hours)
-        v6_sums, v6_hours, v6_keys = _match_side(v6_ids, seconds, est, v6_rows, lookup.v6, slots_of, hours)
-        if side == "src":
-            totals.v4_in += v4_sums
-            totals.v6_in += v6_sums
-            totals.hour_in += v4_hours + v6_hours
-        else:
-            totals.v4_out += v4_sums
-            totals.v6_out += v6_sums
-            totals.hour_out += v4_hours + v6_hours
-        matched[side] = [(v4_keys, v4_ids, v4_rows), (v6_keys, v6_ids, v6_rows)]
-    # Flows matched on both sides (user to user) are counted in IN and OUT; find them to know
-    # the unattributed volume exactly. Only rows that are candidates on both sides can be.
-    candidate = {side: np.zeros(flows.height, dtype=bool) for side in matched}
-    for side, parts in matched.items():
-        for _, _, rows in parts:
-            candidate[side][rows] = True
-    both = candidate["src"] & candidate["dst"]
-    if both.any():
-        for parts in matched.values():
-            hit = np.zeros(flows.height, dtype=bool)
-            for keys, ids, rows in parts:
-                rows = rows[both[rows]]
-                hit[rows[_matched_keys(keys, ids, seconds, rows)]] = True
-            both &= hit
-    if both.any():
-        totals.hour_both += np.bincount(slots[both], weights=est[both], minlength=hours).astype(np.uint64)
+        hits = []
+        for family, ids, rows, table in (("v4", v4_ids, v4_rows, lookup.v4), ("v6", v6_ids, v6_rows, lookup.v6)):
+            matched_rows, piece = _match_side(ids, seconds, rows, table)
+            pieces[f"{family}_{direction}"] = _sum_runs(piece, est[matched_rows])
+            hits.append(matched_rows)
+        matched[direction] = np.concatenate(hits)
+    # One pass sums every hour slot by whether the flow matched a user on its source (1) and on
+    # its destination (2) side: a flow between two users is IN for one and OUT for the other,
+    # and knowing which matched both gives the unattributed volume exactly.
+    category = slots * 4
+    category[matched["in"]] += 1
+    category[matched["out"]] += 2
+    per_hour = np.bincount(category, weights=est, minlength=hours * 4).astype(np.uint64).reshape(hours, 4)
     # One packed key per flow: protocol | has port | lower port | hour slot.
     protocol = flows["protocol"].to_numpy().astype(np.uint64)
     lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy()).astype(np.uint64)
@@ -339,8 +338,20 @@ def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> 
         | (np.where(has_port, lower, 0) << np.uint64(16))
     )
     key |= slots.astype(np.uint64)
-    totals.ports.append(pl.DataFrame({"key": key, "bytes": est}).group_by("key").agg(pl.col("bytes").sum()))
-    totals.flows += flows.height
+    return ChunkTotals(
+        pieces,
+        per_hour[:, 1] + per_hour[:, 3],
+        per_hour[:, 2] + per_hour[:, 3],
+        per_hour.sum(axis=1, dtype=np.uint64),
+        per_hour[:, 3].copy(),
+        pl.DataFrame({"key": key, "bytes": est}).group_by("key").agg(pl.col("bytes").sum()),
+        flows.height,
+    )
+
+
+def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> None:
+    """Adds a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port) to the totals."""
+    accumulate(totals, attribute_chunk(flows, lookup))
 
 
 def user_day_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
@@ -408,14 +419,13 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     )
 
 
-TOTAL_ARRAYS = ("v4_in", "v4_out", "v6_in", "v6_out", "hour_in", "hour_out", "hour_all", "hour_both")
-
-
-def accumulate(into: Totals, part: Totals) -> Totals:
-    """Adds a chunk's totals into running totals (in place) and returns them; the chunk can go."""
-    for name in TOTAL_ARRAYS:
+def accumulate(into: Totals, part: ChunkTotals) -> Totals:
+    """Adds a chunk's sums into running totals (in place) and returns them; the chunk can go."""
+    for name, (pieces, sums) in part.pieces.items():
+        getattr(into, name)[pieces] += sums  # pieces are distinct within a chunk
+    for name in ("hour_in", "hour_out", "hour_all", "hour_both"):
         getattr(into, name)[:] += getattr(part, name)
-    into.ports.extend(part.ports)
+    into.ports.append(part.ports)
     if len(into.ports) > 64:  # keep the port-hour partials small as chunks add up
         into.ports = [pl.concat(into.ports).group_by("key").agg(pl.col("bytes").sum())]
     into.flows += part.flows
