@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import polars as pl
 
 from flows.generate import TRUTH_DIR
-from flows.publish import CATALOG, query_frame
+from flows.publish import local_catalog, query_frame
+from flows.storage import AnyPath
 from transforms import ports, stats
 from transforms.privacy import pseudonym
 from transforms.synth.calibration import mode_bin_of
@@ -20,9 +22,9 @@ from transforms.synth.reference import port_share_targets, usage_targets
 STAT_NAMES = ("mean_mb", "median_mb", "mode_mb", "top1_share", "top10_share")
 
 
-def truth_user_week(truth_dir: Path) -> pl.DataFrame:
+def truth_user_week(truth_dir: AnyPath) -> pl.DataFrame:
     """Ground truth per user: service, service_group, user_id, customer_type, in/out bytes per day."""
-    days = pl.read_parquet(truth_dir / "user_day.parquet")
+    days = pl.read_parquet(io.BytesIO((truth_dir / "user_day.parquet").read_bytes()))
     return (
         days.group_by("service", "user_id", "customer_type")
         .agg(
@@ -33,9 +35,9 @@ def truth_user_week(truth_dir: Path) -> pl.DataFrame:
     )
 
 
-def truth_port_usage(truth_dir: Path) -> pl.DataFrame:
+def truth_port_usage(truth_dir: AnyPath) -> pl.DataFrame:
     """True bytes per (service, protocol, lower port), each class's bytes spread over its ports."""
-    classes = pl.read_parquet(truth_dir / "port_bytes.parquet")
+    classes = pl.read_parquet(io.BytesIO((truth_dir / "port_bytes.parquet").read_bytes()))
     return (
         classes.with_columns(n=pl.col("ports").list.len())
         .explode("ports")
@@ -60,14 +62,14 @@ def _published(catalog: Path, week: dt.date) -> tuple[pl.DataFrame, pl.DataFrame
 
 
 def calibration_report(
-    landing: Path, warehouse: Path, key: bytes
+    landing: AnyPath, warehouse: AnyPath, key: bytes
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, float]]:
     """(usage rows, port rows, accuracy): each row target / truth / published and whether within tolerance."""
     truth_dir = landing / TRUTH_DIR
     spec = json.loads((truth_dir / "spec.json").read_text())
     week, year = dt.date.fromisoformat(spec["week"]), int(spec["year"])
     truth = truth_user_week(truth_dir)
-    summary, shares, published_users = _published(warehouse / CATALOG, week)
+    summary, shares, published_users = _published(local_catalog(warehouse), week)
     rows = []
     for service in ("broadband", "mobile"):
         group = truth.filter((pl.col("service_group") == service) & (pl.col("customer_type") == "personal"))

@@ -1,4 +1,4 @@
-"""`trafficreport` command line: generate, weekly, backfill, demo, check-calibration, query."""
+"""`trafficreport` command line: generate, weekly, backfill, demo, check-calibration, query, shell."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DEMO_WEEK = dt.date(2024, 6, 3)
 
@@ -16,12 +17,19 @@ def _date(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
 
 
-def _print_tables(warehouse: Path, week: dt.date) -> None:
+def _open_catalog(warehouse: Any) -> Any:
+    """The warehouse's catalog.duckdb opened read-only (downloaded first from S3)."""
     import duckdb
 
-    from flows.publish import CATALOG, query_frame
+    from flows.publish import local_catalog
 
-    con = duckdb.connect(str(warehouse / CATALOG), read_only=True)
+    return duckdb.connect(str(local_catalog(warehouse)), read_only=True)
+
+
+def _print_tables(warehouse: Any, week: dt.date) -> None:
+    from flows.publish import query_frame
+
+    con = _open_catalog(warehouse)
     try:
         for view in ("table1_broadband_usage", "table2_mobile_usage", "table3_broadband_ports", "table4_mobile_ports"):
             print(f"\n== {view} (week {week})")
@@ -58,7 +66,9 @@ def cmd_weekly(args: argparse.Namespace) -> int:
     from flows.weekly import weekly_report
 
     settings = _settings(args)
-    run = weekly_report(args.week, settings, force=not args.skip_published)
+    run = weekly_report(
+        args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
+    )
     if run.get("published"):
         _print_tables(settings.warehouse, args.week)
     return 0
@@ -109,13 +119,47 @@ def cmd_check_calibration(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    import duckdb
+    import polars as pl
 
-    from flows.publish import CATALOG, query_frame
+    from flows.publish import query_frame
 
-    con = duckdb.connect(str(_settings(args).warehouse / CATALOG), read_only=True)
+    con = _open_catalog(_settings(args).warehouse)
     try:
-        print(query_frame(con, args.sql))
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
+            print(query_frame(con, args.sql))
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    """A read-only SQL prompt on the catalog: statements end with ';', an empty line or EOF quits."""
+    import duckdb
+    import polars as pl
+
+    from flows.publish import query_frame
+
+    con = _open_catalog(_settings(args).warehouse)
+    tables = [r[0] for r in con.execute("select table_name from information_schema.tables order by 1").fetchall()]
+    print("read-only catalog; tables and views:", ", ".join(tables))
+    buffer: list[str] = []
+    try:
+        while True:
+            try:
+                line = input("trafficreport> " if not buffer else "          ...> ")
+            except EOFError:
+                break
+            if not line.strip() and not buffer:
+                break
+            buffer.append(line)
+            if line.rstrip().endswith(";"):
+                statement = "\n".join(buffer).strip().rstrip(";")
+                buffer = []
+                try:
+                    with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
+                        print(query_frame(con, statement))
+                except duckdb.Error as exc:
+                    print(f"error: {exc}")
     finally:
         con.close()
     return 0
@@ -132,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trafficreport", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file")
-    common.add_argument("--landing", type=Path, help="landing zone (default data/landing)")
-    common.add_argument("--warehouse", type=Path, help="parquet warehouse (default data/warehouse)")
+    common.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
+    common.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
     common.add_argument("--staging", type=Path, help="staging area (default data/staging)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -149,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weekly", parents=[common], help="run the weekly report flow for one week")
     p.add_argument("--week", type=_date, required=True)
     p.add_argument("--skip-published", action="store_true", help="do nothing if the week is published")
+    p.add_argument(
+        "--accept-failed-audit",
+        action="store_true",
+        help="publish even if checkpoints fail (recorded in the manifest with the failed checks)",
+    )
     p.set_defaults(func=cmd_weekly)
 
     p = sub.add_parser("backfill", parents=[common], help="run every week in a date range")
@@ -167,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", parents=[common], help="run SQL against catalog.duckdb (read-only)")
     p.add_argument("sql")
+    p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("shell", parents=[common], help="read-only SQL prompt on catalog.duckdb")
+    p.add_argument("--max-rows", type=int, default=40)
+    p.set_defaults(func=cmd_shell)
 
     p = sub.add_parser("fit-calibration", help="refit the generator's mixtures to the reference tables")
     p.set_defaults(func=cmd_fit_calibration)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from flows.storage import AnyPath, entries
 from transforms._records import FLOW_SCHEMA, ExporterState
 from transforms.errors import InputFormatError
 from transforms.exports import decode_flow_file
@@ -29,7 +31,7 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: AnyPath) -> bytes:
     """File content, gunzipped or zstd-decompressed when its magic number says so."""
     data = path.read_bytes()
     try:
@@ -44,12 +46,12 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def day_dirs(root: Path, days: list[dt.date]) -> list[Path]:
+def day_dirs(root: AnyPath, days: list[dt.date]) -> list[AnyPath]:
     """Existing `<root>/<YYYY-MM-DD>` folders of the given days, in order."""
     return [root / d.isoformat() for d in days if (root / d.isoformat()).is_dir()]
 
 
-def list_exporters(landing: Path) -> list[str]:
+def list_exporters(landing: AnyPath) -> list[str]:
     """Exporter folders under <landing>/flows."""
     base = landing / "flows"
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
@@ -110,7 +112,7 @@ def _problem_row(p: InputFormatError, records: int = 0, flow_bytes: int = 0) -> 
 
 
 def ingest_exporter(
-    landing: Path,
+    landing: AnyPath,
     exporter: str,
     days: list[dt.date],
     start: dt.datetime,
@@ -138,7 +140,7 @@ def ingest_exporter(
     raw_parts: list[Path] = []
     seen: set[str] = set()
     for folder in day_dirs(landing / "flows" / exporter, days):
-        for path in sorted(folder.iterdir()):
+        for path in entries(folder):
             if not path.is_file() or path.name.startswith("."):
                 continue
             try:
@@ -221,7 +223,7 @@ def line_problems(problems: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ingest_radius(landing: AnyPath, days: list[dt.date], timezone: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """All accounting records of every NAS for `days`, and the quarantined lines."""
     base = landing / "radius"
     frames: list[pl.DataFrame] = []
@@ -230,7 +232,7 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
     nases = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     for nas in nases:
         for folder in day_dirs(nas, days):
-            for path in sorted(folder.iterdir()):
+            for path in entries(folder):
                 if not path.is_file() or path.name.startswith("."):
                     continue
                 try:
@@ -253,13 +255,14 @@ def ingest_radius(landing: Path, days: list[dt.date], timezone: str) -> tuple[pl
     ), quarantine
 
 
-def read_directory(landing: Path) -> pl.DataFrame:
+def read_directory(landing: AnyPath) -> pl.DataFrame:
     """The subscriber directory: subscription_id, service, customer_type, login, phone_numbers."""
     path = landing / "directory" / "subscribers.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: subscriber directory missing")
     frame = pl.read_csv(
-        path, schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String}
+        io.BytesIO(read_bytes(path)),
+        schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String},
     )
     required = {"subscription_id", "service", "customer_type"}
     missing = required - set(frame.columns)
@@ -275,7 +278,7 @@ class MissingFeed(FileNotFoundError):
     """A source delivered no files for some day of the week: the week cannot be complete yet."""
 
 
-def check_feeds(landing: Path, exporters: list[str], days: list[dt.date]) -> None:
+def check_feeds(landing: AnyPath, exporters: list[str], days: list[dt.date]) -> None:
     """Raises MissingFeed naming every exporter and day without flow files, and a week without RADIUS."""
     gaps = []
     for exporter in exporters:

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
+from flows.storage import storage_path
+
 ENV_PREFIX = "TRAFFICREPORT_"
 
 
@@ -17,8 +21,9 @@ ENV_PREFIX = "TRAFFICREPORT_"
 class Settings:
     """Where data lives, how to read it, and the audit's limits."""
 
-    landing: Path = Path("data/landing")
-    warehouse: Path = Path("data/warehouse")
+    # Local folders or s3:// URLs; staging (scratch of one run) is always local.
+    landing: UPath = field(default_factory=lambda: storage_path("data/landing"))
+    warehouse: UPath = field(default_factory=lambda: storage_path("data/warehouse"))
     staging: Path = Path("data/staging")
     timezone: str = "Asia/Tokyo"
     # Exporter name (glob) -> service whose traffic it meters; first match wins.
@@ -37,6 +42,8 @@ class Settings:
     max_unattributed_share: float = 0.05
     max_quarantined_share: float = 0.001
     max_session_silence_hours: int = 48
+    # Publications of a week kept (the current one included); older runs' files are removed.
+    keep_runs: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,7 +109,10 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         if env:
             values[name] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name in ("landing", "warehouse", "staging", "hmac_key_file", "state_dir", "quarantine_dir"):
+    for name in ("landing", "warehouse"):
+        if name in values:
+            values[name] = storage_path(values[name])
+    for name in ("staging", "hmac_key_file", "state_dir", "quarantine_dir"):
         if name in values:
             values[name] = Path(values[name])
     for name in ("exporter_services", "default_sampling", "sampling_override"):

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import landing, publish
+from flows import failpoints, landing, publish, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, stats, subscribers, usage
 
@@ -167,11 +167,9 @@ def attribute_exporter(
     lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
     rows = pl.scan_parquet(parts).select(pl.len()).collect().item() if parts else 0
 
-    def chunk_totals(offset: int) -> attribution.Totals:
+    def chunk_totals(offset: int) -> attribution.ChunkTotals:
         chunk = usage.estimate_volume(pl.scan_parquet(parts).slice(offset, CHUNK_ROWS)).collect()
-        totals = attribution.Totals.empty(lookup)
-        attribution.add_chunk(totals, chunk, lookup)
-        return totals
+        return attribution.attribute_chunk(chunk, lookup)
 
     totals = attribution.Totals.empty(lookup)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -265,7 +263,8 @@ def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: d
         f"# Broadband Traffic Report, week of {window.week} ({window.timezone})",
         "",
         f"run `{run['run_id']}`: audit **{'passed' if run['audit_passed'] else 'FAILED'}**, "
-        f"published: {run['published']}",
+        f"published: {run['published']}"
+        + (" (failed audit accepted by the operator)" if run.get("accepted_failed_audit") else ""),
         "",
     ]
     summary = tables["usage_summary"]
@@ -315,14 +314,18 @@ def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: d
 
 
 @flow(name="weekly_report", log_prints=True)
-def weekly_report(week: dt.date, settings: Settings | None = None, force: bool = True) -> dict[str, Any]:
-    """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary."""
+def weekly_report(
+    week: dt.date, settings: Settings | None = None, force: bool = True, accept_failed_audit: bool = False
+) -> dict[str, Any]:
+    """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary.
+    A failed audit publishes nothing unless `accept_failed_audit`, which the manifest records."""
     settings = settings or load_settings()
     logger = get_run_logger()
     if week.weekday() != 0:
         raise ValueError(f"week must start on a Monday, got {week} ({week:%A})")
     window = WeekWindow(week, settings.timezone)
-    if not force and publish.is_published(settings.warehouse, week):
+    base_run = publish.published_run(publish.read_manifest(settings.warehouse), week)
+    if not force and base_run is not None:
         logger.info("week %s already published; skipping", week)
         return {"week": str(week), "published": False, "skipped": True}
     run_id = new_run_id()
@@ -345,27 +348,38 @@ def weekly_report(week: dt.date, settings: Settings | None = None, force: bool =
     tables = combine_tables(window, stage, [p.result() for p in partials])
     ingest = {"exporters": flow_info, "radius": assignment_info}
     audit = audit_tables(tables, ingest, settings)
+    failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
     run: dict[str, Any] = {
         "run_id": run_id,
         "week": str(week),
         "audit_passed": audit["success"],
+        "accepted_failed_audit": bool(failed) and accept_failed_audit,
         "audit": audit,
         "ingest": ingest,
         "published": False,
         "seconds": 0.0,
     }
-    if audit["success"]:
-        publish.publish_week(settings.warehouse, week, run_id, tables, run)
+    failpoints.reach("weekly:audited")
+    if audit["success"] or accept_failed_audit:
+        record = {
+            "audit_passed": audit["success"],
+            "accepted_failed_audit": run["accepted_failed_audit"],
+            "failed_checks": failed,
+            "replaced_run": base_run,
+        }
+        run["removed_runs"] = publish.publish_week(
+            settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
+        )
         publish.build_catalog(settings.warehouse)
+        failpoints.reach("weekly:catalog-built")
         run["published"] = True
+        if failed:
+            logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
     run["seconds"] = round(time.monotonic() - started, 1)
     summary = markdown_summary(window, tables, run)
-    report_dir = settings.warehouse / "reports" / str(week)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"summary-{run_id}.md").write_text(summary)
+    storage.write_bytes(settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md", summary.encode())
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
-    if not audit["success"]:
-        failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
+    if not run["published"]:
         raise AuditFailed(
             f"week {week}: audit failed, nothing published; {len(failed)} failed checks: " + "; ".join(failed[:8])
         )
