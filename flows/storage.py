@@ -21,8 +21,9 @@ from typing import Any, cast
 
 from upath import UPath
 
-# Retries of S3 requests (botocore's standard mode backs off between attempts); after them a
-# request fails and the run fails with it.
+# Attempts per S3 request (botocore's standard mode backs off exponentially between them, so
+# about 15 s of errors are ridden out); then the request fails and the run fails with it.
+# s3fs's own retry loop is turned off so the two do not multiply.
 S3_RETRY_ATTEMPTS = 5
 
 
@@ -44,7 +45,9 @@ def storage_path(location: str | os.PathLike[str]) -> UPath:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["endpoint_url"] = endpoint
-        return UPath(text, **options)
+        path = UPath(text, **options)
+        path.fs.retries = 1  # a class attribute of s3fs, not a constructor option
+        return path
     return UPath(Path(text))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +26,44 @@ class PublishedWeek:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
+def prefect_server() -> Iterator[str]:
+    """A Prefect test server for the session; yields its API URL for subprocesses to use."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
-        yield
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP server (moto) on 127.0.0.1, with the environment pointing at it."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield endpoint
+    server.stop()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,7 +84,7 @@ def _settings(root: Path, landing: Path) -> object:
 
 
 @pytest.fixture(scope="session")
-def calibrated_week(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> PublishedWeek:
+def calibrated_week(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> PublishedWeek:
     """The demo-sized 2024-06-03 week (3,000 broadband users, 3,000 phones), published once."""
     from flows.generate import generate_to
     from flows.weekly import weekly_report

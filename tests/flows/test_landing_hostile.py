@@ -122,7 +122,7 @@ def hostile_landing(tmp_path: Path, small_landing: Path) -> Path:
 
 
 def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes(
-    hostile_landing: Path, small_settings: object, prefect_server: None
+    hostile_landing: Path, small_settings: object, prefect_server: str
 ) -> None:
     settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.01)  # type: ignore[type-var]
     run = weekly_report(WEEK, settings)
@@ -141,7 +141,7 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
 
 
 def test_the_audit_fails_the_week_when_too_much_input_is_unreadable(
-    hostile_landing: Path, small_settings: object, prefect_server: None
+    hostile_landing: Path, small_settings: object, prefect_server: str
 ) -> None:
     settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.0)  # type: ignore[type-var]
     with pytest.raises(AuditFailed, match="could not be decoded"):

@@ -19,7 +19,7 @@ from tests.conftest import WEEK
 
 
 def test_failed_audit_publishes_nothing(
-    tmp_path: Path, small_landing: Path, small_settings: object, prefect_server: None
+    tmp_path: Path, small_landing: Path, small_settings: object, prefect_server: str
 ) -> None:
     # A directory that lost a third of the broadband subscriptions: their traffic is unattributed.
     landing = tmp_path / "landing"
@@ -36,7 +36,7 @@ def test_failed_audit_publishes_nothing(
     assert not list(settings.warehouse.glob("*/week=*"))
 
 
-def test_backfill_skips_published_weeks_unless_forced(small_settings: object, prefect_server: None) -> None:
+def test_backfill_skips_published_weeks_unless_forced(small_settings: object, prefect_server: str) -> None:
     first = backfill(dt.date(2024, 6, 1), dt.date(2024, 6, 16), small_settings)
     # 2024-06-03 has data; 2024-06-10 has none and fails with a reason instead of publishing.
     assert [(r["week"], r["status"]) for r in first] == [("2024-06-03", "published"), ("2024-06-10", "failed")]
