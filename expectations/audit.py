@@ -85,6 +85,13 @@ def run_checks(
     unattributed = float(hours["unattributed_bytes"].sum() or 0)
     share_u = unattributed / total if total else 1.0
     empty = [e["exporter"] for e in exporters if int(e["records"]) == 0]
+    silent_days = [
+        f"{e['exporter']} {day}"
+        for e in exporters
+        for day, records in e.get("records_per_day", {}).items()
+        if not records
+    ]
+    unrated = sum(int(e.get("unrated_records", 0)) for e in exporters)
 
     def gate(check: str, value: float, limit: float) -> dict[str, Any]:
         return {"table": "run", "check": f"{check} <= {limit}", "success": value <= limit, "detail": f"{value:.6f}"}
@@ -95,12 +102,82 @@ def run_checks(
         gate("share of accounting records set aside", share_radius, max_quarantined_share),
         gate("unattributed share of bytes", share_u, max_unattributed_share),
         {"table": "run", "check": "every exporter delivered flows", "success": not empty, "detail": json.dumps(empty)},
+        {
+            "table": "run",
+            "check": "every exporter has flows on every day of the week",
+            "success": not silent_days,
+            "detail": json.dumps(silent_days),
+        },
+        {
+            # Flows without a rate are set aside (counted above); none of them reaches a table.
+            "table": "run",
+            "check": "sampling rate known for every published flow",
+            "success": all(e.get("sampling_sources") for e in exporters if int(e["records"])),
+            "detail": f"{unrated} flows without a rate set aside",
+        },
     ]
 
 
+def drift_checks(
+    tables: dict[str, pl.DataFrame],
+    previous: dict[str, pl.DataFrame] | None,
+    max_user_change: float,
+    max_mean_change: float,
+    max_port_share_change: float,
+) -> list[dict[str, Any]]:
+    """This week against the previously published one: users and mean usage per (service,
+    direction) within a relative change, port shares within a change in points. A sudden halving
+    of users is a broken feed, not a trend. No previous week: nothing to compare, no checks."""
+    if previous is None:
+        return []
+    checks: list[dict[str, Any]] = []
+    week_before = str(previous["usage_summary"]["week"][0])
+    keys = ["service", "direction"]
+    joined = tables["usage_summary"].join(previous["usage_summary"], on=keys, how="full", suffix="_prev")
+    for row in joined.iter_rows(named=True):
+        where = f"{row['service'] or row['service_prev']} {row['direction'] or row['direction_prev']}"
+        for column, limit in (("users", max_user_change), ("mean_mb", max_mean_change)):
+            now, before = row[column], row[f"{column}_prev"]
+            change = abs(now / before - 1) if now is not None and before else float("inf")
+            checks.append(
+                {
+                    "table": "drift",
+                    "check": f"{where} {column}: relative change vs week {week_before} <= {limit}",
+                    "success": change <= limit,
+                    "detail": f"{before} -> {now}",
+                }
+            )
+    shares = tables["port_share"].join(
+        previous["port_share"], on=["service", "category"], how="full", suffix="_prev", coalesce=True
+    )
+    for row in shares.iter_rows(named=True):
+        now, before = row["share_pct"] or 0.0, row["share_pct_prev"] or 0.0
+        checks.append(
+            {
+                "table": "drift",
+                "check": f"{row['service']} port share {row['category']}: change vs week {week_before} "
+                f"<= {max_port_share_change} points",
+                "success": abs(now - before) <= max_port_share_change,
+                "detail": f"{before:.2f} -> {now:.2f}",
+            }
+        )
+    return checks
+
+
 def audit_week(
-    tables: dict[str, pl.DataFrame], ingest: dict[str, Any], max_quarantined_share: float, max_unattributed_share: float
+    tables: dict[str, pl.DataFrame],
+    ingest: dict[str, Any],
+    limits: dict[str, float],
+    previous: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """{"success": bool, "checks": [...]}: success only when every check passed."""
-    checks = validate_tables(tables) + run_checks(ingest, tables, max_quarantined_share, max_unattributed_share)
+    """{"success": bool, "checks": [...]}: success only when every check passed. `limits` holds
+    max_quarantined_share, max_unattributed_share, max_user_change, max_mean_change and
+    max_port_share_change."""
+    checks = (
+        validate_tables(tables)
+        + run_checks(ingest, tables, limits["max_quarantined_share"], limits["max_unattributed_share"])
+        + drift_checks(
+            tables, previous, limits["max_user_change"], limits["max_mean_change"], limits["max_port_share_change"]
+        )
+    )
     return {"success": all(c["success"] for c in checks), "checks": checks}

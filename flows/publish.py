@@ -67,6 +67,22 @@ def is_published(warehouse: AnyPath, week: dt.date) -> bool:
     return published_run(read_manifest(warehouse), week) is not None
 
 
+def read_published(warehouse: AnyPath, manifest: dict[str, Any], table: str, week: str) -> pl.DataFrame:
+    """The rows of one table for one published week, from the files the manifest lists."""
+    entry = manifest["tables"][table][week]
+    return pl.concat([pl.read_parquet(io.BytesIO((warehouse / f).read_bytes())) for f in entry["files"]])
+
+
+def previous_published(warehouse: AnyPath, week: dt.date, tables: tuple[str, ...]) -> dict[str, pl.DataFrame] | None:
+    """The given tables of the latest published week before `week` (None if there is none)."""
+    manifest = read_manifest(warehouse)
+    weeks = set.intersection(*(set(manifest["tables"].get(t, {})) for t in tables)) if tables else set()
+    earlier = sorted(w for w in weeks if w < str(week))
+    if not earlier:
+        return None
+    return {t: read_published(warehouse, manifest, t, earlier[-1]) for t in tables}
+
+
 def _write_parquet(path: AnyPath, frame: pl.DataFrame) -> None:
     if storage.is_local(path):
         storage.local_path(path).parent.mkdir(parents=True, exist_ok=True)

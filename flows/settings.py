@@ -42,6 +42,11 @@ class Settings:
     max_unattributed_share: float = 0.05
     max_quarantined_share: float = 0.001
     max_session_silence_hours: int = 48
+    # Drift against the previously published week: relative change of users and of mean usage
+    # per (service, direction), and change of each port share in percentage points.
+    max_user_change: float = 0.3
+    max_mean_change: float = 0.5
+    max_port_share_change: float = 10.0
     # Publications of a week kept (the current one included); older runs' files are removed.
     keep_runs: int = 3
     extra: dict[str, Any] = field(default_factory=dict)

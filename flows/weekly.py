@@ -71,8 +71,15 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
     quarantine = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
     quarantine.mkdir(parents=True, exist_ok=True)
     result.quarantine.write_parquet(quarantine / f"flows.{exporter}.problems.parquet")
+    unrated_records = 0
     for unrated in result.unrated:
+        unrated_records += pl.scan_parquet(unrated).select(pl.len()).collect().item()
         unrated.replace(quarantine / f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet")
+    per_day = dict.fromkeys(map(str, window.days), 0)
+    if result.parts:
+        local_day = pl.col("first_ts").dt.convert_time_zone(settings.timezone).dt.date().cast(pl.String)
+        counts = pl.scan_parquet(result.parts).group_by(local_day.alias("day")).len().collect()
+        per_day.update({row["day"]: int(row["len"]) for row in counts.iter_rows(named=True) if row["day"] in per_day})
     return {
         "exporter": exporter,
         "service": settings.service_of(exporter),
@@ -92,6 +99,8 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in result.quarantine.head(20).to_dicts()],
         "sampling_sources": sorted(result.sampling_sources),
         "raw_bytes": result.raw_bytes,
+        "records_per_day": per_day,
+        "unrated_records": unrated_records,
     }
 
 
@@ -251,10 +260,23 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
 
 @task(cache_policy=NO_CACHE)
 def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Runs every table's Great Expectations suite plus the run-level gates; never raises."""
+    """Runs every table's Great Expectations suite, the run-level gates and the drift checks
+    against the previously published week; never raises."""
     from expectations.audit import audit_week
 
-    return audit_week(tables, ingest, settings.max_quarantined_share, settings.max_unattributed_share)
+    week = tables["usage_summary"]["week"][0]
+    previous = publish.previous_published(settings.warehouse, week, ("usage_summary", "port_share"))
+    limits = {
+        name: float(getattr(settings, name))
+        for name in (
+            "max_quarantined_share",
+            "max_unattributed_share",
+            "max_user_change",
+            "max_mean_change",
+            "max_port_share_change",
+        )
+    }
+    return audit_week(tables, ingest, limits, previous)
 
 
 def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, Any]) -> str:
