@@ -39,6 +39,8 @@ class Settings:
     state_dir: Path | None = None
     quarantine_dir: Path | None = None
     hmac_key_file: Path = Path("data/secret/hmac.key")
+    # Name of a Prefect Secret block holding the pseudonym key (used when the variable is unset).
+    hmac_key_secret: str | None = None
     max_unattributed_share: float = 0.05
     max_quarantined_share: float = 0.001
     max_session_silence_hours: int = 48
@@ -72,10 +74,18 @@ class Settings:
         return _first_match(self.sampling_override, exporter)
 
     def hmac_key(self, create: bool = False) -> bytes:
-        """The pseudonym key: $TRAFFICREPORT_HMAC_KEY, else the key file (created 0600 if asked)."""
+        """The pseudonym key: $TRAFFICREPORT_HMAC_KEY, else the Prefect Secret block named by
+        `hmac_key_secret`, else the key file (created with mode 0600 if asked)."""
         from_env = os.environ.get(ENV_PREFIX + "HMAC_KEY")
         if from_env:
             return from_env.encode()
+        if self.hmac_key_secret:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(self.hmac_key_secret).get()  # type: ignore[union-attr]
+            if not value:
+                raise RuntimeError(f"Prefect Secret block {self.hmac_key_secret!r} holds an empty pseudonym key")
+            return str(value).encode()
         if not self.hmac_key_file.exists():
             if not create:
                 raise RuntimeError(
@@ -109,6 +119,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         "state_dir",
         "quarantine_dir",
         "nfdump_timezone",
+        "hmac_key_secret",
     ):
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env:
