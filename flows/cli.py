@@ -123,13 +123,29 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from flows.publish import query_frame
 
+    if (args.sql is None) == (args.file is None):
+        raise SystemExit("query: give either SQL text or --file")
+    sql = args.file.read_text() if args.file else args.sql
     con = _open_catalog(_settings(args).warehouse)
     try:
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
-            print(query_frame(con, args.sql))
+            print(query_frame(con, sql, dict(_parameter(p) for p in args.param)))
     finally:
         con.close()
     return 0
+
+
+def _parameter(text: str) -> tuple[str, int | float | str]:
+    """name=value from the command line; numbers become numbers (LIMIT needs one)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise SystemExit(f"--param {text!r}: expected name=value")
+    for convert in (int, float):
+        try:
+            return name, convert(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -215,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_calibration)
 
     p = sub.add_parser("query", parents=[common], help="run SQL against catalog.duckdb (read-only)")
-    p.add_argument("sql")
+    p.add_argument("sql", nargs="?", help="SQL text (or use --file)")
+    p.add_argument("--file", type=Path, help="a .sql file, e.g. sql/examples/top_ports.sql")
+    p.add_argument("--param", action="append", default=[], help="bound parameter name=value ($name in the SQL)")
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_query)
 

@@ -191,7 +191,9 @@ def build_catalog(warehouse: AnyPath) -> AnyPath:
                 if not files:
                     continue
                 con.execute(
-                    f"create table {name} as select * from read_parquet($files, union_by_name = true)", {"files": files}
+                    f"create table {name} as select * from "
+                    "read_parquet($files, union_by_name = true, hive_partitioning = true)",
+                    {"files": files},
                 )
             for sql_file in sorted(SQL_DIR.glob("*.sql")):
                 con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
