@@ -118,6 +118,31 @@ def run_checks(
     ]
 
 
+def reconciliation_checks(reconciliation: dict[str, Any] | None, max_unreconciled_share: float) -> list[dict[str, Any]]:
+    """Flows vs RADIUS octet counters: the share of compared broadband users whose flow estimate
+    falls outside its tolerance. No user to compare: reported, not failed."""
+    if reconciliation is None:
+        return []
+    compared = int(reconciliation["users_compared"])
+    outside = int(reconciliation["users_outside_tolerance"])
+    share = outside / compared if compared else 0.0
+    return [
+        {
+            "table": "reconciliation",
+            "check": f"share of broadband users whose flow volume is outside tolerance of RADIUS counters "
+            f"<= {max_unreconciled_share}",
+            "success": share <= max_unreconciled_share,
+            "detail": f"{outside} of {compared} users compared"
+            + (
+                f" (median relative error in {reconciliation['median_error_in']:.4f}, "
+                f"out {reconciliation['median_error_out']:.4f})"
+                if compared
+                else " (no broadband user with accounting counters)"
+            ),
+        }
+    ]
+
+
 def drift_checks(
     tables: dict[str, pl.DataFrame],
     previous: dict[str, pl.DataFrame] | None,
@@ -171,11 +196,12 @@ def audit_week(
     previous: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """{"success": bool, "checks": [...]}: success only when every check passed. `limits` holds
-    max_quarantined_share, max_unattributed_share, max_user_change, max_mean_change and
-    max_port_share_change."""
+    max_quarantined_share, max_unattributed_share, max_user_change, max_mean_change,
+    max_port_share_change and max_unreconciled_share."""
     checks = (
         validate_tables(tables)
         + run_checks(ingest, tables, limits["max_quarantined_share"], limits["max_unattributed_share"])
+        + reconciliation_checks(ingest.get("reconciliation"), limits["max_unreconciled_share"])
         + drift_checks(
             tables, previous, limits["max_user_change"], limits["max_mean_change"], limits["max_port_share_change"]
         )

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import failpoints, landing, publish, storage
 from flows.settings import Settings, load_settings
-from transforms import attribution, ports, radius, stats, subscribers, usage
+from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
 PUBLISHED_TABLES = ("user_day_usage", "user_week_usage", "usage_summary", "port_usage", "port_share", "traffic_hour")
 
@@ -132,6 +132,10 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
         ]
     ).unique()
     stage.mkdir(parents=True, exist_ok=True)
+    identified_sessions = subscribers.identify_assignments(sessions, directory, key)
+    reconcile.radius_week_volumes(records, identified_sessions, window.start, window.end).write_parquet(
+        stage / "radius_user_week.parquet"
+    )
     assignments.drop("nas", "session_id").write_parquet(stage / "assignments.parquet")
     users.write_parquet(stage / "users.parquet")
     billing.filter(pl.col("known")).select(
@@ -190,7 +194,17 @@ def attribute_exporter(
         attribution.user_day_volumes(lookup, totals)
         .join(lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index")
         .join(days.with_columns(pl.col("day_index").cast(pl.Int32)), on="day_index")
-        .select("user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("flows").alias("source"))
+        .select(
+            "user_key",
+            "service",
+            "customer_type",
+            "day",
+            "in_bytes",
+            "out_bytes",
+            "in_packets",
+            "out_packets",
+            pl.lit("flows").alias("source"),
+        )
     )
     ports = attribution.port_hour_volumes(lookup, totals).group_by("protocol", "port").agg(pl.col("bytes").sum())
     hours = attribution.hourly_volumes(lookup, totals).join(days, on="day_index").drop("day_index")
@@ -258,6 +272,28 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
     }
 
 
+def reconcile_with_radius(stage: Path, partials: list[dict[str, str]], settings: Settings) -> dict[str, Any]:
+    """Per broadband user: flow-estimated vs RADIUS-counted volume of the week; the counts go to
+    the audit, the rows to the staging area."""
+    flows = pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
+    flow_week = (
+        flows.filter(pl.col("service") != "mobile")
+        .group_by("user_key", "service")
+        .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
+    )
+    compared = reconcile.compare_flows_to_radius(
+        flow_week, pl.read_parquet(stage / "radius_user_week.parquet"), settings.reconcile_z, settings.reconcile_floor
+    )
+    compared.write_parquet(stage / "reconciliation.parquet")
+    outside = compared.filter(~pl.col("in_within") | ~pl.col("out_within"))
+    return {
+        "users_compared": compared.height,
+        "users_outside_tolerance": outside.height,
+        "median_error_in": compared["in_error"].median() if compared.height else None,
+        "median_error_out": compared["out_error"].median() if compared.height else None,
+    }
+
+
 @task(cache_policy=NO_CACHE)
 def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Runs every table's Great Expectations suite, the run-level gates and the drift checks
@@ -274,6 +310,7 @@ def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settin
             "max_user_change",
             "max_mean_change",
             "max_port_share_change",
+            "max_unreconciled_share",
         )
     }
     return audit_week(tables, ingest, limits, previous)
@@ -367,8 +404,13 @@ def weekly_report(
         )
         for info in flow_info
     ]
-    tables = combine_tables(window, stage, [p.result() for p in partials])
-    ingest = {"exporters": flow_info, "radius": assignment_info}
+    partial_paths = [p.result() for p in partials]
+    tables = combine_tables(window, stage, partial_paths)
+    ingest = {
+        "exporters": flow_info,
+        "radius": assignment_info,
+        "reconciliation": reconcile_with_radius(stage, partial_paths, settings),
+    }
     audit = audit_tables(tables, ingest, settings)
     failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
     run: dict[str, Any] = {

@@ -201,6 +201,11 @@ class Totals:
     hour_out: np.ndarray
     hour_all: np.ndarray
     hour_both: np.ndarray
+    # Exported (sampled) packets per piece: how many samples each volume estimate rests on.
+    v4_in_packets: np.ndarray
+    v4_out_packets: np.ndarray
+    v6_in_packets: np.ndarray
+    v6_out_packets: np.ndarray
     ports: list[pl.DataFrame] = field(default_factory=list)
     flows: int = 0
 
@@ -212,7 +217,20 @@ class Totals:
             return np.zeros(n, dtype=np.uint64)
 
         v4, v6 = lookup.v4.ids.size, lookup.v6.ids.size
-        return cls(zeros(v4), zeros(v4), zeros(v6), zeros(v6), zeros(hours), zeros(hours), zeros(hours), zeros(hours))
+        return cls(
+            zeros(v4),
+            zeros(v4),
+            zeros(v6),
+            zeros(v6),
+            zeros(hours),
+            zeros(hours),
+            zeros(hours),
+            zeros(hours),
+            zeros(v4),
+            zeros(v4),
+            zeros(v6),
+            zeros(v6),
+        )
 
 
 QUARTER_HOUR = 900
@@ -304,10 +322,16 @@ class ChunkTotals:
 
 
 def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotals:
-    """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port)
-    per session piece and direction, per hour slot and per (protocol, lower port, hour slot)."""
+    """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port,
+    optionally packets: the exported, sampled count) per session piece and direction, per hour slot
+    and per (protocol, lower port, hour slot)."""
     seconds = seconds_since(flows["first_ts"], lookup.epoch_s)
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
+    packets = (
+        flows["packets"].to_numpy().astype(np.uint64, copy=False)
+        if "packets" in flows.columns
+        else np.zeros(flows.height, dtype=np.uint64)
+    )
     hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
     slots = lookup.hour_slots(seconds)
 
@@ -319,6 +343,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         for family, ids, rows, table in (("v4", v4_ids, v4_rows, lookup.v4), ("v6", v6_ids, v6_rows, lookup.v6)):
             matched_rows, piece = _match_side(ids, seconds, rows, table)
             pieces[f"{family}_{direction}"] = _sum_runs(piece, est[matched_rows])
+            pieces[f"{family}_{direction}_packets"] = _sum_runs(piece, packets[matched_rows])
             hits.append(matched_rows)
         matched[direction] = np.concatenate(hits)
     # One pass sums every hour slot by whether the flow matched a user on its source (1) and on
@@ -355,18 +380,21 @@ def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> 
 
 
 def user_day_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
-    """Rows (user_index, day_index, in_bytes, out_bytes) with traffic."""
+    """Rows (user_index, day_index, in_bytes, out_bytes, in_packets, out_packets) with traffic;
+    packets are the exported (sampled) packets the byte estimates rest on."""
     frame = pl.DataFrame(
         {
             "user_index": np.concatenate([lookup.v4.user, lookup.v6.user]).astype(np.uint32),
             "day_index": np.concatenate([lookup.v4.day, lookup.v6.day]).astype(np.int32),
             "in_bytes": np.concatenate([totals.v4_in, totals.v6_in]),
             "out_bytes": np.concatenate([totals.v4_out, totals.v6_out]),
+            "in_packets": np.concatenate([totals.v4_in_packets, totals.v6_in_packets]),
+            "out_packets": np.concatenate([totals.v4_out_packets, totals.v6_out_packets]),
         }
     )
     return (
         frame.group_by("user_index", "day_index")
-        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum())
+        .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
         .filter((pl.col("in_bytes") > 0) | (pl.col("out_bytes") > 0))
     )
 

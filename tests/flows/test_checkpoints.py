@@ -61,3 +61,15 @@ def test_an_exporter_silent_for_a_day_fails_the_audit(
     settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
     with pytest.raises(AuditFailed, match=r"every exporter has flows on every day of the week.*bb-tokyo-1 2024-06-05"):
         weekly_report(WEEK, settings)
+
+
+def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
+    small_settings: object, prefect_server: str
+) -> None:
+    good = weekly_report(WEEK, small_settings)
+    check = next(c for c in good["audit"]["checks"] if c["table"] == "reconciliation")
+    assert check["success"] and good["ingest"]["reconciliation"]["users_compared"] > 250
+    # A wrong sampling rate (4x what the exporters use) inflates every flow volume.
+    wrong = dataclasses.replace(small_settings, sampling_override=(("bb-*", 16384),))  # type: ignore[type-var]
+    with pytest.raises(AuditFailed, match="reconciliation: share of broadband users whose flow volume is outside"):
+        weekly_report(WEEK, wrong)
