@@ -17,15 +17,26 @@ def load_suite_definitions() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(SUITE_DIR.glob("*.json"))}
 
 
-def validate_tables(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
-    """One check row per expectation: table, check, success, detail. A table without a suite fails."""
+def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = None) -> list[dict[str, Any]]:
+    """One check row per expectation: table, check, success, detail. A table without a suite fails.
+    With `docs_dir`, each table is validated by a GX Checkpoint that renders Data Docs there."""
     import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            "run",
+            {
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            },
+        )
     source = context.data_sources.add_pandas("warehouse_staging")
     suites = load_suite_definitions()
     checks: list[dict[str, Any]] = []
@@ -39,11 +50,22 @@ def validate_tables(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
         for definition in suites[name]["expectations"]:
             suite.add_expectation_configuration(ExpectationConfiguration(**definition))
         suite = context.suites.add(suite)
-        asset = source.add_dataframe_asset(name=name)
-        batch = asset.add_batch_definition_whole_dataframe(name).get_batch(
-            batch_parameters={"dataframe": frame.to_pandas()}
-        )
-        result = batch.validate(suite)
+        batch_definition = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name)
+        if docs_dir is None:
+            result = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()}).validate(suite)
+        else:
+            validation = context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+            )
+            checkpoint = context.checkpoints.add(
+                gx.Checkpoint(
+                    name=name,
+                    validation_definitions=[validation],
+                    actions=[UpdateDataDocsAction(name="data_docs", site_names=["run"])],
+                )
+            )
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
+            result = next(iter(outcome.run_results.values()))
         for r in result.results:
             config = r.expectation_config
             if config is None:
@@ -194,12 +216,14 @@ def audit_week(
     ingest: dict[str, Any],
     limits: dict[str, float],
     previous: dict[str, pl.DataFrame] | None = None,
+    docs_dir: Path | None = None,
 ) -> dict[str, Any]:
     """{"success": bool, "checks": [...]}: success only when every check passed. `limits` holds
     max_quarantined_share, max_unattributed_share, max_user_change, max_mean_change,
-    max_port_share_change and max_unreconciled_share."""
+    max_port_share_change and max_unreconciled_share. With `docs_dir`, GX Data Docs of the table
+    suites are rendered there."""
     checks = (
-        validate_tables(tables)
+        validate_tables(tables, docs_dir)
         + run_checks(ingest, tables, limits["max_quarantined_share"], limits["max_unattributed_share"])
         + reconciliation_checks(ingest.get("reconciliation"), limits["max_unreconciled_share"])
         + drift_checks(

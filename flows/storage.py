@@ -150,3 +150,14 @@ def remove_tree(path: AnyPath) -> None:
     fs, key = _remote(path).fs, _remote(path).path
     if fs.exists(key):
         fs.rm(key, recursive=True)
+
+
+def put_tree(local: Path, target: AnyPath) -> None:
+    """Copies a local folder's files under `target` (a local folder or an S3 prefix)."""
+    if is_local(target):
+        import shutil
+
+        shutil.copytree(local, local_path(target), dirs_exist_ok=True)
+        return
+    remote = _remote(target)
+    remote.fs.put(f"{local}/", f"{remote.path}/", recursive=True)

@@ -295,7 +295,9 @@ def reconcile_with_radius(stage: Path, partials: list[dict[str, str]], settings:
 
 
 @task(cache_policy=NO_CACHE)
-def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def audit_tables(
+    tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings, stage: Path
+) -> dict[str, Any]:
     """Runs every table's Great Expectations suite, the run-level gates and the drift checks
     against the previously published week; never raises."""
     from expectations.audit import audit_week
@@ -313,7 +315,7 @@ def audit_tables(tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settin
             "max_unreconciled_share",
         )
     }
-    return audit_week(tables, ingest, limits, previous)
+    return audit_week(tables, ingest, limits, previous, docs_dir=stage / "data_docs")
 
 
 def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, Any]) -> str:
@@ -411,7 +413,7 @@ def weekly_report(
         "radius": assignment_info,
         "reconciliation": reconcile_with_radius(stage, partial_paths, settings),
     }
-    audit = audit_tables(tables, ingest, settings)
+    audit = audit_tables(tables, ingest, settings, stage)
     failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
     run: dict[str, Any] = {
         "run_id": run_id,
@@ -439,13 +441,20 @@ def weekly_report(
         run["published"] = True
         if failed:
             logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
+    if failed:
+        # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
+        docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
+        storage.put_tree(stage / "data_docs", docs)
+        run["data_docs"] = f"{docs}/index.html"
     run["seconds"] = round(time.monotonic() - started, 1)
     summary = markdown_summary(window, tables, run)
     storage.write_bytes(settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md", summary.encode())
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
     if not run["published"]:
         raise AuditFailed(
-            f"week {week}: audit failed, nothing published; {len(failed)} failed checks: " + "; ".join(failed[:8])
+            f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
+            + "; ".join(failed[:8])
+            + f"; report: {settings.warehouse}/reports/{week}/summary-{run_id}.md, data docs: {run['data_docs']}"
         )
     logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
     return run

@@ -30,9 +30,16 @@ def test_failed_audit_publishes_nothing(
         ~pl.col("subscription_id").is_in(broadband["subscription_id"].head(broadband.height // 3).to_list())
     ).write_csv(landing / "directory" / "subscribers.csv")
     settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
-    with pytest.raises(AuditFailed, match="unattributed share"):
+    with pytest.raises(AuditFailed, match="unattributed share") as failure:
         weekly_report(WEEK, settings)
     assert not (settings.warehouse / MANIFEST).exists()
+    # The failure names its report and GX Data Docs; the docs hold a validation page per table.
+    docs = Path(str(failure.value).split("data docs: ")[1])
+    summary = Path(str(failure.value).split("report: ")[1].split(",")[0])
+    assert "FAIL run: unattributed share of bytes" in summary.read_text()
+    assert docs.name == "index.html" and docs.exists()
+    pages = {p.parts[-4] for p in docs.parent.glob("validations/*/*/*/*.html")}
+    assert pages == {"user_day_usage", "user_week_usage", "usage_summary", "port_usage", "port_share", "traffic_hour"}
     assert not list(settings.warehouse.glob("*/week=*"))
 
 
