@@ -17,6 +17,16 @@ def load_suite_definitions() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(SUITE_DIR.glob("*.json"))}
 
 
+def _as_pandas(frame: pl.DataFrame) -> Any:
+    """The frame for GX's pandas engine, text as `object` columns: GX 1.24's type check does not
+    recognise pandas 3's default `str` dtype."""
+    table = frame.to_pandas()
+    for name, dtype in frame.schema.items():
+        if dtype == pl.String:
+            table[name] = table[name].astype(object)
+    return table
+
+
 def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = None) -> list[dict[str, Any]]:
     """One check row per expectation: table, check, success, detail. A table without a suite fails.
     With `docs_dir`, each table is validated by a GX Checkpoint that renders Data Docs there."""
@@ -52,7 +62,7 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
         suite = context.suites.add(suite)
         batch_definition = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name)
         if docs_dir is None:
-            result = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()}).validate(suite)
+            result = batch_definition.get_batch(batch_parameters={"dataframe": _as_pandas(frame)}).validate(suite)
         else:
             validation = context.validation_definitions.add(
                 gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
@@ -64,7 +74,7 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
                     actions=[UpdateDataDocsAction(name="data_docs", site_names=["run"])],
                 )
             )
-            outcome = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
+            outcome = checkpoint.run(batch_parameters={"dataframe": _as_pandas(frame)})
             result = next(iter(outcome.run_results.values()))
         for r in result.results:
             config = r.expectation_config

@@ -8,6 +8,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from flows.generate import generate_to
@@ -73,3 +74,18 @@ def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
     wrong = dataclasses.replace(small_settings, sampling_override=(("bb-*", 16384),))  # type: ignore[type-var]
     with pytest.raises(AuditFailed, match="reconciliation: share of broadband users whose flow volume is outside"):
         weekly_report(WEEK, wrong)
+
+
+def test_table_suites_check_schema_and_types(calibrated_week: object) -> None:
+    from expectations.audit import validate_tables
+    from flows.publish import read_published
+
+    warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
+    manifest = read_manifest(warehouse)
+    summary = read_published(warehouse, manifest, "usage_summary", str(WEEK))
+    assert all(c["success"] for c in validate_tables({"usage_summary": summary}))
+    # A count that became text, and a column nobody declared: both fail, by name.
+    broken = summary.with_columns(pl.col("users").cast(pl.String)).with_columns(pl.lit(1).alias("extra"))
+    failed = [c["check"] for c in validate_tables({"usage_summary": broken}) if not c["success"]]
+    assert any(c.startswith("expect_column_values_to_be_in_type_list") and '"users"' in c for c in failed)
+    assert any(c.startswith("expect_table_columns_to_match_set") for c in failed)
