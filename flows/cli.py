@@ -181,6 +181,16 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.report import build_report, write_report
+
+    warehouse = _settings(args).warehouse
+    report = build_report(warehouse, args.week)
+    page = write_report(warehouse, report)
+    print(f"report of week {args.week}: {page} ({len(report.html) / 1e6:.1f} MB, rendered in {report.seconds:.1f} s)")
+    return 0
+
+
 def cmd_fit_calibration(_args: argparse.Namespace) -> int:
     from flows.fit_calibration import fit_all_mixtures
 
@@ -236,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], help="bound parameter name=value ($name in the SQL)")
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("report", parents=[common], help="render the HTML / markdown report of a published week")
+    p.add_argument("--week", type=_date, required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("shell", parents=[common], help="read-only SQL prompt on catalog.duckdb")
     p.add_argument("--max-rows", type=int, default=40)

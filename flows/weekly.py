@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import failpoints, landing, publish, storage
+from flows import failpoints, landing, publish, report, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
@@ -439,6 +439,8 @@ def weekly_report(
         publish.build_catalog(settings.warehouse)
         failpoints.reach("weekly:catalog-built")
         run["published"] = True
+        rendered = report.build_report(settings.warehouse, week)
+        run["report"] = str(report.write_report(settings.warehouse, rendered))
         if failed:
             logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
     if failed:
@@ -450,6 +452,8 @@ def weekly_report(
     summary = markdown_summary(window, tables, run)
     storage.write_bytes(settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md", summary.encode())
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
+    if run["published"]:
+        create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
     if not run["published"]:
         raise AuditFailed(
             f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "

@@ -1,0 +1,48 @@
+"""The report of a published week: every figure embedded (and saved) as a real PNG, and the
+numbers in its tables equal to the warehouse's."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import polars as pl
+
+from flows.publish import read_manifest, read_published
+from flows.report import build_report
+from tests.conftest import WEEK, PublishedWeek
+
+PNG = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("Figure 2", "Figure 3", "Figure 4", "Figure 5", "Figure 6", "Figure 9")
+
+
+def test_the_weekly_flow_renders_the_report_with_every_figure(calibrated_week: PublishedWeek) -> None:
+    page_path = Path(str(calibrated_week.run["report"]))
+    page = page_path.read_text()
+    for figure in FIGURES:
+        match = re.search(rf"<img alt='{figure}' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", page)
+        assert match, figure
+        assert base64.b64decode(match.group(1)).startswith(PNG)
+        saved = page_path.parent / f"{figure.lower().replace(' ', '')}.png"
+        assert saved.read_bytes().startswith(PNG)
+    markdown = (page_path.parent / "report.md").read_text()
+    assert all(f"![{figure}]" in markdown for figure in FIGURES)
+    assert "Data quality" in page and str(calibrated_week.run["run_id"]) in page
+
+
+def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek) -> None:
+    warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
+    report = build_report(warehouse, WEEK)
+    summary = read_published(warehouse, read_manifest(warehouse), "usage_summary", str(WEEK))
+    for row in summary.iter_rows(named=True):
+        for column in ("mean_mb", "median_mb", "mode_mb"):
+            text = f"{row[column]:,.2f}"
+            assert f"<td class='n'>{text}</td>" in report.html, (row["service"], row["direction"], column)
+            assert text in report.markdown
+    shares = read_published(warehouse, read_manifest(warehouse), "port_share", str(WEEK))
+    https = shares.filter((pl.col("service") == "broadband") & (pl.col("category") == "TCP 443 (https)"))
+    assert f"<td class='n'>{https['share_pct'][0]:,.1f}</td>" in report.html
+    # One week published: no year-earlier comparison, and the page says so.
+    note = "The week of 2023-06-05 is not published: no comparison."
+    assert note in report.html and note in report.markdown
