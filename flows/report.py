@@ -139,9 +139,18 @@ def _with_growth(table: pl.DataFrame) -> pl.DataFrame:
         first.select("direction", *(pl.col(c).alias(f"{c}_0") for c in ("mean_mb", "median_mb", "mode_mb"))),
         on="direction",
     )
-    return joined.with_columns(
+    grown = joined.with_columns(
         (pl.col(c) / pl.col(f"{c}_0")).alias(f"{c.removesuffix('_mb')} x") for c in ("mean_mb", "median_mb", "mode_mb")
     ).drop("mean_mb_0", "median_mb_0", "mode_mb_0")
+    return grown.rename(
+        {
+            "mean_mb": "mean",
+            "median_mb": "median",
+            "mode_mb": "mode",
+            "top1_pct": "top 1% (%)",
+            "top10_pct": "top 10% (%)",
+        }
+    )
 
 
 def build_report(warehouse: AnyPath, week: dt.date) -> Report:
@@ -246,7 +255,7 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; }
 .note { color: #666; font-size: 0.85em; }
