@@ -44,7 +44,10 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
             {
                 "class_name": "SiteBuilder",
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
             },
         )
     source = context.data_sources.add_pandas("warehouse_staging")
