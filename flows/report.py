@@ -153,6 +153,20 @@ def _with_growth(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _ports_by_week(ports: pl.DataFrame, week: dt.date) -> pl.DataFrame:
+    """One row per category, one column of shares per published week; this week's rows first, in
+    its order (the report's categories change between years: missing cells stay empty)."""
+    wide = ports.with_columns(pl.col("week").cast(pl.String)).pivot(
+        on="week", index="category", values="share_pct", sort_columns=True
+    )
+    order = ports.filter(pl.col("week") == week).select("category", "position")
+    return (
+        wide.join(order, on="category", how="left")
+        .sort(pl.col("position").is_null(), "position", "category")
+        .drop("position")
+    )
+
+
 def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     """Renders the report of one published week from the warehouse's catalog."""
     started = time.monotonic()
@@ -175,10 +189,10 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
                 )
             )
             port_view = "table3_broadband_ports" if service == "broadband" else "table4_mobile_ports"
-            ports = _query(con, port_view).filter(pl.col("week") == week).drop("week")
+            ports = _ports_by_week(_query(con, port_view), week)
             sections.append(
                 (
-                    f"{ports_name}: {service} usage by port (% of bytes), week of {week}",
+                    f"{ports_name}: {service} usage by port (% of bytes), every published week",
                     _html_table(ports),
                     _md_table(ports),
                 )

@@ -46,3 +46,24 @@ def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek
     # One week published: no year-earlier comparison, and the page says so.
     note = "The week of 2023-06-05 is not published: no comparison."
     assert note in report.html and note in report.markdown
+
+
+def test_port_table_lines_up_weeks_whose_categories_differ() -> None:
+    from flows.report import _ports_by_week
+
+    earlier, now = WEEK.replace(year=2023), WEEK
+    ports = pl.DataFrame(
+        {
+            "week": [earlier, earlier, now, now],
+            "position": [1, 2, 1, 2],
+            "category": ["TCP", "TCP 1935 (rtmp)", "TCP", "UDP 443 (https/quic)"],
+            "share_pct": [80.0, 3.0, 70.0, 20.0],
+        }
+    )
+    table = _ports_by_week(ports, now)
+    assert table.columns == ["category", str(earlier), str(now)]
+    assert table.rows() == [
+        ("TCP", 80.0, 70.0),
+        ("UDP 443 (https/quic)", None, 20.0),  # this week's rows first, in its order
+        ("TCP 1935 (rtmp)", 3.0, None),
+    ]
