@@ -171,13 +171,15 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     """Renders the report of one published week from the warehouse's catalog."""
     started = time.monotonic()
     manifest = publish.read_manifest(warehouse)
-    if publish.published_run(manifest, week) is None:
+    run_id = publish.published_run(manifest, week)
+    if run_id is None:
         raise LookupError(f"week {week} is not published in {warehouse}")
     con = duckdb.connect(str(publish.local_catalog(warehouse)), read_only=True)
     year_before = week - dt.timedelta(weeks=52)
     figures: dict[str, bytes] = {}
     sections: list[tuple[str, str, str]] = []  # (title, html body, markdown body)
     try:
+        week_hours = _query(con, "hourly_weekday_traffic").filter(pl.col("week") == week)
         for service, (usage_name, ports_name, hourly_name, density_name, scatter_name) in SERVICES.items():
             view = "table1_broadband_usage" if service == "broadband" else "table2_mobile_usage"
             usage = _with_growth(_query(con, view))
@@ -197,9 +199,7 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
                     _md_table(ports),
                 )
             )
-            hours = _query(con, "hourly_weekday_traffic").filter(
-                (pl.col("week") == week) & (pl.col("service") == service)
-            )
+            hours = week_hours.filter(pl.col("service") == service)
             key = hourly_name.lower().replace(" ", "")
             figures[key] = _hourly_figure(hours, week, f"{hourly_name} ({service})")
             sections.append(
@@ -240,8 +240,7 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
         unattributed = _query(con, "unattributed", week=week)
     finally:
         con.close()
-    run_id = publish.published_run(manifest, week)
-    record = manifest["runs"].get(run_id or "", {})
+    record = manifest["runs"].get(run_id, {})
     audit = (
         "passed"
         if record.get("audit_passed")

@@ -49,8 +49,8 @@ class Settings:
     max_user_change: float = 0.3
     max_mean_change: float = 0.5
     max_port_share_change: float = 10.0
-    # Flows vs RADIUS counters per broadband user with complete sessions: tolerance
-    # floor + z / sqrt(sampled packets); the audit fails above this share of users outside it.
+    # Flows vs RADIUS counters per broadband user over the week: tolerance floor + edge-time
+    # share + z / sqrt(expected sampled packets); the audit fails above this share of users outside it.
     reconcile_z: float = 4.0
     reconcile_floor: float = 0.03
     max_unreconciled_share: float = 0.02

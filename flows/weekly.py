@@ -221,10 +221,17 @@ def attribute_exporter(
     return out
 
 
-def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str]]) -> dict[str, pl.DataFrame]:
+def read_flow_user_days(partials: list[dict[str, str]]) -> pl.DataFrame:
+    """Flow-attributed user-day rows of every exporter (read once: the tables and the RADIUS
+    reconciliation both use them)."""
+    return pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
+
+
+def combine_tables(
+    window: WeekWindow, stage: Path, partials: list[dict[str, str]], flow_days: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
     """The published tables of the week from the per-exporter partial aggregates."""
     users = pl.read_parquet(stage / "users.parquet")
-    flow_days = pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
     broadband_days = (
         flow_days.filter(pl.col("service") != "mobile")
         .group_by("user_key", "service", "customer_type", "day")
@@ -272,12 +279,11 @@ def combine_tables(window: WeekWindow, stage: Path, partials: list[dict[str, str
     }
 
 
-def reconcile_with_radius(stage: Path, partials: list[dict[str, str]], settings: Settings) -> dict[str, Any]:
+def reconcile_with_radius(stage: Path, flow_days: pl.DataFrame, settings: Settings) -> dict[str, Any]:
     """Per broadband user: flow-estimated vs RADIUS-counted volume of the week; the counts go to
     the audit, the rows to the staging area."""
-    flows = pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
     flow_week = (
-        flows.filter(pl.col("service") != "mobile")
+        flow_days.filter(pl.col("service") != "mobile")
         .group_by("user_key", "service")
         .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
     )
@@ -407,11 +413,12 @@ def weekly_report(
         for info in flow_info
     ]
     partial_paths = [p.result() for p in partials]
-    tables = combine_tables(window, stage, partial_paths)
+    flow_days = read_flow_user_days(partial_paths)
+    tables = combine_tables(window, stage, partial_paths, flow_days)
     ingest = {
         "exporters": flow_info,
         "radius": assignment_info,
-        "reconciliation": reconcile_with_radius(stage, partial_paths, settings),
+        "reconciliation": reconcile_with_radius(stage, flow_days, settings),
     }
     audit = audit_tables(tables, ingest, settings, stage)
     failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
@@ -450,16 +457,16 @@ def weekly_report(
         run["data_docs"] = f"{docs}/index.html"
     run["seconds"] = round(time.monotonic() - started, 1)
     summary = markdown_summary(window, tables, run)
-    storage.write_bytes(settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md", summary.encode())
+    summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
+    storage.write_bytes(summary_path, summary.encode())
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
-    if run["published"]:
-        create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
     if not run["published"]:
         raise AuditFailed(
             f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
             + "; ".join(failed[:8])
-            + f"; report: {settings.warehouse}/reports/{week}/summary-{run_id}.md, data docs: {run['data_docs']}"
+            + f"; report: {summary_path}, data docs: {run['data_docs']}"
         )
+    create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
     logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
     return run
 

@@ -16,7 +16,7 @@ import pytest
 import s3fs
 
 from flows import storage
-from flows.publish import MANIFEST, local_catalog, publish_week, read_manifest
+from flows.publish import MANIFEST, local_catalog, publish_week, read_manifest, read_published
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import WEEK
 
@@ -38,9 +38,7 @@ def s3_landing(buckets: s3fs.S3FileSystem, small_landing: Path) -> str:
 
 
 def _table(warehouse: storage.AnyPath, name: str) -> pl.DataFrame:
-    entry = read_manifest(warehouse)["tables"][name][str(WEEK)]
-    frames = [pl.read_parquet((warehouse / f).read_bytes()) for f in entry["files"]]
-    return pl.concat(frames).sort(pl.all())
+    return read_published(warehouse, read_manifest(warehouse), name, str(WEEK)).sort(pl.all())
 
 
 def test_weekly_flow_on_s3_publishes_what_the_local_run_publishes(
