@@ -147,7 +147,7 @@ def run_checks(
             # Flows without a rate are set aside (counted above); none of them reaches a table.
             "table": "run",
             "check": "sampling rate known for every published flow",
-            "success": all(e.get("sampling_sources") for e in exporters if int(e["records"])),
+            "success": all(e.get("sampling") for e in exporters if int(e["records"])),
             "detail": f"{unrated} flows without a rate set aside",
         },
     ]
@@ -244,3 +244,42 @@ def audit_week(
         )
     )
     return {"success": all(c["success"] for c in checks), "checks": checks}
+
+
+def counter_checks(
+    traffic: pl.DataFrame,
+    services: list[str],
+    month_ended: bool,
+    polls: int,
+    quarantined: int,
+    unknown_interface_polls: int,
+    min_coverage: float,
+    max_quarantined_share: float,
+) -> list[dict[str, Any]]:
+    """Run-level gates of a month of interface counters: the month is over, every service in the
+    inventory is there and covered on every interface, and little was set aside."""
+    present = set(traffic["service"].to_list())
+    coverage = float(traffic.select(pl.col("coverage").min()).item()) if traffic.height else 0.0
+    seen = polls + quarantined + unknown_interface_polls
+    share = (quarantined + unknown_interface_polls) / seen if seen else 1.0
+    return [
+        {"table": "run", "check": "the month has ended", "success": month_ended, "detail": str(month_ended)},
+        {
+            "table": "run",
+            "check": "every inventory service has traffic",
+            "success": set(services) <= present,
+            "detail": json.dumps(sorted(set(services) - present)),
+        },
+        {
+            "table": "run",
+            "check": f"least-covered interface covers >= {min_coverage} of the month",
+            "success": coverage >= min_coverage,
+            "detail": f"{coverage:.6f}",
+        },
+        {
+            "table": "run",
+            "check": f"share of polls set aside (unreadable, unknown interface) <= {max_quarantined_share}",
+            "success": share <= max_quarantined_share,
+            "detail": f"{share:.6f}",
+        },
+    ]

@@ -11,7 +11,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from flows.generate import TRUTH_DIR
+from flows.generate import TRUTH_DIR, generated_weeks
+from flows.generate import truth_dir as truth_dir_of
 from flows.publish import local_catalog, query_frame
 from flows.storage import AnyPath
 from transforms import ports, stats
@@ -62,10 +63,14 @@ def _published(catalog: Path, week: dt.date) -> tuple[pl.DataFrame, pl.DataFrame
 
 
 def calibration_report(
-    landing: AnyPath, warehouse: AnyPath, key: bytes
+    landing: AnyPath, warehouse: AnyPath, key: bytes, week: dt.date | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, float]]:
-    """(usage rows, port rows, accuracy): each row target / truth / published and whether within tolerance."""
-    truth_dir = landing / TRUTH_DIR
+    """(usage rows, port rows, accuracy) of one generated week (default: the latest generated):
+    each row target / truth / published and whether within tolerance."""
+    weeks = generated_weeks(landing)
+    if not weeks:
+        raise FileNotFoundError(f"{landing / TRUTH_DIR}: no generated week with ground truth")
+    truth_dir = truth_dir_of(landing, week or weeks[-1])
     spec = json.loads((truth_dir / "spec.json").read_text())
     week, year = dt.date.fromisoformat(spec["week"]), int(spec["year"])
     truth = truth_user_week(truth_dir)

@@ -75,21 +75,44 @@ def cmd_weekly(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from flows.weekly import backfill
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    results = backfill(args.start, args.end, _settings(args), force=args.force)
-    for r in results:
-        print(f"{r['week']}  {r['status']:9}  {r.get('run_id') or r.get('why', '')}")
+    from flows.backfill import format_summary, parse_period, run_backfill
+
+    start, end = parse_period(args.start), parse_period(args.end, last=True)
+    counts = {"published": 0, "skipped": 0, "failed": 0}
+    with Progress(
+        TextColumn("backfill {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("", total=None)
+
+        def advance(row: dict[str, object]) -> None:
+            counts[str(row["status"])] += 1
+            progress.update(
+                bar,
+                advance=1,
+                description=f"{start}..{end}  " + "  ".join(f"{k} {v}" for k, v in counts.items()),
+            )
+
+        from flows.backfill import months_in, weeks_in
+
+        progress.update(bar, total=len(weeks_in(start, end)) + len(months_in(start, end)))
+        results = run_backfill(start, end, _settings(args), args.force, args.concurrency, on_result=advance)
+    print(format_summary(results))
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.generate import TRUTH_DIR, generate_to
+    from flows.generate import generate_to, generated_weeks
 
     settings = _settings(args)
     settings.hmac_key(create=True)
     started = time.monotonic()
-    if not (settings.landing / TRUTH_DIR / "spec.json").exists():
+    if DEMO_WEEK not in generated_weeks(settings.landing):
         counts = generate_to(settings.landing, DEMO_WEEK, broadband_users=args.users, mobile_phones=args.phones)
         print(f"generated demo week {DEMO_WEEK} in {time.monotonic() - started:.1f} s: {counts}")
     from flows.weekly import weekly_report
@@ -101,11 +124,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monthly(args: argparse.Namespace) -> int:
+    from flows.monthly import monthly_traffic_report
+
+    run = monthly_traffic_report(args.month, _settings(args))
+    print(f"month {args.month} published by run {run['run_id']}: {run['polls']} polls from {run['files']} files")
+    return 0
+
+
+def cmd_generate_counters(args: argparse.Namespace) -> int:
+    from flows.monthly import write_counters
+    from transforms.synth.monthly import generate_counter_polls
+
+    polls = generate_counter_polls(args.start, args.end, args.timezone, args.seed)
+    print(f"wrote {write_counters(polls, args.out, args.timezone)} under {args.out / 'counters'}")
+    return 0
+
+
+# The weeks the look-back demo generates: the Monday nearest June 1 of each year (the report's
+# analysed weeks sit between late May and mid-June), each calibrated to its own year.
+LOOKBACK_WEEKS = tuple(
+    dt.date(year, 6, 1) - dt.timedelta(days=(dt.date(year, 6, 1).weekday() + 3) % 7 - 3) for year in range(2019, 2025)
+)
+
+
+def cmd_lookback_demo(args: argparse.Namespace) -> int:
+    from flows.backfill import format_summary, run_backfill
+    from flows.generate import generate_to, generated_weeks
+    from flows.monthly import counter_files, write_counters
+    from transforms.synth.monthly import generate_counter_polls
+
+    settings = _settings(args)
+    settings.hmac_key(create=True)
+    started = time.monotonic()
+    present = set(generated_weeks(settings.landing))
+    for week in LOOKBACK_WEEKS:
+        if week not in present:
+            counts = generate_to(
+                settings.landing, week, broadband_users=args.users, mobile_phones=args.phones, seed=week.year
+            )
+            print(f"generated {week} (calibrated to {week.year}): {counts['flow_records']:,} flows")
+    if not counter_files(settings.landing, "2019-01")[1]:
+        polls = generate_counter_polls("2019-01", "2024-06", settings.timezone)
+        written = write_counters(polls, settings.landing, settings.timezone)
+        print(f"generated interface counters 2019-01..2024-06: {written}")
+    # Only the analysed weeks: the weeks around them hold a few spill-over flows, not whole weeks.
+    results = run_backfill(
+        dt.date(2019, 1, 1), dt.date(2024, 6, 30), settings, concurrency=args.concurrency, weeks=list(LOOKBACK_WEEKS)
+    )
+    print(format_summary(results))
+    print(f"\nreport: {settings.warehouse / 'reports' / str(LOOKBACK_WEEKS[-1]) / 'report.html'}")
+    print(f"look-back demo finished in {time.monotonic() - started:.0f} s")
+    return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
 def cmd_check_calibration(args: argparse.Namespace) -> int:
     from flows.calibration_check import calibration_report, format_report
 
     settings = _settings(args)
-    usage_rows, port_rows, accuracy = calibration_report(settings.landing, settings.warehouse, settings.hmac_key())
+    usage_rows, port_rows, accuracy = calibration_report(
+        settings.landing, settings.warehouse, settings.hmac_key(), args.week
+    )
     print(format_report(usage_rows, port_rows, accuracy))
     ok = bool(
         usage_rows["truth_vs_target_ok"].all()
@@ -226,10 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_weekly)
 
-    p = sub.add_parser("backfill", parents=[common], help="run every week in a date range")
-    p.add_argument("--from", dest="start", type=_date, required=True)
-    p.add_argument("--to", dest="end", type=_date, required=True)
-    p.add_argument("--force", action="store_true", help="re-run published weeks too")
+    p = sub.add_parser("backfill", parents=[common], help="run every week and counter month in a range")
+    p.add_argument("--from", dest="start", required=True, help="YYYY, YYYY-MM or YYYY-MM-DD (its first day)")
+    p.add_argument("--to", dest="end", required=True, help="YYYY, YYYY-MM or YYYY-MM-DD (its last day)")
+    p.add_argument("--force", action="store_true", help="re-run published weeks and months too")
+    p.add_argument("--concurrency", type=int, default=2, help="weeks or months run at once (default 2)")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", parents=[common], help="generate the 2024-06-03 week and run it end to end")
@@ -237,7 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phones", type=int, default=3000)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("monthly", parents=[common], help="publish one month of interface counters (Figure 1)")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.set_defaults(func=cmd_monthly)
+
+    p = sub.add_parser("generate-counters", help="write synthetic interface counter polls for a range of months")
+    p.add_argument("--from", dest="start", required=True, help="first month, YYYY-MM (2019-01 or later)")
+    p.add_argument("--to", dest="end", required=True, help="last month, YYYY-MM (2024-12 or earlier)")
+    p.add_argument("--out", type=Path, required=True, help="landing zone")
+    p.add_argument("--timezone", default="Asia/Tokyo")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_generate_counters)
+
+    p = sub.add_parser(
+        "lookback-demo", parents=[common], help="generate 2019-2024's analysed weeks and counters, backfill, report"
+    )
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--phones", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.set_defaults(func=cmd_lookback_demo)
+
     p = sub.add_parser("check-calibration", parents=[common], help="target vs ground truth vs published")
+    p.add_argument("--week", type=_date, help="a generated week (default: the latest in the landing zone)")
     p.set_defaults(func=cmd_check_calibration)
 
     p = sub.add_parser("query", parents=[common], help="run SQL against catalog.duckdb (read-only)")

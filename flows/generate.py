@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
+from flows.storage import AnyPath
 from transforms import ipfix
 from transforms.radius import format_detail
 from transforms.synth.week import ExporterSpec, SyntheticWeek, WeekSpec, generate_week
@@ -67,6 +68,17 @@ def _ipfix_for_day(flows: pl.DataFrame, exporter: ExporterSpec, sequence: int) -
     return bytes(out), sequence
 
 
+def truth_dir(landing: AnyPath, week: dt.date) -> AnyPath:
+    """Where the ground truth of one generated week lives in a landing zone."""
+    return landing / TRUTH_DIR / week.isoformat()
+
+
+def generated_weeks(landing: AnyPath) -> list[dt.date]:
+    """The weeks generated into a landing zone (those with ground truth), oldest first."""
+    root = landing / TRUTH_DIR
+    return sorted(dt.date.fromisoformat(p.name) for p in root.glob("????-??-??") if (p / "spec.json").exists())
+
+
 def write_week(week: SyntheticWeek, out: Path) -> dict[str, int]:
     """Writes flows/, radius/, directory/ and _truth/ under `out`; returns file and record counts."""
     spec = week.spec
@@ -100,9 +112,11 @@ def write_week(week: SyntheticWeek, out: Path) -> dict[str, int]:
             path.write_text(format_detail(part, spec.timezone))
             counts["detail_files"] += 1
             counts["accounting_records"] += part.height
-    (out / "directory").mkdir(parents=True, exist_ok=True)
-    week.directory.write_csv(out / "directory" / "subscribers.csv")
-    truth = out / TRUTH_DIR
+    # A dated snapshot, as a directory export of that day: weeks of other years can share the zone.
+    snapshot = out / "directory" / spec.week.isoformat() / "subscribers.csv"
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    week.directory.write_csv(snapshot)
+    truth = out / TRUTH_DIR / spec.week.isoformat()
     truth.mkdir(parents=True, exist_ok=True)
     week.truth_user_day.write_parquet(truth / "user_day.parquet")
     week.truth_port_bytes.write_parquet(truth / "port_bytes.parquet")

@@ -74,7 +74,8 @@ class ExporterIngest:
     duplicate_files: int = 0
     records: int = 0
     raw_bytes: int = 0
-    sampling_sources: set[str] = field(default_factory=set)
+    # Flow records per (where the sampling rate came from, rate): the data-quality section shows them.
+    sampling: dict[tuple[str, int], int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
 
     def flows(self) -> pl.DataFrame:
@@ -188,7 +189,8 @@ def ingest_exporter(
         result.parts.append(part)
         result.records += known.height
         result.raw_bytes += int(known["bytes"].sum() or 0)
-        result.sampling_sources |= set(known["sampling_source"].unique().drop_nulls().to_list())
+        for source, rate, count in known.group_by("sampling_source", "sampling_rate").len().iter_rows():
+            result.sampling[(str(source), int(rate))] = result.sampling.get((str(source), int(rate)), 0) + int(count)
         if unknown.height:
             unrated = stage / f"unrated-{index:05d}.parquet"
             unknown.write_parquet(unrated)
@@ -255,11 +257,35 @@ def ingest_radius(landing: AnyPath, days: list[dt.date], timezone: str) -> tuple
     ), quarantine
 
 
-def read_directory(landing: AnyPath) -> pl.DataFrame:
-    """The subscriber directory: subscription_id, service, customer_type, login, phone_numbers."""
-    path = landing / "directory" / "subscribers.csv"
+def directory_file(landing: AnyPath, as_of: dt.date) -> AnyPath:
+    """The directory snapshot for a week ending `as_of`: the latest `directory/<YYYY-MM-DD>/subscribers.csv`
+    dated on or before it, or the undated `directory/subscribers.csv` when there are no dated ones."""
+    root = landing / "directory"
+    dated = []
+    if root.is_dir():
+        for folder in root.iterdir():
+            try:
+                day = dt.date.fromisoformat(folder.name)
+            except ValueError:
+                continue
+            if (folder / "subscribers.csv").exists():
+                dated.append((day, folder / "subscribers.csv"))
+    if dated:
+        usable = [(day, path) for day, path in sorted(dated) if day <= as_of]
+        if not usable:
+            raise FileNotFoundError(
+                f"{root}: no directory snapshot dated on or before {as_of} (earliest is {min(dated)[0]})"
+            )
+        return usable[-1][1]
+    path = root / "subscribers.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: subscriber directory missing")
+        raise FileNotFoundError(f"{path}: subscriber directory missing (nor any dated snapshot folder)")
+    return path
+
+
+def read_directory(landing: AnyPath, as_of: dt.date) -> pl.DataFrame:
+    """The subscriber directory as of a day: subscription_id, service, customer_type, login, phone_numbers."""
+    path = directory_file(landing, as_of)
     frame = pl.read_csv(
         io.BytesIO(read_bytes(path)),
         schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String},

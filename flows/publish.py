@@ -55,11 +55,11 @@ def read_manifest(warehouse: AnyPath) -> dict[str, Any]:
     return read_manifest_versioned(warehouse)[0]
 
 
-def published_run(manifest: dict[str, Any], week: dt.date) -> str | None:
-    """The run whose tables are published for `week`, if any."""
-    for weeks in manifest["tables"].values():
-        if str(week) in weeks:
-            return str(weeks[str(week)]["run_id"])
+def published_run(manifest: dict[str, Any], key: dt.date | str) -> str | None:
+    """The run whose tables are published for a week (or a month, "YYYY-MM"), if any."""
+    for parts in manifest["tables"].values():
+        if str(key) in parts:
+            return str(parts[str(key)]["run_id"])
     return None
 
 
@@ -73,11 +73,15 @@ def read_published(warehouse: AnyPath, manifest: dict[str, Any], table: str, wee
     return pl.concat([pl.read_parquet(io.BytesIO((warehouse / f).read_bytes())) for f in entry["files"]])
 
 
-def previous_published(warehouse: AnyPath, week: dt.date, tables: tuple[str, ...]) -> dict[str, pl.DataFrame] | None:
-    """The given tables of the latest published week before `week` (None if there is none)."""
+def previous_published(
+    warehouse: AnyPath, week: dt.date, tables: tuple[str, ...], within_weeks: int | None = None
+) -> dict[str, pl.DataFrame] | None:
+    """The given tables of the latest published week before `week`, if there is one (within
+    `within_weeks` weeks before it, when given)."""
     manifest = read_manifest(warehouse)
     weeks = set.intersection(*(set(manifest["tables"].get(t, {})) for t in tables)) if tables else set()
-    earlier = sorted(w for w in weeks if w < str(week))
+    oldest = str(week - dt.timedelta(weeks=within_weeks)) if within_weeks is not None else ""
+    earlier = sorted(w for w in weeks if oldest <= w < str(week))
     if not earlier:
         return None
     return {t: read_published(warehouse, manifest, t, earlier[-1]) for t in tables}
@@ -102,45 +106,57 @@ def publish_week(
     base_run: str | None,
     keep_runs: int = 3,
 ) -> list[str]:
-    """Writes the week's files under new run folders, then swaps the manifest in one conditional
-    write, provided the week is still published by `base_run` (the run found at the start).
-    Returns the run folders removed by retention (the newest `keep_runs` publications are kept)."""
+    """publish_partition for the tables of one week (`<table>/week=<W>/run=<R>/`)."""
+    return publish_partition(warehouse, "week", str(week), run_id, tables, record, base_run, keep_runs)
+
+
+def publish_partition(
+    warehouse: AnyPath,
+    column: str,
+    key: str,
+    run_id: str,
+    tables: dict[str, pl.DataFrame],
+    record: dict[str, Any],
+    base_run: str | None,
+    keep_runs: int = 3,
+) -> list[str]:
+    """Writes a partition's files (a week, or a month) under new run folders, then swaps the manifest
+    in one conditional write, provided the partition is still published by `base_run` (the run found
+    at the start). Returns the run folders removed by retention (the newest `keep_runs` are kept)."""
     entries: dict[str, dict[str, Any]] = {}
     for name, frame in tables.items():
-        rel = f"{name}/week={week}/run={run_id}/part-0.parquet"
+        rel = f"{name}/{column}={key}/run={run_id}/part-0.parquet"
         _write_parquet(warehouse / rel, frame)
         entries[name] = {"run_id": run_id, "files": [rel], "rows": frame.height}
     failpoints.reach("publish:data-written")
     for _ in range(MANIFEST_ATTEMPTS):
         manifest, version = read_manifest_versioned(warehouse)
-        current = published_run(manifest, week)
+        current = published_run(manifest, key)
         if current != base_run:
             raise ConcurrentPublication(
-                f"week {week}: run {current} published it while run {run_id} was working "
+                f"{column} {key}: run {current} published it while run {run_id} was working "
                 f"(which started from {base_run or 'nothing published'}); not publishing over it"
             )
-        retained = manifest["retained"].setdefault(str(week), [])
+        retained = manifest["retained"].setdefault(key, [])
         if current is not None:
             retained.insert(
                 0,
                 {
                     "run_id": current,
-                    "files": [
-                        f for weeks in manifest["tables"].values() for f in weeks.get(str(week), {}).get("files", [])
-                    ],
+                    "files": [f for parts in manifest["tables"].values() for f in parts.get(key, {}).get("files", [])],
                 },
             )
         dropped = retained[max(keep_runs - 1, 0) :]
         del retained[max(keep_runs - 1, 0) :]
         for name, entry in entries.items():
-            manifest["tables"].setdefault(name, {})[str(week)] = entry
+            manifest["tables"].setdefault(name, {})[key] = entry
         # A table the run no longer produces must not stay visible from an older run.
-        for name, weeks in manifest["tables"].items():
+        for name, parts in manifest["tables"].items():
             if name not in entries:
-                weeks.pop(str(week), None)
+                parts.pop(key, None)
         manifest["runs"][run_id] = {
             **record,
-            "week": str(week),
+            column: key,
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         for old in dropped:
@@ -150,25 +166,27 @@ def publish_week(
         try:
             storage.write_if_unchanged(warehouse / MANIFEST, text, version)
         except storage.ConcurrentUpdate:
-            continue  # another week's run published meanwhile: read again and re-check
+            continue  # another partition's run published meanwhile: read again and re-check
         failpoints.reach("publish:manifest-swapped")
-        return _remove_unlisted_runs(warehouse, manifest, week, run_id)
-    raise ConcurrentPublication(f"week {week}: manifest kept changing under run {run_id}; gave up")
+        return _remove_unlisted_runs(warehouse, manifest, column, key, run_id)
+    raise ConcurrentPublication(f"{column} {key}: manifest kept changing under run {run_id}; gave up")
 
 
-def _remove_unlisted_runs(warehouse: AnyPath, manifest: dict[str, Any], week: dt.date, run_id: str) -> list[str]:
-    """Deletes this week's run folders that the manifest no longer lists: runs dropped by retention,
-    and files of runs that crashed or lost a race before their manifest swap."""
-    listed = {run_id, *(r["run_id"] for r in manifest["retained"].get(str(week), []))}
+def _remove_unlisted_runs(
+    warehouse: AnyPath, manifest: dict[str, Any], column: str, key: str, run_id: str
+) -> list[str]:
+    """Deletes this partition's run folders that the manifest no longer lists: runs dropped by
+    retention, and files of runs that crashed or lost a race before their manifest swap."""
+    listed = {run_id, *(r["run_id"] for r in manifest["retained"].get(key, []))}
     removed = []
     for name in manifest["tables"]:
-        folder = warehouse / name / f"week={week}"
+        folder = warehouse / name / f"{column}={key}"
         if not folder.exists():
             continue
         for run_folder in folder.iterdir():
             if run_folder.name.startswith("run=") and run_folder.name[4:] not in listed:
                 storage.remove_tree(run_folder)
-                removed.append(f"{name}/week={week}/{run_folder.name}")
+                removed.append(f"{name}/{column}={key}/{run_folder.name}")
     return sorted(removed)
 
 
@@ -196,7 +214,10 @@ def build_catalog(warehouse: AnyPath) -> AnyPath:
                     {"files": files},
                 )
             for sql_file in sorted(SQL_DIR.glob("*.sql")):
-                con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
+                try:
+                    con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
+                except duckdb.CatalogException:
+                    continue  # its tables are not published yet (e.g. only months so far): no view until they are
             con.execute(
                 "create table _catalog as select $version as manifest_version, now() as built_at",
                 {"version": version or ""},

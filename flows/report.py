@@ -22,8 +22,8 @@ from transforms import report as derive
 SQL = Path(__file__).resolve().parents[1] / "sql"
 SCATTER_USERS = 5000
 SERVICES = {
-    "broadband": ("Table 1", "Table 3", "Figure 2", "Figure 3", "Figure 5"),
-    "mobile": ("Table 2", "Table 4", "Figure 9", "Figure 4", "Figure 6"),
+    "broadband": ("Table 1", "Table 3", "Figure 3", "Figure 5"),
+    "mobile": ("Table 2", "Table 4", "Figure 4", "Figure 6"),
 }
 
 
@@ -53,20 +53,72 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _hourly_figure(hours: pl.DataFrame, week: dt.date, title: str) -> bytes:
+def _hourly_figure(hours: pl.DataFrame, weeks: list[dt.date], directions: tuple[str, ...], title: str) -> bytes:
+    """Hourly average weekday traffic, one line per week; one panel per direction (the upload panel
+    has its own, enlarged, scale)."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 3.6))
+    figure, axes = plt.subplots(len(directions), 1, figsize=(7, 3.2 * len(directions)), squeeze=False)
     gbps = 8 / 3600 / 1e9  # bytes per hour -> Gbit/s
-    axis.plot(hours["hour"], hours["out_bytes"] * gbps, label="OUT (download)", color="#1f77b4")
-    axis.plot(hours["hour"], 5 * hours["in_bytes"] * gbps, label="IN (upload) x5", color="#d62728")
-    axis.set_xlabel("hour of day (local time)")
-    axis.set_ylabel("average traffic (Gbit/s)")
-    axis.set_xticks(range(0, 24, 3))
-    axis.set_ylim(bottom=0)
-    axis.set_title(f"{title}: average weekday traffic, week of {week}")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    for axis, direction in zip(axes[:, 0], directions):
+        for week in weeks:
+            rows = hours.filter(pl.col("week") == week).sort("hour")
+            axis.plot(rows["hour"], rows[f"{direction}_bytes"] * gbps, marker=".", label=f"week of {week}")
+        label = "OUT (download)" if direction == "out" else "IN (upload)"
+        axis.set_ylabel(f"{label}, Gbit/s")
+        axis.set_xticks(range(0, 24, 3))
+        axis.set_xlim(0, 23)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    axes[-1, 0].set_xlabel("hour of day (local time), weekdays Monday-Friday")
+    axes[0, 0].set_title(title)
+    return _png(figure)
+
+
+def _monthly_figure(levels: pl.DataFrame, base_note: str) -> bytes:
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    services = sorted(set(levels["service"].to_list()))
+    figure, axes = plt.subplots(1, len(services), figsize=(5 * len(services), 3.8), squeeze=False)
+    for axis, service in zip(axes[0], services):
+        for direction, colour in (("out", "#1f77b4"), ("in", "#d62728")):
+            rows = levels.filter((pl.col("service") == service) & (pl.col("direction") == direction)).sort("month")
+            months = [dt.date(int(m[:4]), int(m[5:]), 15) for m in rows["month"]]
+            label = "OUT (download)" if direction == "out" else "IN (upload)"
+            axis.plot(months, rows["level"], marker=".", markersize=3, color=colour, label=label)
+        axis.set_title(service)
+        axis.xaxis.set_major_locator(mdates.YearLocator())
+        axis.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
+        axis.set_xlabel("month")
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    axes[0, 0].set_ylabel("average traffic (normalised)")
+    figure.suptitle(f"Figure 1: monthly average traffic ({base_note})", y=1.02)
+    return _png(figure)
+
+
+def _port_bucket_figure(panels: list[tuple[dt.date, pl.DataFrame]], buckets: tuple[str, ...], title: str) -> bytes:
+    """One panel per week (oldest on top): each bucket's traffic per hour of the week, normalised so
+    the week's peak hour of all traffic is 1."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False, sharex=True)
+    for axis, (week, levels) in zip(axes[:, 0], panels):
+        for bucket in ("all", *buckets):
+            rows = levels.filter(pl.col("bucket") == bucket).sort("hour_of_week")
+            style = {"color": "black", "linewidth": 1.0} if bucket == "all" else {"linewidth": 1.2}
+            axis.plot(rows["hour_of_week"], rows["level"], label=bucket if bucket != "all" else "all traffic", **style)
+        axis.set_ylim(0, 1.05)
+        axis.set_ylabel("traffic (week's peak = 1)")
+        axis.set_title(f"week of {week}", fontsize="medium")
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xticks(range(0, 7 * 24 + 1, 24), ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", ""])
+    axes[-1, 0].set_xlabel("day of the week (local time)")
+    axes[0, 0].legend(fontsize="small", ncol=4, loc="upper left")
+    figure.suptitle(title, y=1.01)
     return _png(figure)
 
 
@@ -167,6 +219,72 @@ def _ports_by_week(ports: pl.DataFrame, week: dt.date) -> pl.DataFrame:
     )
 
 
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute("select table_name from information_schema.tables where table_name = $name", {"name": name})
+    return bool(rows.fetchall())
+
+
+def _figure_section(
+    figures: dict[str, bytes], name: str, png: bytes, title: str, note: str = ""
+) -> tuple[str, str, str]:
+    key = name.lower().replace(" ", "")
+    figures[key] = png
+    html_note = f"<p class='note'>{html.escape(note)}</p>" if note else ""
+    md_note = f"\n\n{note}" if note else ""
+    return (f"{name}: {title}", f"<img alt='{name}' src='{key}'>{html_note}", f"![{name}]({key}.png){md_note}")
+
+
+def _table_section(title: str, frame: pl.DataFrame, digits: int = 1, note: str = "") -> tuple[str, str, str]:
+    html_note = f"<p class='note'>{html.escape(note)}</p>" if note else ""
+    md_note = f"\n\n{note}" if note else ""
+    return (title, _html_table(frame, digits) + html_note, _md_table(frame, digits) + md_note)
+
+
+def _monthly_sections(
+    con: duckdb.DuckDBPyConnection, week: dt.date, figures: dict[str, bytes]
+) -> list[tuple[str, str, str]]:
+    """Figure 1 and the traffic growth table, from the published months (a note when there are none)."""
+    if not _has_table(con, "monthly_traffic"):
+        note = "No month of interface counters is published: run `trafficreport backfill` over months with counters."
+        return [("Figure 1: monthly traffic", f"<p class='note'>{note}</p>", note)]
+    monthly = _query(con, "monthly_traffic")
+    levels, base_note = derive.normalise_monthly_traffic(monthly)
+    gaps = derive.missing_months(monthly["month"].unique().to_list())
+    months = sorted(monthly["month"].unique().to_list())
+    span = f"{months[0]} to {months[-1]}"
+    note = f"Published months {span}; " + (f"missing: {', '.join(gaps)}." if gaps else "none missing.")
+    sections = [
+        _figure_section(
+            figures, "Figure 1", _monthly_figure(levels, base_note), "monthly average traffic per service", note
+        )
+    ]
+    growth = derive.traffic_growth(levels, f"{week:%Y-%m}")
+    sections.append(
+        _table_section(
+            f"Traffic growth to {week:%Y-%m} (average monthly traffic)",
+            growth,
+            2,
+            "factor: later month / earlier month; annual_factor: the factor per year.",
+        )
+    )
+    return sections
+
+
+def _five_year_section(con: duckdb.DuckDBPyConnection, week: dt.date, published: list[dt.date]) -> tuple[str, str, str]:
+    earlier = derive.nearest_week(published, week - dt.timedelta(weeks=52 * 5))
+    title = "Five years: growth of daily usage per user"
+    if earlier is None:
+        note = f"No week near {week - dt.timedelta(weeks=260)} is published: no five-year comparison."
+        return (title, f"<p class='note'>{note}</p>", note)
+    growth = derive.usage_growth(_query(con, "usage_summaries"), week, earlier)
+    return _table_section(
+        f"{title} (week of {earlier} to week of {week})",
+        growth,
+        2,
+        "MB/day; factor: now / then; annual_factor: the factor per year.",
+    )
+
+
 def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     """Renders the report of one published week from the warehouse's catalog."""
     started = time.monotonic()
@@ -175,69 +293,120 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     if run_id is None:
         raise LookupError(f"week {week} is not published in {warehouse}")
     con = duckdb.connect(str(publish.local_catalog(warehouse)), read_only=True)
-    year_before = week - dt.timedelta(weeks=52)
+    published = sorted(dt.date.fromisoformat(w) for w in manifest["tables"].get("usage_summary", {}))
+    year_before = derive.nearest_week(published, week - dt.timedelta(weeks=52))
+    past_years = derive.weeks_of_past_years(published, week, 5)
+    past_year_weeks = [w for w in published if week - dt.timedelta(weeks=52) <= w <= week]
+    no_year_before = f"No week near {week - dt.timedelta(weeks=52)} is published: no comparison with a year earlier."
     figures: dict[str, bytes] = {}
     sections: list[tuple[str, str, str]] = []  # (title, html body, markdown body)
     try:
-        week_hours = _query(con, "hourly_weekday_traffic").filter(pl.col("week") == week)
-        for service, (usage_name, ports_name, hourly_name, density_name, scatter_name) in SERVICES.items():
+        sections += _monthly_sections(con, week, figures)
+        hours = _query(con, "hourly_weekday_traffic")
+        broadband_hours = hours.filter(pl.col("service") == "broadband")
+        sections.append(
+            _figure_section(
+                figures,
+                "Figure 2",
+                _hourly_figure(
+                    broadband_hours, past_year_weeks, ("out", "in"), "Figure 2: broadband weekday traffic per hour"
+                ),
+                "broadband hourly weekday traffic, published weeks of the past year",
+            )
+        )
+        for service, (usage_name, *_) in SERVICES.items():
             view = "table1_broadband_usage" if service == "broadband" else "table2_mobile_usage"
-            usage = _with_growth(_query(con, view))
             sections.append(
-                (
+                _table_section(
                     f"{usage_name}: {service} daily usage per user (MB/day), every published week",
-                    _html_table(usage, 2) + "<p class='note'>x: factor against the earliest published week.</p>",
-                    _md_table(usage, 2),
+                    _with_growth(_query(con, view)),
+                    2,
+                    "x: factor against the earliest published week; top 1% / 10%: share of all volume "
+                    "carried by the heaviest users.",
                 )
             )
-            port_view = "table3_broadband_ports" if service == "broadband" else "table4_mobile_ports"
-            ports = _ports_by_week(_query(con, port_view), week)
-            sections.append(
-                (
-                    f"{ports_name}: {service} usage by port (% of bytes), every published week",
-                    _html_table(ports),
-                    _md_table(ports),
-                )
+        sections.append(_five_year_section(con, week, published))
+        sections.append(
+            _figure_section(
+                figures,
+                "Figure 9",
+                _hourly_figure(
+                    broadband_hours, past_years, ("out",), "Figure 9: broadband weekday traffic, five years"
+                ),
+                "broadband hourly weekday traffic over five years",
             )
-            hours = week_hours.filter(pl.col("service") == service)
-            key = hourly_name.lower().replace(" ", "")
-            figures[key] = _hourly_figure(hours, week, f"{hourly_name} ({service})")
-            sections.append(
-                (
-                    f"{hourly_name}: {service} hourly weekday traffic",
-                    f"<img alt='{hourly_name}' src='{key}'>",
-                    f"![{hourly_name}]({key}.png)",
-                )
+        )
+        sections.append(
+            _figure_section(
+                figures,
+                "Figure 10",
+                _hourly_figure(broadband_hours, past_years, ("in",), "Figure 10: broadband weekday upload, five years"),
+                "broadband hourly weekday upload (Figure 9's IN, enlarged)",
             )
+        )
+        for service, (_, _, density_name, scatter_name) in SERVICES.items():
             users = {f"week of {week}": _query(con, "user_volumes", week=week, service_group=service)}
-            earlier = _query(con, "user_volumes", week=year_before, service_group=service)
-            note = (
-                f"Against the same week a year earlier ({year_before})."
-                if earlier.height
-                else f"The week of {year_before} is not published: no comparison."
-            )
-            if earlier.height:
-                users[f"week of {year_before}"] = earlier
-            key = density_name.lower().replace(" ", "")
-            figures[key] = _density_figure(users, f"{density_name}: {service} users' daily volume")
+            if year_before is not None:
+                users[f"week of {year_before}"] = _query(con, "user_volumes", week=year_before, service_group=service)
+            note = f"Against the week of {year_before}." if year_before else no_year_before
             sections.append(
-                (
-                    f"{density_name}: density of {service} daily volume",
-                    f"<img alt='{density_name}' src='{key}'><p class='note'>{html.escape(note)}</p>",
-                    f"![{density_name}]({key}.png)\n\n{note}",
+                _figure_section(
+                    figures,
+                    density_name,
+                    _density_figure(users, f"{density_name}: {service} users' daily volume"),
+                    f"density of {service} daily volume",
+                    note,
                 )
             )
-            key = scatter_name.lower().replace(" ", "")
-            figures[key] = _scatter_figure(users[f"week of {week}"], f"{scatter_name}: {service} IN vs OUT")
             sections.append(
-                (
-                    f"{scatter_name}: {service} IN vs OUT per user",
-                    f"<img alt='{scatter_name}' src='{key}'>",
-                    f"![{scatter_name}]({key}.png)",
+                _figure_section(
+                    figures,
+                    scatter_name,
+                    _scatter_figure(users[f"week of {week}"], f"{scatter_name}: {service} IN vs OUT"),
+                    f"{service} IN vs OUT per user",
+                )
+            )
+        five_years = {
+            f"week of {w}": _query(con, "user_volumes", week=w, service_group="broadband") for w in past_years
+        }
+        sections.append(
+            _figure_section(
+                figures,
+                "Figure 11",
+                _density_figure(five_years, "Figure 11: broadband users' daily volume, five years"),
+                "density of broadband daily volume over five years",
+                f"Weeks shown: {', '.join(map(str, past_years))}.",
+            )
+        )
+        for service, (_, ports_name, *_) in SERVICES.items():
+            port_view = "table3_broadband_ports" if service == "broadband" else "table4_mobile_ports"
+            sections.append(
+                _table_section(
+                    f"{ports_name}: {service} usage by port (% of bytes), every published week",
+                    _ports_by_week(_query(con, port_view), week),
+                )
+            )
+        bucket_weeks = [w for w in (year_before, week) if w is not None]
+        for service, name, buckets in (
+            ("broadband", "Figure 7", ("TCP 80/443", "TCP >=1024", "UDP 443")),
+            ("mobile", "Figure 8", ("TCP 80/443", "UDP 443")),
+        ):
+            panels = [
+                (w, derive.normalise_port_buckets(_query(con, "port_buckets", week=w, service=service), w))
+                for w in bucket_weeks
+            ]
+            sections.append(
+                _figure_section(
+                    figures,
+                    name,
+                    _port_bucket_figure(panels, buckets, f"{name}: {service} port usage over a week"),
+                    f"{service} port usage over a week",
+                    "" if year_before else no_year_before,
                 )
             )
         publications = _query(con, "publications", week=week)
         unattributed = _query(con, "unattributed", week=week)
+        feeds = _query(con, "ingest_quality", week=week)
     finally:
         con.close()
     record = manifest["runs"].get(run_id, {})
@@ -251,14 +420,23 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     quality = (
         f"<p>Published by run <code>{html.escape(str(run_id))}</code> "
         f"on {html.escape(str(record.get('published_at', '?')))}; audit {audit}.</p>"
+        + "<h3>Feeds: records, set aside, sampling</h3>"
+        + _html_table(feeds, 2)
+        + "<h3>Attributed and unattributed traffic</h3>"
         + _html_table(unattributed, 2)
+        + "<h3>Published tables</h3>"
         + _html_table(publications)
     )
     sections.append(
         (
             "Data quality",
             quality,
-            f"Run `{run_id}`, audit {audit}.\n\n" + _md_table(unattributed, 2) + "\n\n" + _md_table(publications),
+            f"Run `{run_id}`, audit {audit}.\n\n"
+            + _md_table(feeds, 2)
+            + "\n\n"
+            + _md_table(unattributed, 2)
+            + "\n\n"
+            + _md_table(publications),
         )
     )
     page, markdown = _assemble(week, sections, figures)

@@ -49,6 +49,9 @@ class Settings:
     max_user_change: float = 0.3
     max_mean_change: float = 0.5
     max_port_share_change: float = 10.0
+    # Drift is checked against the latest published week at most this many weeks before: weeks a
+    # year apart (a backfill of analysed weeks) legitimately differ by more than a week-to-week limit.
+    drift_window_weeks: int = 8
     # Flows vs RADIUS counters per broadband user over the week: tolerance floor + edge-time
     # share + z / sqrt(expected sampled packets); the audit fails above this share of users outside it.
     reconcile_z: float = 4.0
@@ -56,6 +59,8 @@ class Settings:
     max_unreconciled_share: float = 0.02
     # Publications of a week kept (the current one included); older runs' files are removed.
     keep_runs: int = 3
+    # A month's interface counters must cover this share of it on every interface to be published.
+    min_counter_coverage: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -21,7 +21,16 @@ from flows import failpoints, landing, publish, report, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
-PUBLISHED_TABLES = ("user_day_usage", "user_week_usage", "usage_summary", "port_usage", "port_share", "traffic_hour")
+PUBLISHED_TABLES = (
+    "user_day_usage",
+    "user_week_usage",
+    "usage_summary",
+    "port_usage",
+    "port_share",
+    "traffic_hour",
+    "port_bucket_hour",
+    "ingest_quality",
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,10 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         "quarantined_records": int(result.quarantine["records"].sum() or 0),
         "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
         "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in result.quarantine.head(20).to_dicts()],
-        "sampling_sources": sorted(result.sampling_sources),
+        "sampling": [
+            {"source": source, "rate": rate, "records": count}
+            for (source, rate), count in sorted(result.sampling.items())
+        ],
         "raw_bytes": result.raw_bytes,
         "records_per_day": per_day,
         "unrated_records": unrated_records,
@@ -113,7 +125,7 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     records, quarantine = landing.ingest_radius(settings.landing, days, settings.timezone)
     records, backwards = radius.split_backward_counters(records)
     quarantine = pl.concat([quarantine, landing.line_problems(backwards)])
-    directory = landing.read_directory(settings.landing)
+    directory = landing.read_directory(settings.landing, window.days[-1])
     key = settings.hmac_key()
     sessions = radius.build_sessions(records)
     assignments = radius.sessions_to_assignments(sessions, dt.timedelta(hours=settings.max_session_silence_hours))
@@ -206,13 +218,18 @@ def attribute_exporter(
             pl.lit("flows").alias("source"),
         )
     )
-    ports = attribution.port_hour_volumes(lookup, totals).group_by("protocol", "port").agg(pl.col("bytes").sum())
+    port_hours = attribution.port_hour_volumes(lookup, totals)
+    port_totals = port_hours.group_by("protocol", "port").agg(pl.col("bytes").sum())
+    port_buckets = ports.bucket_port_hours(
+        port_hours.join(days, on="day_index").drop("day_index").with_columns(service=pl.lit(service))
+    )
     hours = attribution.hourly_volumes(lookup, totals).join(days, on="day_index").drop("day_index")
     out = {}
     for table, frame in (
         ("user_day", user_day),
-        ("port", ports.with_columns(service=pl.lit(service))),
+        ("port", port_totals.with_columns(service=pl.lit(service))),
         ("hour", hours.with_columns(service=pl.lit(service))),
+        ("port_bucket", port_buckets),
     ):
         path = stage / "partials" / f"{table}.{exporter}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +286,13 @@ def combine_tables(
         .with_columns(pl.lit(window.week).alias("week"))
         .sort("service", "day", "hour")
     )
+    port_bucket_hour = (
+        pl.concat([pl.read_parquet(p["port_bucket"]) for p in partials])
+        .group_by("service", "day", "hour", "bucket")
+        .agg(pl.col("bytes").sum())
+        .with_columns(pl.lit(window.week).alias("week"))
+        .sort("service", "day", "hour", "bucket")
+    )
     return {
         "user_day_usage": user_day,
         "user_week_usage": user_week,
@@ -276,7 +300,57 @@ def combine_tables(
         "port_usage": port_usage.with_columns(pl.col("port").cast(pl.Int32)),
         "port_share": port_share,
         "traffic_hour": traffic_hour,
+        "port_bucket_hour": port_bucket_hour,
     }
+
+
+def ingest_quality_table(
+    window: WeekWindow, flow_info: list[dict[str, Any]], radius_info: dict[str, Any]
+) -> pl.DataFrame:
+    """Rows (week, feed_type, feed, service, records, quarantined_records, quarantined_pct, sampling):
+    one per exporter and one for RADIUS, for the report's data-quality section."""
+    rows = []
+    for info in flow_info:
+        total = sum(int(s["records"]) for s in info["sampling"]) or 1
+        rows.append(
+            {
+                "feed_type": "flows",
+                "feed": info["exporter"],
+                "service": info["service"],
+                "records": int(info["records"]),
+                "quarantined_records": int(info["quarantined_records"]) + int(info["unrated_records"]),
+                "sampling": "; ".join(
+                    f"1:{s['rate']} from {s['source']} ({100 * int(s['records']) / total:.1f}%)"
+                    for s in info["sampling"]
+                ),
+            }
+        )
+    rows.append(
+        {
+            "feed_type": "radius",
+            "feed": "accounting",
+            "service": "broadband+mobile",
+            "records": int(radius_info["accounting_records"]),
+            "quarantined_records": int(radius_info["quarantined_records"]),
+            "sampling": "",
+        }
+    )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "feed_type": pl.String,
+            "feed": pl.String,
+            "service": pl.String,
+            "records": pl.Int64,
+            "quarantined_records": pl.Int64,
+            "sampling": pl.String,
+        },
+    )
+    seen = pl.col("records") + pl.col("quarantined_records")
+    return frame.with_columns(
+        quarantined_pct=pl.when(seen > 0).then(100 * pl.col("quarantined_records") / seen).otherwise(0.0),
+        week=pl.lit(window.week),
+    ).sort("feed_type", "feed")
 
 
 def reconcile_with_radius(stage: Path, flow_days: pl.DataFrame, settings: Settings) -> dict[str, Any]:
@@ -309,7 +383,9 @@ def audit_tables(
     from expectations.audit import audit_week
 
     week = tables["usage_summary"]["week"][0]
-    previous = publish.previous_published(settings.warehouse, week, ("usage_summary", "port_share"))
+    previous = publish.previous_published(
+        settings.warehouse, week, ("usage_summary", "port_share"), settings.drift_window_weeks
+    )
     limits = {
         name: float(getattr(settings, name))
         for name in (
@@ -415,6 +491,7 @@ def weekly_report(
     partial_paths = [p.result() for p in partials]
     flow_days = read_flow_user_days(partial_paths)
     tables = combine_tables(window, stage, partial_paths, flow_days)
+    tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
     ingest = {
         "exporters": flow_info,
         "radius": assignment_info,
@@ -473,29 +550,6 @@ def weekly_report(
 
 class AuditFailed(RuntimeError):
     """A week whose checkpoints failed: nothing of it was published."""
-
-
-@flow(name="backfill")
-def backfill(
-    start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False
-) -> list[dict[str, Any]]:
-    """Runs weekly_report for every Monday in [start, end], skipping published weeks unless forced."""
-    settings = settings or load_settings()
-    monday = start - dt.timedelta(days=start.weekday())
-    if monday < start:
-        monday += dt.timedelta(days=7)
-    results: list[dict[str, Any]] = []
-    while monday + dt.timedelta(days=6) <= end:
-        if not force and publish.is_published(settings.warehouse, monday):
-            results.append({"week": str(monday), "status": "skipped", "why": "already published"})
-        else:
-            try:
-                run = weekly_report(monday, settings, force=True)
-                results.append({"week": str(monday), "status": "published", "run_id": run["run_id"]})
-            except Exception as exc:  # one bad week must not stop the others
-                results.append({"week": str(monday), "status": "failed", "why": str(exc)[:300]})
-        monday += dt.timedelta(days=7)
-    return results
 
 
 @flow(name="scheduled_weekly_report")

@@ -108,3 +108,37 @@ def share_by_category(port_usage: pl.DataFrame) -> pl.DataFrame:
             "share_pct": pl.Float64,
         },
     )
+
+
+# Figures 7 and 8: the report's port buckets over the week; "other" keeps the buckets' sum whole.
+PORT_BUCKETS = ("TCP 80/443", "TCP >=1024", "UDP 443", "other")
+
+
+def bucket_port_hours(port_hours: pl.DataFrame) -> pl.DataFrame:
+    """Rows (service, day, hour, bucket, bytes): every (service, day, hour) of `port_hours`
+    (service, protocol, port, day, hour, bytes) with all four buckets, zero where empty."""
+    protocol, port = pl.col("protocol"), pl.col("port")
+    bucket = (
+        pl.when((protocol == 6) & port.is_in([80, 443]))
+        .then(pl.lit(PORT_BUCKETS[0]))
+        .when((protocol == 6) & (port >= WELL_KNOWN_LIMIT))
+        .then(pl.lit(PORT_BUCKETS[1]))
+        .when((protocol == 17) & (port == 443))
+        .then(pl.lit(PORT_BUCKETS[2]))
+        .otherwise(pl.lit(PORT_BUCKETS[3]))
+    )
+    summed = (
+        port_hours.with_columns(bucket=bucket)
+        .group_by("service", "day", "hour", "bucket")
+        .agg(pl.col("bytes").sum().cast(pl.Float64))
+    )
+    grid = (
+        port_hours.select("service", "day", "hour")
+        .unique()
+        .join(pl.DataFrame({"bucket": list(PORT_BUCKETS)}), how="cross")
+    )
+    return (
+        grid.join(summed, on=["service", "day", "hour", "bucket"], how="left")
+        .with_columns(pl.col("bytes").fill_null(0.0))
+        .sort("service", "day", "hour", "bucket")
+    )

@@ -6,5 +6,7 @@ with runs as (
     union all select 'port_usage', any_value(run), count(*) from port_usage where week = $week
     union all select 'port_share', any_value(run), count(*) from port_share where week = $week
     union all select 'traffic_hour', any_value(run), count(*) from traffic_hour where week = $week
+    union all select 'port_bucket_hour', any_value(run), count(*) from port_bucket_hour where week = $week
+    union all select 'ingest_quality', any_value(run), count(*) from ingest_quality where week = $week
 )
 select * from runs order by table_name

@@ -4,6 +4,7 @@ the run writes (warehouse, staging, quarantine, exporter state) or any log line 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from flows.landing import directory_file
 from flows.settings import load_settings
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
@@ -21,7 +23,7 @@ from transforms.privacy import pseudonym
 
 
 def _clear_identities(landing: Path) -> set[str]:
-    directory = pl.read_csv(landing / "directory" / "subscribers.csv", schema_overrides={"phone_numbers": pl.String})
+    directory = pl.read_csv(directory_file(landing, dt.date.max), schema_overrides={"phone_numbers": pl.String})
     ids = set(directory["subscription_id"].drop_nulls()) | set(directory["login"].drop_nulls())
     phones = {p for cell in directory["phone_numbers"].drop_nulls() for p in cell.split(";") if p}
     calling = set()
@@ -80,7 +82,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     identities = _clear_identities(small_landing)
     assert len(identities) > 500  # subscriptions, logins and phone numbers of 600 users
     # The scanner finds them where they are: the landing zone's directory.
-    assert _leaks({"directory": _tokens_of(small_landing / "directory" / "subscribers.csv")}, identities)
+    assert _leaks({"directory": _tokens_of(directory_file(small_landing, dt.date.max))}, identities)
     logging.getLogger("prefect").setLevel(logging.DEBUG)
     caplog.set_level(logging.DEBUG)
     state = weekly_report(WEEK, small_settings, return_state=True)
@@ -104,7 +106,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     # The pseudonyms are there instead: every broadband user_key is the keyed HMAC of a directory
     # subscription and its access type.
     published = pl.read_parquet(next(p for p in written if "user_week_usage" in str(p) and "warehouse" in str(p)))
-    directory = pl.read_csv(small_landing / "directory" / "subscribers.csv")
+    directory = pl.read_csv(directory_file(small_landing, dt.date.max))
     expected = {
         pseudonym(TEST_KEY.encode(), f"broadband|{sid}|{access}")
         for sid in directory.filter(pl.col("service") == "broadband")["subscription_id"]

@@ -12,9 +12,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from flows.backfill import format_summary, run_backfill
 from flows.generate import generate_to
+from flows.landing import directory_file
 from flows.publish import MANIFEST, read_manifest
-from flows.weekly import AuditFailed, backfill, weekly_report
+from flows.weekly import PUBLISHED_TABLES, AuditFailed, weekly_report
 from tests.conftest import WEEK
 
 
@@ -24,11 +26,11 @@ def test_failed_audit_publishes_nothing(
     # A directory that lost a third of the broadband subscriptions: their traffic is unattributed.
     landing = tmp_path / "landing"
     shutil.copytree(small_landing, landing)
-    directory = pl.read_csv(landing / "directory" / "subscribers.csv", schema_overrides={"phone_numbers": pl.String})
+    directory = pl.read_csv(directory_file(landing, dt.date.max), schema_overrides={"phone_numbers": pl.String})
     broadband = directory.filter(pl.col("service") == "broadband")
     directory.filter(
         ~pl.col("subscription_id").is_in(broadband["subscription_id"].head(broadband.height // 3).to_list())
-    ).write_csv(landing / "directory" / "subscribers.csv")
+    ).write_csv(directory_file(landing, dt.date.max))
     settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
     with pytest.raises(AuditFailed, match="unattributed share") as failure:
         weekly_report(WEEK, settings)
@@ -39,21 +41,41 @@ def test_failed_audit_publishes_nothing(
     assert "FAIL run: unattributed share of bytes" in summary.read_text()
     assert docs.name == "index.html" and docs.exists()
     pages = {p.parts[-4] for p in docs.parent.glob("validations/*/*/*/*.html")}
-    assert pages == {"user_day_usage", "user_week_usage", "usage_summary", "port_usage", "port_share", "traffic_hour"}
+    assert pages == set(PUBLISHED_TABLES)
     assert not list(settings.warehouse.glob("*/week=*"))
 
 
-def test_backfill_skips_published_weeks_unless_forced(small_settings: object, prefect_server: str) -> None:
-    first = backfill(dt.date(2024, 6, 1), dt.date(2024, 6, 16), small_settings)
-    # 2024-06-03 has data; 2024-06-10 has none and fails with a reason instead of publishing.
-    assert [(r["week"], r["status"]) for r in first] == [("2024-06-03", "published"), ("2024-06-10", "failed")]
-    assert "feed late or missing" in str(first[1]["why"])
-    assert "flows/bb-tokyo-1: no files for 2024-06-10" in str(first[1]["why"])
-    warehouse = small_settings.warehouse  # type: ignore[attr-defined]
-    run_id = read_manifest(warehouse)["tables"]["usage_summary"][str(WEEK)]["run_id"]  # type: ignore[index]
-    second = backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), small_settings)
-    assert second == [{"week": "2024-06-03", "status": "skipped", "why": "already published"}]
-    forced = backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), small_settings, force=True)
+def test_backfill_skips_published_weeks_unless_forced(
+    small_settings: object, prefect_server: str, tmp_path: Path
+) -> None:
+    # A copy of the landing zone where one exporter has started delivering the next week.
+    landing = tmp_path / "landing"
+    shutil.copytree(small_settings.landing, landing)  # type: ignore[attr-defined]
+    exporter = sorted((landing / "flows").iterdir())[0]
+    shutil.copytree(exporter / "2024-06-03", exporter / "2024-06-10")
+    settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
+    seen: list[dict[str, object]] = []
+    first = run_backfill(dt.date(2024, 5, 20), dt.date(2024, 6, 23), settings, on_result=seen.append)
+    weeks = [(r["period"], r["status"]) for r in first if r["kind"] == "week"]
+    assert weeks == [
+        ("2024-05-20", "skipped"),
+        ("2024-05-27", "skipped"),
+        ("2024-06-03", "published"),
+        ("2024-06-10", "failed"),
+        ("2024-06-17", "skipped"),
+    ]
+    assert sorted(map(str, seen), key=str) == sorted(map(str, first), key=str)  # reported as they finished
+    assert first[0]["why"] == "nothing landed"
+    assert "feed late or missing" in str(first[3]["why"])
+    assert f"flows/{exporter.name}: no files for 2024-06-11, 2024-06-12" in str(first[3]["why"])
+    assert [r for r in first if r["kind"] == "month"] == []  # no month lies wholly in the range
+    summary = format_summary(first)
+    assert "failed: 1" in summary and "published: 1" in summary and "2024-06-10  failed" in summary
+    warehouse = settings.warehouse
+    run_id = read_manifest(warehouse)["tables"]["usage_summary"][str(WEEK)]["run_id"]
+    second = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings)
+    assert second == [{"kind": "week", "period": "2024-06-03", "status": "skipped", "why": "already published"}]
+    forced = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings, force=True)
     assert forced[0]["status"] == "published" and forced[0]["run_id"] != run_id
     manifest = json.loads((warehouse / MANIFEST).read_text())
     assert manifest["tables"]["usage_summary"][str(WEEK)]["run_id"] == forced[0]["run_id"]

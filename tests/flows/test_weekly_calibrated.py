@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import duckdb
@@ -9,7 +10,9 @@ import polars as pl
 import pytest
 
 from flows.calibration_check import calibration_report
+from flows.landing import directory_file
 from flows.publish import CATALOG, MANIFEST
+from flows.weekly import PUBLISHED_TABLES
 from tests.conftest import WEEK, PublishedWeek
 
 
@@ -65,14 +68,8 @@ def test_catalog_opens_read_only_and_report_views_match_the_tables(calibrated_we
 def test_manifest_lists_every_table_and_only_files_that_exist(calibrated_week: PublishedWeek) -> None:
     warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
     manifest = json.loads((warehouse / MANIFEST).read_text())
-    assert set(manifest["tables"]) == {
-        "user_day_usage",
-        "user_week_usage",
-        "usage_summary",
-        "port_usage",
-        "port_share",
-        "traffic_hour",
-    }
+    assert set(manifest["tables"]) == set(PUBLISHED_TABLES)
+    assert len(PUBLISHED_TABLES) == 8
     run_ids = {entry[str(WEEK)]["run_id"] for entry in manifest["tables"].values()}
     assert run_ids == {calibrated_week.run["run_id"]}
     for entry in manifest["tables"].values():
@@ -83,7 +80,7 @@ def test_manifest_lists_every_table_and_only_files_that_exist(calibrated_week: P
 
 def test_clear_subscriber_ids_and_phone_numbers_never_reach_the_warehouse(calibrated_week: PublishedWeek) -> None:
     directory = pl.read_csv(
-        calibrated_week.landing / "directory" / "subscribers.csv", schema_overrides={"phone_numbers": pl.String}
+        directory_file(calibrated_week.landing, dt.date.max), schema_overrides={"phone_numbers": pl.String}
     )
     secrets = set(directory["subscription_id"].to_list())
     secrets |= {p for cell in directory["phone_numbers"].drop_nulls().to_list() for p in cell.split(";") if p}

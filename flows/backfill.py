@@ -1,0 +1,155 @@
+"""Backfill: every week (and every month of interface counters) in a range, with bounded
+concurrency, skipping what is published (so a second call after Ctrl-C or a crash finishes only
+what is missing) and what has nothing landed; one result per week or month, with why."""
+
+from __future__ import annotations
+
+import calendar
+import contextvars
+import datetime as dt
+import functools
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from prefect import flow
+from prefect.context import FlowRunContext
+
+from flows import landing, monthly, publish, report
+from flows.settings import Settings, load_settings
+
+PERIOD = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
+
+
+def parse_period(text: str, last: bool = False) -> dt.date:
+    """A year, month or day ("2019", "2019-06", "2019-06-03") as its first day, or its last with `last`."""
+    match = PERIOD.match(text.strip())
+    if not match:
+        raise ValueError(f"expected YYYY, YYYY-MM or YYYY-MM-DD, got {text!r}")
+    year = int(match[1])
+    if match[3]:
+        return dt.date(year, int(match[2]), int(match[3]))
+    if match[2]:
+        month = int(match[2])
+        return dt.date(year, month, calendar.monthrange(year, month)[1] if last else 1)
+    return dt.date(year, 12, 31) if last else dt.date(year, 1, 1)
+
+
+def weeks_in(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Mondays of the Monday-Sunday weeks lying wholly in [start, end]."""
+    monday = start + dt.timedelta(days=(7 - start.weekday()) % 7)
+    weeks = []
+    while monday + dt.timedelta(days=6) <= end:
+        weeks.append(monday)
+        monday += dt.timedelta(days=7)
+    return weeks
+
+
+def months_in(start: dt.date, end: dt.date) -> list[str]:
+    """ "YYYY-MM" of the months lying wholly in [start, end]."""
+    first = start if start.day == 1 else (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    after = end + dt.timedelta(days=1)
+    last = (after.replace(day=1) - dt.timedelta(days=1)) if after.day != 1 else end
+    if first > last:
+        return []
+    return monthly.months_between(f"{first:%Y-%m}", f"{last:%Y-%m}")
+
+
+def _week_landed(settings: Settings, week: dt.date) -> bool:
+    days = [week + dt.timedelta(days=i) for i in range(7)]
+    return any(landing.day_dirs(settings.landing / "flows" / e, days) for e in landing.list_exporters(settings.landing))
+
+
+def run_backfill(
+    start: dt.date,
+    end: dt.date,
+    settings: Settings,
+    force: bool = False,
+    concurrency: int = 2,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    weeks: list[dt.date] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows (kind, period, status, run_id, why, seconds) for every week (or only `weeks`) and counter
+    month in the range: published, skipped (already published / nothing landed) or failed (why)."""
+    from flows.weekly import weekly_report
+
+    manifest = publish.read_manifest(settings.warehouse)
+    jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
+    results: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        results.append(row)
+        if on_result is not None:
+            on_result(row)
+
+    for week in weeks if weeks is not None else weeks_in(start, end):
+        if not force and publish.published_run(manifest, week) is not None:
+            done({"kind": "week", "period": str(week), "status": "skipped", "why": "already published"})
+        elif not _week_landed(settings, week):
+            done({"kind": "week", "period": str(week), "status": "skipped", "why": "nothing landed"})
+        else:
+            jobs.append(("week", str(week), functools.partial(weekly_report, week, settings, force=True)))
+    for month in months_in(start, end):
+        if not force and publish.published_run(manifest, month) is not None:
+            done({"kind": "month", "period": month, "status": "skipped", "why": "already published"})
+        elif not monthly.counter_files(settings.landing, month)[1]:
+            done({"kind": "month", "period": month, "status": "skipped", "why": "nothing landed"})
+        else:
+            jobs.append(
+                ("month", month, functools.partial(monthly.monthly_traffic_report, month, settings, force=True))
+            )
+
+    def run(kind: str, period: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            outcome = job()
+            row = {"status": "published", "run_id": outcome.get("run_id", "")}
+        except Exception as exc:  # one bad week must not stop the others; the reason is reported
+            row = {"status": "failed", "why": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        return {"kind": kind, "period": period, **row, "seconds": round(time.monotonic() - started, 1)}
+
+    if jobs and FlowRunContext.get() is None:
+        # Outside a flow run, the first flow run starts Prefect's ephemeral API; two starting it at
+        # once collide on its port, so one runs alone first.
+        done(run(*jobs.pop(0)))
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        # Each job runs in a copy of this context, so it is a subflow of the calling flow run (if any).
+        futures = [pool.submit(contextvars.copy_context().run, run, kind, period, job) for kind, period, job in jobs]
+        for future in as_completed(futures):
+            done(future.result())
+    if any(r["status"] == "published" for r in results):
+        # Concurrent runs each rebuilt the catalog; one last build shows every publication.
+        publish.build_catalog(settings.warehouse)
+        published_weeks = sorted(publish.read_manifest(settings.warehouse)["tables"].get("usage_summary", {}))
+        in_range = [w for w in published_weeks if str(start) <= w <= str(end)]
+        if in_range:
+            latest = dt.date.fromisoformat(in_range[-1])
+            report.write_report(settings.warehouse, report.build_report(settings.warehouse, latest))
+    return sorted(results, key=lambda r: (r["kind"], r["period"]))
+
+
+@flow(name="backfill")
+def backfill(
+    start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False, concurrency: int = 2
+) -> list[dict[str, Any]]:
+    """run_backfill as a Prefect flow (for the `backfill` deployment): weeks and counter months in [start, end]."""
+    return run_backfill(start, end, settings or load_settings(), force, concurrency)
+
+
+def format_summary(results: list[dict[str, Any]]) -> str:
+    """A plain-text table: counts per status and reason, then every week or month run (published or
+    failed, with why); skipped ones are only counted."""
+    counts: dict[str, int] = {}
+    for r in results:
+        label = r["status"] + (f" ({r['why']})" if r["status"] == "skipped" else "")
+        counts[label] = counts.get(label, 0) + 1
+    lines = ["  ".join(f"{label}: {n}" for label, n in sorted(counts.items()))]
+    ran = [r for r in results if r["status"] != "skipped"]
+    if ran:
+        lines.append(f"{'kind':5}  {'period':10}  {'status':9}  {'seconds':>7}  run / why")
+    for r in ran:
+        detail = r.get("run_id") or r.get("why", "")
+        lines.append(f"{r['kind']:5}  {r['period']:10}  {r['status']:9}  {r.get('seconds', 0):>7.1f}  {detail}")
+    return "\n".join(lines)
