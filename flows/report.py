@@ -252,7 +252,9 @@ def _monthly_sections(
     gaps = derive.missing_months(monthly["month"].unique().to_list())
     months = sorted(monthly["month"].unique().to_list())
     span = f"{months[0]} to {months[-1]}"
-    note = f"Published months {span}; " + (f"missing: {', '.join(gaps)}." if gaps else "none missing.")
+    note = f"Published months {span}; " + (
+        f"missing: {', '.join(derive.month_ranges(gaps))}." if gaps else "none missing."
+    )
     sections = [
         _figure_section(
             figures, "Figure 1", _monthly_figure(levels, base_note), "monthly average traffic per service", note
@@ -296,7 +298,8 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     published = sorted(dt.date.fromisoformat(w) for w in manifest["tables"].get("usage_summary", {}))
     year_before = derive.nearest_week(published, week - dt.timedelta(weeks=52))
     past_years = derive.weeks_of_past_years(published, week, 5)
-    past_year_weeks = [w for w in published if week - dt.timedelta(weeks=52) <= w <= week]
+    # Figure 2: the weeks from the one a year earlier (analysed weeks drift by days) to this one.
+    past_year_weeks = [w for w in published if (year_before or week - dt.timedelta(weeks=52)) <= w <= week]
     no_year_before = f"No week near {week - dt.timedelta(weeks=52)} is published: no comparison with a year earlier."
     figures: dict[str, bytes] = {}
     sections: list[tuple[str, str, str]] = []  # (title, html body, markdown body)
@@ -406,7 +409,9 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
             )
         publications = _query(con, "publications", week=week)
         unattributed = _query(con, "unattributed", week=week)
-        feeds = _query(con, "ingest_quality", week=week)
+        feeds = _query(con, "ingest_quality", week=week).rename(
+            {"feed_type": "feed type", "quarantined_records": "set aside", "quarantined_pct": "set aside %"}
+        )
     finally:
         con.close()
     record = manifest["runs"].get(run_id, {})
@@ -448,6 +453,7 @@ body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; 
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td:last-child:not(.n) { white-space: normal; }
 img { max-width: 100%; }
 .note { color: #666; font-size: 0.85em; }
 """

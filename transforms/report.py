@@ -92,6 +92,17 @@ def missing_months(months: list[str]) -> list[str]:
     return [m for m in (month_shift(first, i) for i in range(span + 1)) if m not in present]
 
 
+def month_ranges(months: list[str]) -> list[str]:
+    """Consecutive months as "first to last" ranges (single months alone), in order."""
+    ranges: list[list[str]] = []
+    for month in sorted(months):
+        if ranges and month_shift(ranges[-1][-1], 1) == month:
+            ranges[-1].append(month)
+        else:
+            ranges.append([month])
+    return [r[0] if len(r) == 1 else f"{r[0]} to {r[-1]} ({len(r)} months)" for r in ranges]
+
+
 def traffic_growth(levels: pl.DataFrame, month: str) -> pl.DataFrame:
     """Rows (service, direction, period, factor, annual_factor): growth of average monthly traffic
     over the year to `month`, the year before, and five years (with its annualised rate); a period

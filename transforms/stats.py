@@ -24,18 +24,25 @@ def smoothing_kernel(bin_width: float = MODE_BIN_DECADES) -> np.ndarray:
     return np.asarray(weights / weights.sum())
 
 
-def mode_of_log_volume(values_mb: np.ndarray) -> float:
-    """Mode in MB: centre of the peak bin of the smoothed log10 histogram of positive values."""
+def smoothed_log_histogram(values_mb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bin k, smoothed count) of positive values on 0.05-decade bins centred on 10^(k*0.05) MB."""
     positive = values_mb[values_mb > 0]
     if positive.size == 0:
-        return float("nan")
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     bins = np.rint(np.log10(positive) / MODE_BIN_DECADES).astype(np.int64)
     kernel = smoothing_kernel()
     pad = kernel.size // 2
     low = int(bins.min()) - pad
     counts = np.bincount(bins - low, minlength=int(bins.max()) - low + pad + 1).astype(float)
-    smoothed = np.convolve(counts, kernel, mode="same")
-    peak = int(np.argmax(smoothed)) + low
+    return np.arange(low, low + counts.size), np.convolve(counts, kernel, mode="same")
+
+
+def mode_of_log_volume(values_mb: np.ndarray) -> float:
+    """Mode in MB: centre of the peak bin of the smoothed log10 histogram of positive values."""
+    bins, smoothed = smoothed_log_histogram(values_mb)
+    if bins.size == 0:
+        return float("nan")
+    peak = int(bins[np.argmax(smoothed)])
     return float(round(10 ** (peak * MODE_BIN_DECADES), 6))
 
 

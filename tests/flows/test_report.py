@@ -14,7 +14,7 @@ from flows.report import build_report
 from tests.conftest import WEEK, PublishedWeek
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("Figure 2", "Figure 3", "Figure 4", "Figure 5", "Figure 6", "Figure 9")
+FIGURES = tuple(f"Figure {n}" for n in range(2, 12))  # Figure 1 needs published months
 
 
 def test_the_weekly_flow_renders_the_report_with_every_figure(calibrated_week: PublishedWeek) -> None:
@@ -43,9 +43,17 @@ def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek
     shares = read_published(warehouse, read_manifest(warehouse), "port_share", str(WEEK))
     https = shares.filter((pl.col("service") == "broadband") & (pl.col("category") == "TCP 443 (https)"))
     assert f"<td class='n'>{https['share_pct'][0]:,.1f}</td>" in report.html
-    # One week published: no year-earlier comparison, and the page says so.
-    note = "The week of 2023-06-05 is not published: no comparison."
-    assert note in report.html and note in report.markdown
+    # One week published: no year-earlier or five-year comparison, no months, and the page says so.
+    for note in (
+        "No week near 2023-06-05 is published: no comparison with a year earlier.",
+        "No week near 2019-06-10 is published: no five-year comparison.",
+        "No month of interface counters is published",
+    ):
+        assert note in report.html and note in report.markdown
+    # The data-quality section names every exporter with where its sampling rate came from.
+    feeds = read_published(warehouse, read_manifest(warehouse), "ingest_quality", str(WEEK))
+    for row in feeds.filter(pl.col("feed_type") == "flows").iter_rows(named=True):
+        assert row["sampling"].startswith("1:") and f"<td>{row['sampling']}</td>" in report.html
 
 
 def test_port_table_lines_up_weeks_whose_categories_differ() -> None:

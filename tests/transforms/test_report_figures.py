@@ -46,6 +46,10 @@ def test_monthly_levels_are_relative_to_january_2020_out_or_the_earliest_month()
     assert value[("mobile", "out", "2021-03")] == 1.0 and value[("mobile", "out", "2021-04")] == 1.25
     assert note == "broadband: OUT of 2020-01 = 1; mobile: OUT of 2021-03 = 1"
     assert derive.missing_months(["2019-11", "2020-02", "2019-12"]) == ["2020-01"]
+    assert derive.month_ranges(["2020-01", "2019-11", "2019-12", "2020-05"]) == [
+        "2019-11 to 2020-01 (3 months)",
+        "2020-05",
+    ]
 
 
 def test_traffic_growth_over_one_year_the_year_before_and_five_years() -> None:
