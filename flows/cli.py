@@ -178,6 +178,59 @@ def cmd_lookback_demo(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deployment import serve_deployments
+
+    if not PREFECT_API_URL.value():
+        print(
+            "trafficreport serve needs a persistent Prefect server: the ephemeral one runs flows but never "
+            "schedules them. Start one (`prefect server start`) and set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api); see deploy/README.md.",
+            file=sys.stderr,
+        )
+        return 2
+    parameters = {
+        "landing_zone": args.landing,
+        "warehouse": args.warehouse,
+        "staging": str(args.staging) if args.staging else None,
+        "config": str(args.config.resolve()) if args.config else None,
+        "feed_retries": args.feed_retries,
+        "feed_retry_delay_seconds": args.feed_retry_delay,
+    }
+    serve_deployments(parameters)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flows.publish import read_manifest
+
+    settings = _settings(args)
+    manifest = read_manifest(settings.warehouse)
+    periods: dict[str, str] = {}
+    for parts in manifest["tables"].values():
+        for period, entry in parts.items():
+            periods[period] = str(entry["run_id"])
+    if not periods:
+        print(f"{settings.warehouse}: nothing published")
+        return 0
+    print(f"{'week / month':12}  {'audit':24}  {'published at':25}  {'tables':>6}  {'older runs':>10}  run")
+    for period, run_id in sorted(periods.items()):
+        record = manifest["runs"].get(run_id, {})
+        audit = (
+            "passed"
+            if record.get("audit_passed")
+            else f"FAILED, accepted ({len(record.get('failed_checks', []))})"
+            if record.get("accepted_failed_audit")
+            else "?"
+        )
+        tables = sum(1 for parts in manifest["tables"].values() if period in parts)
+        kept = len(manifest["retained"].get(period, []))
+        print(f"{period:12}  {audit:24}  {record.get('published_at', '?'):25}  {tables:>6}  {kept:>10}  {run_id}")
+    return 0
+
+
 def cmd_check_calibration(args: argparse.Namespace) -> int:
     from flows.calibration_check import calibration_report, format_report
 
@@ -336,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phones", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=2)
     p.set_defaults(func=cmd_lookback_demo)
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve the scheduled deployments (needs PREFECT_API_URL of a Prefect server)"
+    )
+    p.add_argument("--feed-retries", type=int, default=12, help="times a late feed is waited for (default 12)")
+    p.add_argument("--feed-retry-delay", type=float, default=3600.0, help="seconds between (default 3600)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", parents=[common], help="published weeks and months, their audit and run")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("check-calibration", parents=[common], help="target vs ground truth vs published")
     p.add_argument("--week", type=_date, help="a generated week (default: the latest in the landing zone)")

@@ -14,7 +14,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import publish, storage
+from flows import locks, publish, storage
 from flows.landing import MissingFeed
 from flows.settings import Settings, load_settings
 from flows.storage import AnyPath
@@ -93,6 +93,11 @@ def ingest_counters(settings: Settings, month: str) -> tuple[pl.DataFrame, pl.Da
 def monthly_traffic_report(month: str, settings: Settings | None = None, force: bool = True) -> dict[str, Any]:
     """Publishes one month's average traffic per service and direction from interface counters."""
     settings = settings or load_settings()
+    with locks.one_run_at_a_time(month):
+        return _run_month(month, settings, force)
+
+
+def _run_month(month: str, settings: Settings, force: bool) -> dict[str, Any]:
     logger = get_run_logger()
     from expectations.audit import counter_checks, validate_tables
 
@@ -179,3 +184,28 @@ def write_counters(polls: pl.DataFrame, out: AnyPath, timezone: str) -> dict[str
     polls.select("device", "interface", "service").unique(maintain_order=True).write_csv(buffer)
     storage.write_bytes(out / "counters" / INVENTORY, buffer.getvalue())
     return {"counter_files": files, "polls": polls.height}
+
+
+@flow(name="scheduled_monthly_traffic")
+def scheduled_monthly_traffic(
+    today: dt.date | None = None,
+    landing_zone: str | None = None,
+    warehouse: str | None = None,
+    staging: str | None = None,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """monthly_traffic_report of the month before `today` (default: the day the run was scheduled
+    for, local time)."""
+    from pathlib import Path
+
+    from prefect.runtime import flow_run
+
+    settings = load_settings(
+        Path(config) if config else None, landing=landing_zone, warehouse=warehouse, staging=staging
+    )
+    if today is None:
+        scheduled = flow_run.scheduled_start_time
+        moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
+        today = moment.astimezone(ZoneInfo(settings.timezone)).date()
+    previous = today.replace(day=1) - dt.timedelta(days=1)
+    return monthly_traffic_report(f"{previous:%Y-%m}", settings)

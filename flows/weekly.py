@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import failpoints, landing, publish, report, storage
+from flows import failpoints, landing, locks, publish, report, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
@@ -456,16 +456,50 @@ def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: d
     return "\n".join(lines) + "\n"
 
 
+def _retry_only_missing_feeds(task: Any, task_run: Any, state: Any) -> bool:
+    """A late feed is worth waiting for; any other failure is not."""
+    return isinstance(state.result(raise_on_failure=False), landing.MissingFeed)
+
+
+@task(cache_policy=NO_CACHE, retry_condition_fn=_retry_only_missing_feeds)
+def wait_for_complete_feeds(settings: Settings, window: WeekWindow) -> list[str]:
+    """The exporters of the landing zone, once every one has flow files for every day of the week
+    and RADIUS has some (MissingFeed otherwise: retried when the run allows retries)."""
+    exporters = landing.list_exporters(settings.landing)
+    if not exporters:
+        raise landing.MissingFeed(f"{settings.landing / 'flows'}: no exporter folders: nothing to report yet")
+    landing.check_feeds(settings.landing, exporters, window.days)
+    return exporters
+
+
 @flow(name="weekly_report", log_prints=True)
 def weekly_report(
-    week: dt.date, settings: Settings | None = None, force: bool = True, accept_failed_audit: bool = False
+    week: dt.date,
+    settings: Settings | None = None,
+    force: bool = True,
+    accept_failed_audit: bool = False,
+    feed_retries: int = 0,
+    feed_retry_delay_seconds: float = 3600.0,
 ) -> dict[str, Any]:
     """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary.
-    A failed audit publishes nothing unless `accept_failed_audit`, which the manifest records."""
+    A failed audit publishes nothing unless `accept_failed_audit`, which the manifest records. A
+    late feed is waited for `feed_retries` times, `feed_retry_delay_seconds` apart, then fails."""
     settings = settings or load_settings()
-    logger = get_run_logger()
     if week.weekday() != 0:
         raise ValueError(f"week must start on a Monday, got {week} ({week:%A})")
+    with locks.one_run_at_a_time(week):
+        return _run_week(week, settings, force, accept_failed_audit, feed_retries, feed_retry_delay_seconds)
+
+
+def _run_week(
+    week: dt.date,
+    settings: Settings,
+    force: bool,
+    accept_failed_audit: bool,
+    feed_retries: int,
+    feed_retry_delay_seconds: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     window = WeekWindow(week, settings.timezone)
     base_run = publish.published_run(publish.read_manifest(settings.warehouse), week)
     if not force and base_run is not None:
@@ -474,10 +508,9 @@ def weekly_report(
     run_id = new_run_id()
     stage = settings.staging / run_id
     started = time.monotonic()
-    exporters = landing.list_exporters(settings.landing)
-    if not exporters:
-        raise FileNotFoundError(f"{settings.landing / 'flows'}: no exporter folders: nothing to report")
-    landing.check_feeds(settings.landing, exporters, window.days)
+    exporters = wait_for_complete_feeds.with_options(
+        retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
+    )(settings, window)
     assignment_future = build_assignments.submit(settings, window, stage)
     flow_futures = [ingest_flows_of_exporter.submit(settings, window, e, stage) for e in exporters]
     flow_info = [f.result() for f in flow_futures]
@@ -553,9 +586,33 @@ class AuditFailed(RuntimeError):
 
 
 @flow(name="scheduled_weekly_report")
-def scheduled_weekly_report(today: dt.date | None = None) -> dict[str, Any]:
-    """The weekly_report of the last complete Monday-Sunday week before `today` (default: now, local)."""
-    settings = load_settings()
-    today = today or dt.datetime.now(ZoneInfo(settings.timezone)).date()
+def scheduled_weekly_report(
+    today: dt.date | None = None,
+    landing_zone: str | None = None,
+    warehouse: str | None = None,
+    staging: str | None = None,
+    config: str | None = None,
+    exporter_services: dict[str, str] | None = None,
+    feed_retries: int = 12,
+    feed_retry_delay_seconds: float = 3600.0,
+) -> dict[str, Any]:
+    """The weekly_report of the last complete Monday-Sunday week before `today` (default: the day
+    the run was scheduled for, local time, so a late or retried run still reports the same week).
+    `exporter_services` maps exporter name patterns to broadband / mobile."""
+    from prefect.runtime import flow_run
+
+    settings = load_settings(
+        Path(config) if config else None,
+        landing=landing_zone,
+        warehouse=warehouse,
+        staging=staging,
+        exporter_services=exporter_services,
+    )
+    if today is None:
+        scheduled = flow_run.scheduled_start_time
+        moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
+        today = moment.astimezone(ZoneInfo(settings.timezone)).date()
     last_monday = today - dt.timedelta(days=today.weekday() + 7)
-    return weekly_report(last_monday, settings)
+    return weekly_report(
+        last_monday, settings, feed_retries=feed_retries, feed_retry_delay_seconds=feed_retry_delay_seconds
+    )
