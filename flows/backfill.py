@@ -73,7 +73,7 @@ def run_backfill(
 ) -> list[dict[str, Any]]:
     """Rows (kind, period, status, run_id, why, seconds) for every week (or only `weeks`) and counter
     month in the range: published, skipped (already published / nothing landed) or failed (why)."""
-    from flows.weekly import weekly_report
+    from flows.weekly import weekly_report_runner
 
     manifest = publish.read_manifest(settings.warehouse)
     jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
@@ -90,7 +90,9 @@ def run_backfill(
         elif not _week_landed(settings, week):
             done({"kind": "week", "period": str(week), "status": "skipped", "why": "nothing landed"})
         else:
-            jobs.append(("week", str(week), functools.partial(weekly_report, week, settings, force=True)))
+            jobs.append(
+                ("week", str(week), functools.partial(weekly_report_runner(settings), week, settings, force=True))
+            )
     for month in months_in(start, end):
         if not force and publish.published_run(manifest, month) is not None:
             done({"kind": "month", "period": month, "status": "skipped", "why": "already published"})

@@ -50,6 +50,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         landing=getattr(args, "landing", None),
         warehouse=getattr(args, "warehouse", None),
         staging=getattr(args, "staging", None),
+        dask_address=getattr(args, "dask", None),
     )
 
 
@@ -63,10 +64,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_weekly(args: argparse.Namespace) -> int:
-    from flows.weekly import weekly_report
+    from flows.weekly import weekly_report_runner
 
     settings = _settings(args)
-    run = weekly_report(
+    run = weekly_report_runner(settings)(
         args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
     )
     if run.get("published"):
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
     common.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
     common.add_argument("--staging", type=Path, help="staging area (default data/staging)")
+    common.add_argument(
+        "--dask", metavar="tcp://HOST:8786", help="run the per-exporter tasks on this Dask scheduler's workers"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write a synthetic week to a landing zone")

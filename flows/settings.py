@@ -59,6 +59,9 @@ class Settings:
     max_unreconciled_share: float = 0.02
     # Publications of a week kept (the current one included); older runs' files are removed.
     keep_runs: int = 3
+    # A Dask scheduler (tcp://host:8786) to run the per-exporter tasks on; None runs them locally.
+    # Its workers must reach the landing zone, warehouse and staging folder, and the Prefect API.
+    dask_address: str | None = None
     # A month's interface counters must cover this share of it on every interface to be published.
     min_counter_coverage: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +133,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         "quarantine_dir",
         "nfdump_timezone",
         "hmac_key_secret",
+        "dask_address",
     ):
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env:

@@ -55,6 +55,42 @@ class WeekWindow:
         )
 
 
+class StageLog:
+    """Per-stage timings of a run: one structured (key=value) log line per stage, and rows for
+    the run summary."""
+
+    def __init__(self, logger: Any, run_id: str, week: dt.date) -> None:
+        self.logger, self.run_id, self.week = logger, run_id, week
+        self.rows: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+
+    def done(self, stage: str, rows: int | None = None, bytes_: int | None = None) -> None:
+        now = time.monotonic()
+        row = {"stage": stage, "rows": rows, "bytes": bytes_, "seconds": round(now - self._last, 2)}
+        self.rows.append(row)
+        self._last = now
+        self.logger.info(
+            "run=%s week=%s stage=%s rows=%s bytes=%s seconds=%.2f",
+            self.run_id,
+            self.week,
+            stage,
+            rows if rows is not None else "-",
+            bytes_ if bytes_ is not None else "-",
+            row["seconds"],
+        )
+
+
+def _transfer(task_name: str, key: str, arguments: Any, result: Any) -> dict[str, Any]:
+    import cloudpickle
+
+    return {
+        "task": task_name,
+        "key": key,
+        "bytes_in": len(cloudpickle.dumps(arguments)),
+        "bytes_out": len(cloudpickle.dumps(result)),
+    }
+
+
 def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
@@ -439,7 +475,14 @@ def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: d
         ):
             lines.append(f"| {row['category']} | {row['share_pct']:.1f} |")
         lines.append("")
+    lines += ["## Stages", "", "| stage | rows | bytes | seconds |", "|---|---:|---:|---:|"]
+    for row in run.get("stages", []):
+        lines.append(f"| {row['stage']} | {row['rows'] or ''} | {row['bytes'] or ''} | {row['seconds']} |")
+    lines += ["", "## Bytes between the flow and its tasks", "", "| task | of | in | out |", "|---|---|---:|---:|"]
+    for row in run.get("transfers", []):
+        lines.append(f"| {row['task']} | {row['key']} | {row['bytes_in']:,} | {row['bytes_out']:,} |")
     lines += [
+        "",
         "## Ingest",
         "",
         "```",
@@ -508,29 +551,45 @@ def _run_week(
     run_id = new_run_id()
     stage = settings.staging / run_id
     started = time.monotonic()
+    stages = StageLog(logger, run_id, week)
     exporters = wait_for_complete_feeds.with_options(
         retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
     )(settings, window)
-    assignment_future = build_assignments.submit(settings, window, stage)
-    flow_futures = [ingest_flows_of_exporter.submit(settings, window, e, stage) for e in exporters]
+    stages.done("feeds", rows=len(exporters))
+    assignment_args = (settings, window, stage)
+    assignment_future = build_assignments.submit(*assignment_args)
+    ingest_args = [(settings, window, e, stage) for e in exporters]
+    flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
     flow_info = [f.result() for f in flow_futures]
     assignment_info = assignment_future.result()
-    partials = [
-        attribute_exporter.submit(
-            settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage
-        )
+    stages.done(
+        "ingest",
+        rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
+        bytes_=sum(int(i["input_bytes"]) for i in flow_info),
+    )
+    attribute_args = [
+        (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
         for info in flow_info
     ]
+    partials = [attribute_exporter.submit(*args) for args in attribute_args]
     partial_paths = [p.result() for p in partials]
+    stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
+    # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
+    # and results only, paths and counts, never the flows themselves.
+    transfers = (
+        [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
+        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
+        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
+    )
     flow_days = read_flow_user_days(partial_paths)
     tables = combine_tables(window, stage, partial_paths, flow_days)
     tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
-    ingest = {
-        "exporters": flow_info,
-        "radius": assignment_info,
-        "reconciliation": reconcile_with_radius(stage, flow_days, settings),
-    }
+    stages.done("combine", rows=sum(t.height for t in tables.values()))
+    reconciliation = reconcile_with_radius(stage, flow_days, settings)
+    ingest: dict[str, Any] = {"exporters": flow_info, "radius": assignment_info, "reconciliation": reconciliation}
+    stages.done("reconcile", rows=int(reconciliation["users_compared"]))
     audit = audit_tables(tables, ingest, settings, stage)
+    stages.done("audit", rows=len(audit["checks"]))
     failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
     run: dict[str, Any] = {
         "run_id": run_id,
@@ -541,6 +600,8 @@ def _run_week(
         "ingest": ingest,
         "published": False,
         "seconds": 0.0,
+        "stages": stages.rows,
+        "transfers": transfers,
     }
     failpoints.reach("weekly:audited")
     if audit["success"] or accept_failed_audit:
@@ -556,8 +617,10 @@ def _run_week(
         publish.build_catalog(settings.warehouse)
         failpoints.reach("weekly:catalog-built")
         run["published"] = True
+        stages.done("publish", rows=sum(t.height for t in tables.values()))
         rendered = report.build_report(settings.warehouse, week)
         run["report"] = str(report.write_report(settings.warehouse, rendered))
+        stages.done("report", bytes_=len(rendered.html))
         if failed:
             logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
     if failed:
@@ -579,6 +642,17 @@ def _run_week(
     create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
     logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
     return run
+
+
+def weekly_report_runner(settings: Settings) -> Any:
+    """weekly_report, on the Dask cluster at `settings.dask_address` when one is configured (its
+    per-exporter tasks then run on the cluster's workers), else on local threads."""
+    if not settings.dask_address:
+        return weekly_report
+    from prefect_dask import DaskTaskRunner
+
+    runner: Any = DaskTaskRunner(address=settings.dask_address)
+    return weekly_report.with_options(task_runner=runner)
 
 
 class AuditFailed(RuntimeError):
@@ -613,6 +687,6 @@ def scheduled_weekly_report(
         moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
         today = moment.astimezone(ZoneInfo(settings.timezone)).date()
     last_monday = today - dt.timedelta(days=today.weekday() + 7)
-    return weekly_report(
+    return weekly_report_runner(settings)(
         last_monday, settings, feed_retries=feed_retries, feed_retry_delay_seconds=feed_retry_delay_seconds
     )
