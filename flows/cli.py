@@ -1,12 +1,14 @@
-"""`trafficreport` command line: generate, weekly, backfill, demo, check-calibration, query, shell."""
+"""`trafficreport` command line: weekly, monthly, backfill, serve, status, report, demos, queries."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +65,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _progress_bars() -> Iterator[None]:
+    """Bars for ingest (files) and attribution (flow rows) per exporter while a run works here."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows import progress as hooks
+
+    bars: dict[tuple[str, str], Any] = {}
+    with Progress(TextColumn("{task.description:32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as view:
+
+        def update(stage: str, key: str, done: int, total: int) -> None:
+            if (stage, key) not in bars:
+                unit = "files" if stage == "ingest" else "flows"
+                bars[(stage, key)] = view.add_task(f"{stage} {key} ({unit})", total=total)
+            view.update(bars[(stage, key)], completed=done, total=total)
+
+        with hooks.listening(update):
+            yield
+
+
 def cmd_weekly(args: argparse.Namespace) -> int:
     from flows.weekly import weekly_report_runner
 
     settings = _settings(args)
-    run = weekly_report_runner(settings)(
-        args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
-    )
+    with _progress_bars():
+        run = weekly_report_runner(settings)(
+            args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
+        )
     if run.get("published"):
         _print_tables(settings.warehouse, args.week)
     return 0
@@ -116,9 +139,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if DEMO_WEEK not in generated_weeks(settings.landing):
         counts = generate_to(settings.landing, DEMO_WEEK, broadband_users=args.users, mobile_phones=args.phones)
         print(f"generated demo week {DEMO_WEEK} in {time.monotonic() - started:.1f} s: {counts}")
-    from flows.weekly import weekly_report
+    from flows.weekly import weekly_report_runner
 
-    weekly_report(DEMO_WEEK, settings)
+    with _progress_bars():
+        weekly_report_runner(settings)(DEMO_WEEK, settings)
     _print_tables(settings.warehouse, DEMO_WEEK)
     print(f"\ncatalog: {settings.warehouse / 'catalog.duckdb'}  (open with duckdb.connect(path, read_only=True))")
     print(f"demo finished in {time.monotonic() - started:.1f} s")

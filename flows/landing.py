@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from flows import progress
 from flows.storage import AnyPath, entries
 from transforms._records import FLOW_SCHEMA, ExporterState
 from transforms.errors import InputFormatError
@@ -140,43 +141,44 @@ def ingest_exporter(
     in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
     raw_parts: list[Path] = []
     seen: set[str] = set()
-    for folder in day_dirs(landing / "flows" / exporter, days):
-        for path in entries(folder):
-            if not path.is_file() or path.name.startswith("."):
-                continue
+    candidates = [path for folder in day_dirs(landing / "flows" / exporter, days) for path in entries(folder)]
+    for done, path in enumerate(candidates, start=1):
+        progress.report("ingest", exporter, done, len(candidates))
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            data = read_bytes(path)
+        except InputFormatError as exc:
+            problems.append(_problem_row(exc))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            result.duplicate_files += 1
+            continue
+        seen.add(digest)
+        result.files.append(str(path))
+        result.input_bytes += len(data)
+        if is_nfdump_csv(data):
             try:
-                data = read_bytes(path)
+                flows, csv_problems = decode_nfdump_csv(data, exporter, str(path), nfdump_timezone)
             except InputFormatError as exc:
-                problems.append(_problem_row(exc))
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
-                result.duplicate_files += 1
-                continue
-            seen.add(digest)
-            result.files.append(str(path))
-            result.input_bytes += len(data)
-            if is_nfdump_csv(data):
-                try:
-                    flows, csv_problems = decode_nfdump_csv(data, exporter, str(path), nfdump_timezone)
-                except InputFormatError as exc:
-                    flows, csv_problems = pl.DataFrame(schema=FLOW_SCHEMA), [exc]
-                problems.extend(_problem_row(p, 1) for p in csv_problems)
-                result.formats["nfdump_csv"] = result.formats.get("nfdump_csv", 0) + 1
-            else:
-                decoded = decode_flow_file(data, exporter, str(path), state)
-                flows = decoded.flows
-                result.messages += decoded.messages
-                result.lost_records += decoded.lost_records
-                result.lost_datagrams += decoded.lost_datagrams
-                for kind, count in decoded.formats.items():
-                    result.formats[kind] = result.formats.get(kind, 0) + count
-                problems.extend(_problem_row(p) for p in decoded.problems)
-            del data
-            result.outside_window += flows.filter(~in_window).height
-            raw = stage / f"raw-{len(raw_parts):05d}.parquet"
-            flows.filter(in_window).write_parquet(raw)
-            raw_parts.append(raw)
+                flows, csv_problems = pl.DataFrame(schema=FLOW_SCHEMA), [exc]
+            problems.extend(_problem_row(p, 1) for p in csv_problems)
+            result.formats["nfdump_csv"] = result.formats.get("nfdump_csv", 0) + 1
+        else:
+            decoded = decode_flow_file(data, exporter, str(path), state)
+            flows = decoded.flows
+            result.messages += decoded.messages
+            result.lost_records += decoded.lost_records
+            result.lost_datagrams += decoded.lost_datagrams
+            for kind, count in decoded.formats.items():
+                result.formats[kind] = result.formats.get(kind, 0) + count
+            problems.extend(_problem_row(p) for p in decoded.problems)
+        del data
+        result.outside_window += flows.filter(~in_window).height
+        raw = stage / f"raw-{len(raw_parts):05d}.parquet"
+        flows.filter(in_window).write_parquet(raw)
+        raw_parts.append(raw)
     save_exporter_state(state_dir, exporter, state)
     announcements = announcements_frame(state.sampling)
     unknown_records = unknown_bytes = 0

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import failpoints, landing, locks, publish, report, storage
+from flows import failpoints, landing, locks, progress, publish, report, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
@@ -235,8 +235,9 @@ def attribute_exporter(
     totals = attribution.Totals.empty(lookup)
     with ThreadPoolExecutor(max_workers=2) as pool:
         # Chunks are folded in as they finish, so only the ones in flight are held.
-        for part in pool.map(chunk_totals, range(0, rows, CHUNK_ROWS)):
+        for index, part in enumerate(pool.map(chunk_totals, range(0, rows, CHUNK_ROWS)), start=1):
             attribution.accumulate(totals, part)
+            progress.report("attribute", exporter, min(index * CHUNK_ROWS, rows), rows)
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
     user_day = (
         attribution.user_day_volumes(lookup, totals)

@@ -132,3 +132,22 @@ def test_serve_registers_the_weekly_schedule_and_a_triggered_run_publishes_the_w
         serve.terminate()
         serve.wait(timeout=60)
         log.close()
+
+
+def test_the_work_pool_deployments_match_the_served_ones() -> None:
+    import importlib
+
+    import yaml
+
+    from flows.deployment import MONTHLY_CRON, TIMEZONE, WEEKLY_CRON
+
+    spec = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"weekly", "monthly", "backfill"}
+    assert deployments["weekly"]["schedules"] == [{"cron": WEEKLY_CRON, "timezone": TIMEZONE}]
+    assert deployments["monthly"]["schedules"] == [{"cron": MONTHLY_CRON, "timezone": TIMEZONE}]
+    for deployment in deployments.values():
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        # Every parameter the file sets is one the flow takes.
+        assert set(deployment.get("parameters", {})) <= set(flow.parameters.properties), deployment["name"]
