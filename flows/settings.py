@@ -59,6 +59,9 @@ class Settings:
     max_unreconciled_share: float = 0.02
     # Publications of a week kept (the current one included); older runs' files are removed.
     keep_runs: int = 3
+    # Hold a Prefect global concurrency slot per week (or month) while running it. A run killed
+    # outright keeps its slot until the slot's lease expires (5 minutes).
+    one_run_per_week: bool = True
     # A Dask scheduler (tcp://host:8786) to run the per-exporter tasks on; None runs them locally.
     # Its workers must reach the landing zone, warehouse and staging folder, and the Prefect API.
     dask_address: str | None = None
@@ -134,6 +137,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         "nfdump_timezone",
         "hmac_key_secret",
         "dask_address",
+        "one_run_per_week",
     ):
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env:
@@ -142,6 +146,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     for name in ("landing", "warehouse"):
         if name in values:
             values[name] = storage_path(values[name])
+    if isinstance(values.get("one_run_per_week"), str):
+        values["one_run_per_week"] = values["one_run_per_week"].strip().lower() not in ("0", "false", "no", "off")
     for name in ("staging", "hmac_key_file", "state_dir", "quarantine_dir"):
         if name in values:
             values[name] = Path(values[name])

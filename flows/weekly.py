@@ -531,7 +531,7 @@ def weekly_report(
     settings = settings or load_settings()
     if week.weekday() != 0:
         raise ValueError(f"week must start on a Monday, got {week} ({week:%A})")
-    with locks.one_run_at_a_time(week):
+    with locks.one_run_at_a_time(week, settings.one_run_per_week):
         return _run_week(week, settings, force, accept_failed_audit, feed_retries, feed_retry_delay_seconds)
 
 
