@@ -62,6 +62,8 @@ class Settings:
     # Hold a Prefect global concurrency slot per week (or month) while running it. A run killed
     # outright keeps its slot until the slot's lease expires (5 minutes).
     one_run_per_week: bool = True
+    # Keep a run's staging folder (decoded flows, partial aggregates) after it ends, for debugging.
+    keep_staging: bool = False
     # A Dask scheduler (tcp://host:8786) to run the per-exporter tasks on; None runs them locally.
     # Its workers must reach the landing zone, warehouse and staging folder, and the Prefect API.
     dask_address: str | None = None
@@ -138,6 +140,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         "hmac_key_secret",
         "dask_address",
         "one_run_per_week",
+        "keep_staging",
     ):
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env:
@@ -146,8 +149,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     for name in ("landing", "warehouse"):
         if name in values:
             values[name] = storage_path(values[name])
-    if isinstance(values.get("one_run_per_week"), str):
-        values["one_run_per_week"] = values["one_run_per_week"].strip().lower() not in ("0", "false", "no", "off")
+    for name in ("one_run_per_week", "keep_staging"):
+        if isinstance(values.get(name), str):
+            values[name] = values[name].strip().lower() not in ("0", "false", "no", "off")
     for name in ("staging", "hmac_key_file", "state_dir", "quarantine_dir"):
         if name in values:
             values[name] = Path(values[name])

@@ -551,98 +551,104 @@ def _run_week(
         return {"week": str(week), "published": False, "skipped": True}
     run_id = new_run_id()
     stage = settings.staging / run_id
-    started = time.monotonic()
-    stages = StageLog(logger, run_id, week)
-    exporters = wait_for_complete_feeds.with_options(
-        retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
-    )(settings, window)
-    stages.done("feeds", rows=len(exporters))
-    assignment_args = (settings, window, stage)
-    assignment_future = build_assignments.submit(*assignment_args)
-    ingest_args = [(settings, window, e, stage) for e in exporters]
-    flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
-    flow_info = [f.result() for f in flow_futures]
-    assignment_info = assignment_future.result()
-    stages.done(
-        "ingest",
-        rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
-        bytes_=sum(int(i["input_bytes"]) for i in flow_info),
-    )
-    attribute_args = [
-        (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
-        for info in flow_info
-    ]
-    partials = [attribute_exporter.submit(*args) for args in attribute_args]
-    partial_paths = [p.result() for p in partials]
-    stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
-    # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
-    # and results only, paths and counts, never the flows themselves.
-    transfers = (
-        [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
-        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
-        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
-    )
-    flow_days = read_flow_user_days(partial_paths)
-    tables = combine_tables(window, stage, partial_paths, flow_days)
-    tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
-    stages.done("combine", rows=sum(t.height for t in tables.values()))
-    reconciliation = reconcile_with_radius(stage, flow_days, settings)
-    ingest: dict[str, Any] = {"exporters": flow_info, "radius": assignment_info, "reconciliation": reconciliation}
-    stages.done("reconcile", rows=int(reconciliation["users_compared"]))
-    audit = audit_tables(tables, ingest, settings, stage)
-    stages.done("audit", rows=len(audit["checks"]))
-    failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
-    run: dict[str, Any] = {
-        "run_id": run_id,
-        "week": str(week),
-        "audit_passed": audit["success"],
-        "accepted_failed_audit": bool(failed) and accept_failed_audit,
-        "audit": audit,
-        "ingest": ingest,
-        "published": False,
-        "seconds": 0.0,
-        "stages": stages.rows,
-        "transfers": transfers,
-    }
-    failpoints.reach("weekly:audited")
-    if audit["success"] or accept_failed_audit:
-        record = {
+    try:
+        started = time.monotonic()
+        stages = StageLog(logger, run_id, week)
+        exporters = wait_for_complete_feeds.with_options(
+            retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
+        )(settings, window)
+        stages.done("feeds", rows=len(exporters))
+        assignment_args = (settings, window, stage)
+        assignment_future = build_assignments.submit(*assignment_args)
+        ingest_args = [(settings, window, e, stage) for e in exporters]
+        flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
+        flow_info = [f.result() for f in flow_futures]
+        assignment_info = assignment_future.result()
+        stages.done(
+            "ingest",
+            rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
+            bytes_=sum(int(i["input_bytes"]) for i in flow_info),
+        )
+        attribute_args = [
+            (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
+            for info in flow_info
+        ]
+        partials = [attribute_exporter.submit(*args) for args in attribute_args]
+        partial_paths = [p.result() for p in partials]
+        stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
+        # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
+        # and results only, paths and counts, never the flows themselves.
+        transfers = (
+            [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
+            + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
+            + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
+        )
+        flow_days = read_flow_user_days(partial_paths)
+        tables = combine_tables(window, stage, partial_paths, flow_days)
+        tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
+        stages.done("combine", rows=sum(t.height for t in tables.values()))
+        reconciliation = reconcile_with_radius(stage, flow_days, settings)
+        ingest: dict[str, Any] = {"exporters": flow_info, "radius": assignment_info, "reconciliation": reconciliation}
+        stages.done("reconcile", rows=int(reconciliation["users_compared"]))
+        audit = audit_tables(tables, ingest, settings, stage)
+        stages.done("audit", rows=len(audit["checks"]))
+        failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
+        run: dict[str, Any] = {
+            "run_id": run_id,
+            "week": str(week),
             "audit_passed": audit["success"],
-            "accepted_failed_audit": run["accepted_failed_audit"],
-            "failed_checks": failed,
-            "replaced_run": base_run,
+            "accepted_failed_audit": bool(failed) and accept_failed_audit,
+            "audit": audit,
+            "ingest": ingest,
+            "published": False,
+            "seconds": 0.0,
+            "stages": stages.rows,
+            "transfers": transfers,
         }
-        run["removed_runs"] = publish.publish_week(
-            settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
-        )
-        publish.build_catalog(settings.warehouse)
-        failpoints.reach("weekly:catalog-built")
-        run["published"] = True
-        stages.done("publish", rows=sum(t.height for t in tables.values()))
-        rendered = report.build_report(settings.warehouse, week)
-        run["report"] = str(report.write_report(settings.warehouse, rendered))
-        stages.done("report", bytes_=len(rendered.html))
+        failpoints.reach("weekly:audited")
+        if audit["success"] or accept_failed_audit:
+            record = {
+                "audit_passed": audit["success"],
+                "accepted_failed_audit": run["accepted_failed_audit"],
+                "failed_checks": failed,
+                "replaced_run": base_run,
+            }
+            run["removed_runs"] = publish.publish_week(
+                settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
+            )
+            publish.build_catalog(settings.warehouse)
+            failpoints.reach("weekly:catalog-built")
+            run["published"] = True
+            stages.done("publish", rows=sum(t.height for t in tables.values()))
+            rendered = report.build_report(settings.warehouse, week)
+            run["report"] = str(report.write_report(settings.warehouse, rendered))
+            stages.done("report", bytes_=len(rendered.html))
+            if failed:
+                logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
         if failed:
-            logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
-    if failed:
-        # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
-        docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
-        storage.put_tree(stage / "data_docs", docs)
-        run["data_docs"] = f"{docs}/index.html"
-    run["seconds"] = round(time.monotonic() - started, 1)
-    summary = markdown_summary(window, tables, run)
-    summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
-    storage.write_bytes(summary_path, summary.encode())
-    create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
-    if not run["published"]:
-        raise AuditFailed(
-            f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
-            + "; ".join(failed[:8])
-            + f"; report: {summary_path}, data docs: {run['data_docs']}"
-        )
-    create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
-    logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
-    return run
+            # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
+            docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
+            storage.put_tree(stage / "data_docs", docs)
+            run["data_docs"] = f"{docs}/index.html"
+        run["seconds"] = round(time.monotonic() - started, 1)
+        summary = markdown_summary(window, tables, run)
+        summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
+        storage.write_bytes(summary_path, summary.encode())
+        create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
+        if not run["published"]:
+            raise AuditFailed(
+                f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
+                + "; ".join(failed[:8])
+                + f"; report: {summary_path}, data docs: {run['data_docs']}"
+            )
+        create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
+        logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
+        return run
+    finally:
+        if not settings.keep_staging:
+            # Decoded flows and partials of the run: large, and every table they fed is published
+            # (or the run failed and its summary and Data Docs are in the warehouse).
+            storage.remove_tree(stage)
 
 
 def weekly_report_runner(settings: Settings) -> Any:

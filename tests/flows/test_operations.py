@@ -51,6 +51,7 @@ def test_a_late_feed_is_waited_for_and_the_week_published_once_it_lands(
     assert state.is_completed() and time.monotonic() - started > 3
     assert _task_run_counts(state)["wait_for_complete_feeds"] >= 2  # failed at least once, then passed
     assert str(WEEK) in read_manifest(settings.warehouse)["tables"]["usage_summary"]
+    assert list(settings.staging.iterdir()) == []  # the run's decoded flows and partials are gone
 
 
 def test_a_feed_still_missing_after_the_retries_fails_the_run_and_publishes_nothing(

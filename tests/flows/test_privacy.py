@@ -85,7 +85,8 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     assert _leaks({"directory": _tokens_of(directory_file(small_landing, dt.date.max))}, identities)
     logging.getLogger("prefect").setLevel(logging.DEBUG)
     caplog.set_level(logging.DEBUG)
-    state = weekly_report(WEEK, small_settings, return_state=True)
+    # Keep the run's staging folder (decoded flows, partials) so its files are scanned too.
+    state = weekly_report(WEEK, dataclasses.replace(small_settings, keep_staging=True), return_state=True)  # type: ignore[type-var]
     run = state.result()
     assert run["published"]
     root = Path(small_settings.staging).parent  # type: ignore[attr-defined]
