@@ -71,3 +71,15 @@ def test_cli_query_binds_parameters_and_the_catalog_is_read_only(
     assert "shape: (3, 4)" in printed
     with pytest.raises(duckdb.Error, match="read-only"):
         main(["query", "--warehouse", warehouse, "delete from usage_summary"])
+
+
+def test_status_lists_the_published_week_with_its_audit_and_run(
+    calibrated_week: PublishedWeek, capsys: pytest.CaptureFixture[str]
+) -> None:
+    warehouse = str(calibrated_week.settings.warehouse)  # type: ignore[attr-defined]
+    assert main(["status", "--warehouse", warehouse]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [row] = [line for line in lines if line.startswith(str(WEEK))]
+    fields = row.split()
+    assert fields[1] == "passed" and fields[-1] == calibrated_week.run["run_id"]
+    assert int(fields[-3]) == len(read_manifest(calibrated_week.settings.warehouse)["tables"])  # type: ignore[attr-defined]
