@@ -18,7 +18,7 @@ from flows import locks, publish, storage
 from flows.landing import MissingFeed
 from flows.settings import Settings, load_settings
 from flows.storage import AnyPath
-from flows.weekly import AuditFailed, new_run_id
+from flows.weekly import AuditFailed, new_run_id, scheduled_local_day
 from transforms import counters
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -198,14 +198,9 @@ def scheduled_monthly_traffic(
     for, local time)."""
     from pathlib import Path
 
-    from prefect.runtime import flow_run
-
     settings = load_settings(
         Path(config) if config else None, landing=landing_zone, warehouse=warehouse, staging=staging
     )
-    if today is None:
-        scheduled = flow_run.scheduled_start_time
-        moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
-        today = moment.astimezone(ZoneInfo(settings.timezone)).date()
+    today = today or scheduled_local_day(settings.timezone)
     previous = today.replace(day=1) - dt.timedelta(days=1)
     return monthly_traffic_report(f"{previous:%Y-%m}", settings)

@@ -63,10 +63,6 @@ def published_run(manifest: dict[str, Any], key: dt.date | str) -> str | None:
     return None
 
 
-def is_published(warehouse: AnyPath, week: dt.date) -> bool:
-    return published_run(read_manifest(warehouse), week) is not None
-
-
 def read_published(warehouse: AnyPath, manifest: dict[str, Any], table: str, week: str) -> pl.DataFrame:
     """The rows of one table for one published week, from the files the manifest lists."""
     entry = manifest["tables"][table][week]

@@ -666,6 +666,16 @@ class AuditFailed(RuntimeError):
     """A week whose checkpoints failed: nothing of it was published."""
 
 
+def scheduled_local_day(timezone: str) -> dt.date:
+    """The local day this flow run was scheduled for (today, for a run started by hand): a late or
+    retried scheduled run still works on the period its schedule meant."""
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time
+    moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
+    return moment.astimezone(ZoneInfo(timezone)).date()
+
+
 @flow(name="scheduled_weekly_report")
 def scheduled_weekly_report(
     today: dt.date | None = None,
@@ -680,8 +690,6 @@ def scheduled_weekly_report(
     """The weekly_report of the last complete Monday-Sunday week before `today` (default: the day
     the run was scheduled for, local time, so a late or retried run still reports the same week).
     `exporter_services` maps exporter name patterns to broadband / mobile."""
-    from prefect.runtime import flow_run
-
     settings = load_settings(
         Path(config) if config else None,
         landing=landing_zone,
@@ -689,10 +697,7 @@ def scheduled_weekly_report(
         staging=staging,
         exporter_services=exporter_services,
     )
-    if today is None:
-        scheduled = flow_run.scheduled_start_time
-        moment = scheduled if scheduled is not None else dt.datetime.now(dt.UTC)
-        today = moment.astimezone(ZoneInfo(settings.timezone)).date()
+    today = today or scheduled_local_day(settings.timezone)
     last_monday = today - dt.timedelta(days=today.weekday() + 7)
     return weekly_report_runner(settings)(
         last_monday, settings, feed_retries=feed_retries, feed_retry_delay_seconds=feed_retry_delay_seconds

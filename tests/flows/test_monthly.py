@@ -3,6 +3,7 @@ level the counters carry; an outage or an unknown month publishes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import polars as pl
@@ -98,3 +99,19 @@ def test_a_month_without_its_own_counter_file_is_a_missing_feed(
     settings = _settings(tmp_path, tmp_path / "landing")
     with pytest.raises(FileNotFoundError, match="no counter files for 2024-06"):
         monthly_traffic_report("2024-06", settings)
+
+
+def test_the_scheduled_monthly_run_publishes_the_month_before_its_day(
+    counter_polls: pl.DataFrame, prefect_server: str, tmp_path: Path
+) -> None:
+    from flows.monthly import scheduled_monthly_traffic
+
+    write_counters(counter_polls, tmp_path / "landing", ZONE)
+    run = scheduled_monthly_traffic(
+        today=dt.date(2024, 7, 2),
+        landing_zone=str(tmp_path / "landing"),
+        warehouse=str(tmp_path / "warehouse"),
+        staging=str(tmp_path / "staging"),
+    )
+    assert run["month"] == "2024-06" and run["published"]
+    assert set(read_manifest(tmp_path / "warehouse")["tables"]["monthly_traffic"]) == {"2024-06"}
