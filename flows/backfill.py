@@ -62,6 +62,10 @@ def _week_landed(settings: Settings, week: dt.date) -> bool:
     return any(landing.day_dirs(settings.landing / "flows" / e, days) for e in landing.list_exporters(settings.landing))
 
 
+def _month_landed(settings: Settings, month: str) -> bool:
+    return monthly.counter_files(settings.landing, month)[1]
+
+
 def run_backfill(
     start: dt.date,
     end: dt.date,
@@ -84,24 +88,26 @@ def run_backfill(
         if on_result is not None:
             on_result(row)
 
-    for week in weeks if weeks is not None else weeks_in(start, end):
-        if not force and publish.published_run(manifest, week) is not None:
-            done({"kind": "week", "period": str(week), "status": "skipped", "why": "already published"})
-        elif not _week_landed(settings, week):
-            done({"kind": "week", "period": str(week), "status": "skipped", "why": "nothing landed"})
+    runner = weekly_report_runner(settings)
+    candidates: list[tuple[str, str, Callable[[], bool], Callable[[], dict[str, Any]]]] = [
+        ("week", str(w), functools.partial(_week_landed, settings, w), functools.partial(runner, w, settings))
+        for w in (weeks if weeks is not None else weeks_in(start, end))
+    ] + [
+        (
+            "month",
+            m,
+            functools.partial(_month_landed, settings, m),
+            functools.partial(monthly.monthly_traffic_report, m, settings),
+        )
+        for m in months_in(start, end)
+    ]
+    for kind, period, landed, job in candidates:
+        if not force and publish.published_run(manifest, period) is not None:
+            done({"kind": kind, "period": period, "status": "skipped", "why": "already published"})
+        elif not landed():
+            done({"kind": kind, "period": period, "status": "skipped", "why": "nothing landed"})
         else:
-            jobs.append(
-                ("week", str(week), functools.partial(weekly_report_runner(settings), week, settings, force=True))
-            )
-    for month in months_in(start, end):
-        if not force and publish.published_run(manifest, month) is not None:
-            done({"kind": "month", "period": month, "status": "skipped", "why": "already published"})
-        elif not monthly.counter_files(settings.landing, month)[1]:
-            done({"kind": "month", "period": month, "status": "skipped", "why": "nothing landed"})
-        else:
-            jobs.append(
-                ("month", month, functools.partial(monthly.monthly_traffic_report, month, settings, force=True))
-            )
+            jobs.append((kind, period, job))
 
     def run(kind: str, period: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         started = time.monotonic()
