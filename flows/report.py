@@ -303,6 +303,14 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
     no_year_before = f"No week near {week - dt.timedelta(weeks=52)} is published: no comparison with a year earlier."
     figures: dict[str, bytes] = {}
     sections: list[tuple[str, str, str]] = []  # (title, html body, markdown body)
+    volumes: dict[tuple[dt.date, str], pl.DataFrame] = {}
+
+    def user_volumes(of_week: dt.date, service: str) -> pl.DataFrame:
+        # Figures 3-6 and 11 share weeks: each week's users are read once.
+        if (of_week, service) not in volumes:
+            volumes[(of_week, service)] = _query(con, "user_volumes", week=of_week, service_group=service)
+        return volumes[(of_week, service)]
+
     try:
         sections += _monthly_sections(con, week, figures)
         hours = _query(con, "hourly_weekday_traffic")
@@ -348,9 +356,9 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
             )
         )
         for service, (_, _, density_name, scatter_name) in SERVICES.items():
-            users = {f"week of {week}": _query(con, "user_volumes", week=week, service_group=service)}
+            users = {f"week of {week}": user_volumes(week, service)}
             if year_before is not None:
-                users[f"week of {year_before}"] = _query(con, "user_volumes", week=year_before, service_group=service)
+                users[f"week of {year_before}"] = user_volumes(year_before, service)
             note = f"Against the week of {year_before}." if year_before else no_year_before
             sections.append(
                 _figure_section(
@@ -369,9 +377,7 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
                     f"{service} IN vs OUT per user",
                 )
             )
-        five_years = {
-            f"week of {w}": _query(con, "user_volumes", week=w, service_group="broadband") for w in past_years
-        }
+        five_years = {f"week of {w}": user_volumes(w, "broadband") for w in past_years}
         sections.append(
             _figure_section(
                 figures,
