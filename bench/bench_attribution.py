@@ -18,7 +18,6 @@ import multiprocessing as mp
 import resource
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +25,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.attribute import attribute_files  # noqa: E402
 from transforms.addresses import V4_MAPPED, prefix_mask  # noqa: E402
-from transforms.attribution import (  # noqa: E402
-    ChunkTotals,
-    Totals,
-    accumulate,
-    attribute_chunk,
-    build_lookup,
-    port_hour_volumes,
-    user_day_volumes,
-)
+from transforms.attribution import build_lookup, port_hour_volumes, user_day_volumes  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 WEEK_START = 1_717_340_400  # 2024-06-03 00:00 JST in epoch seconds
@@ -128,22 +120,10 @@ def _port_hour(frame: pl.DataFrame) -> pl.DataFrame:
     ).agg(pl.col("est_bytes").sum())
 
 
-def run_sort_merge(files: list[Path], sessions: Path) -> pl.DataFrame:
-    """As the weekly flow does it: chunks of 2.5 M rows on two threads, totals merged at the end."""
+def run_direct_index(files: list[Path], sessions: Path) -> pl.DataFrame:
+    """As the weekly flow does it (flows.attribute.attribute_files): row-group chunks on two threads."""
     lookup = build_lookup(pl.read_parquet(sessions), WEEK_START - 86_400, [WEEK_START + d * 86_400 for d in range(8)])
-    chunks = [
-        (path, offset)
-        for path in files
-        for offset in range(0, pl.scan_parquet(path).select(pl.len()).collect().item(), 2_500_000)
-    ]
-
-    def one(chunk: tuple[Path, int]) -> ChunkTotals:
-        return attribute_chunk(pl.scan_parquet(chunk[0]).slice(chunk[1], 2_500_000).collect(), lookup)
-
-    totals = Totals.empty(lookup)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for part in pool.map(one, chunks):
-            accumulate(totals, part)
+    totals = attribute_files(files, lookup)
     _ = port_hour_volumes(lookup, totals)
     volumes = user_day_volumes(lookup, totals).rename({"day_index": "day"})
     return volumes.join(lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index").select(
@@ -233,7 +213,7 @@ def run_duckdb(files: list[Path], sessions_path: Path) -> pl.DataFrame:
 
 
 METHODS = {
-    "sort-merge (this project)": run_sort_merge,
+    "direct index (this project)": run_direct_index,
     "polars join_asof": run_polars_asof,
     "duckdb range join": run_duckdb,
 }

@@ -1,12 +1,14 @@
-"""Attribution at scale: flows x address assignments by sort-merge on one packed 64-bit key.
+"""Attribution at scale: flows x address assignments by direct indexing, with no sort and no join.
 
-Each side of a flow (source = the user sent it, IN; destination = the user received it, OUT)
-becomes key = (address id << 32) | second, where the address id is the IPv4 address itself or,
-for IPv6, the id of the elementary range of delegated prefixes that holds the address's upper
-64 bits. Sessions are cut at local midnights into pieces, one per (session, day). Sorting the
-keys puts every piece's flows in one contiguous run, so a piece's volume is the difference of
-two prefix sums at two binary-searched positions: no per-flow lookup and no hash join, and any
-chunk of flows can be processed on its own (sums add up), which bounds memory.
+Sessions are cut at local midnights into pieces, one per (session, day), ordered by (day, rank,
+start). The rank is the dense index of the session's IPv4 address or, for IPv6, of the elementary
+range of delegated prefixes that holds the address's upper 64 bits. A flow side finds its piece by
+array lookups, one vectorised pass each over the chunk: its address's rank (a table per /24, then a
+rank per address; for IPv6 a binary search over the ranges), its time's bucket (a few local hours,
+from a quarter-hour table), then the pieces overlapping (bucket, rank) from a dense table, usually
+exactly one. Volumes are summed per piece by one bincount over the pieces the chunk touched. A
+chunk costs O(chunk) whatever the week's sessions, and chunks are independent (sums add up), which
+bounds memory.
 
 Sessions on one address never overlap (the assignment step resolves conflicts); among nested
 IPv6 prefixes the longest prefix with a session at that moment wins, resolved once per range.
@@ -20,102 +22,159 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-from transforms.addresses import V4_MAPPED
-
 U32 = np.uint64(32)
 MASK32 = np.uint64(0xFFFF_FFFF)
+V4_MAPPED_HIGH = np.uint64(0xFFFF)  # the upper half of ::ffff:a.b.c.d's low 64 bits
 SECONDS_PER_HOUR = 3600
+QUARTER_HOUR = 900
+# Buckets are as short as this many (bucket x rank) cells allow: shorter buckets mean fewer
+# pieces per cell when addresses churn, at 8 bytes per cell.
+MAX_BUCKET_CELLS = 1 << 25
+BUCKET_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
+# bincount sums in float64, exact while a chunk's total stays below 2^53.
+EXACT_FLOAT_SUM = float(1 << 52)
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Maps seconds since the epoch to day * 24 + local hour and to a time bucket (a few local
+    hours within one day) through quarter-hour tables: every real time zone's local hours start on
+    a UTC quarter hour. Times outside the days get the hour slot `outside` and bucket -1."""
+
+    origin: int
+    hour_of_quarter: np.ndarray
+    bucket_of_quarter: np.ndarray
+    bucket_starts: np.ndarray  # seconds since the epoch, one more than the buckets
+    bucket_day: np.ndarray
+    outside: int
+
+    @classmethod
+    def for_days(cls, day_starts: np.ndarray, bucket_hours: int) -> TimeGrid:
+        days = day_starts.size - 1
+        starts = day_starts.astype(np.int64)
+        origin = int(starts[0])
+        if int(starts[-1]) - origin > 400 * 86_400:  # the open-ended "day" used when no days are given
+            one = np.zeros(1, dtype=np.int64)
+            return cls(origin, one, one, starts.copy(), one, 0)
+        offsets = np.arange(0, 24, bucket_hours, dtype=np.int64) * SECONDS_PER_HOUR
+        cuts = np.minimum(starts[:-1, None] + offsets[None, :], starts[1:, None])
+        bucket_starts = np.unique(np.concatenate([cuts.ravel(), starts[-1:]]))
+        bucket_day = np.searchsorted(starts, bucket_starts[:-1], side="right") - 1
+        quarters = np.arange(origin, int(starts[-1]), QUARTER_HOUR, dtype=np.int64)
+        day = np.searchsorted(starts, quarters, side="right") - 1
+        hour = np.minimum((quarters - starts[day]) // SECONDS_PER_HOUR, 23)
+        bucket = np.searchsorted(bucket_starts, quarters, side="right") - 1
+        return cls(origin, day * 24 + hour, bucket, bucket_starts, bucket_day, days * 24)
+
+    @property
+    def buckets(self) -> int:
+        return int(self.bucket_starts.size - 1)
+
+    def locate(self, millis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hour slot, bucket) per time in int64 milliseconds since the epoch; outside the days,
+        the slot `outside` and bucket -1."""
+        if self.hour_of_quarter.size == 1:
+            return np.zeros(millis.size, dtype=np.int64), np.zeros(millis.size, dtype=np.int64)
+        # One division and two lookups; the tables carry an "outside" entry at either end.
+        index = (millis - self.origin * 1000) // (QUARTER_HOUR * 1000) + 1
+        np.clip(index, 0, self.hour_of_quarter.size + 1, out=index)
+        return self._padded_hours[index], self._padded_buckets[index]
+
+    @cached_property
+    def _padded_hours(self) -> np.ndarray:
+        return np.concatenate([[self.outside], self.hour_of_quarter, [self.outside]]).astype(np.int64)
+
+    @cached_property
+    def _padded_buckets(self) -> np.ndarray:
+        return np.concatenate([[-1], self.bucket_of_quarter, [-1]]).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class SessionTable:
-    """Non-overlapping session pieces of one key space, sorted by (id, start): [start, end) seconds."""
+    """Non-overlapping session pieces of one key space, ordered by (day, rank, start): [start, end)
+    seconds; the pieces overlapping (bucket b, rank r) are [first[i], stop[i]) with i = b * ranks + r."""
 
-    ids: np.ndarray
+    rank: np.ndarray
     start_s: np.ndarray
     end_s: np.ndarray
     user: np.ndarray
     day: np.ndarray
-
-    # Cached: every chunk searches them (frozen dataclasses allow cached_property's own slot).
-    @cached_property
-    def start_keys(self) -> np.ndarray:
-        return (self.ids << U32) | self.start_s
-
-    @cached_property
-    def end_keys(self) -> np.ndarray:
-        return (self.ids << U32) | self.end_s
-
-
-@dataclass(frozen=True)
-class AssignmentLookup:
-    """Everything attribution needs, as numpy arrays; times are seconds since `epoch_s`."""
-
-    epoch_s: int
-    day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
-    v4: SessionTable
-    v4_blocks: np.ndarray  # bool per /16: does any IPv4 session lie in it
-    v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
-    v6_range_ends: np.ndarray  # last /64 of each range, inclusive
-    v6: SessionTable
-    users: pl.DataFrame  # user_index -> user_key, service, customer_type
+    ranks: int
+    first: np.ndarray
+    stop: np.ndarray
 
     @property
-    def days(self) -> int:
-        return int(self.day_starts.size - 1)
+    def size(self) -> int:
+        return int(self.rank.size)
 
     @cached_property
-    def hour_slots(self) -> HourSlots:
-        return HourSlots.for_days(self.day_starts)
+    def start_ms(self) -> np.ndarray:
+        return self.start_s * 1000
+
+    @cached_property
+    def end_ms(self) -> np.ndarray:
+        return self.end_s * 1000
 
 
 def seconds_since(ts: pl.Series, epoch_s: int) -> np.ndarray:
-    """Whole seconds of UTC timestamps since epoch_s, clipped to 32 bits."""
+    """Whole seconds (int64) of UTC timestamps since epoch_s, clipped to [0, 2^32)."""
     millis = ts.dt.epoch("ms").to_numpy()
     values = millis // 1000 - epoch_s
     np.clip(values, 0, (1 << 32) - 1, out=values)
-    return values.view(np.uint64)
+    return values
 
 
-def _pieces(
-    ids: np.ndarray, start: np.ndarray, end: np.ndarray, user: np.ndarray, day_starts: np.ndarray
+def _session_table(
+    rank: np.ndarray, start: np.ndarray, end: np.ndarray, user: np.ndarray, ranks: int, grid: TimeGrid
 ) -> SessionTable:
-    """Sessions cut at day boundaries; pieces outside the days are dropped."""
-    first = np.searchsorted(day_starts, start, side="right") - 1
-    last = np.searchsorted(day_starts, np.maximum(end, start + np.uint64(1)) - np.uint64(1), side="right") - 1
-    first = np.clip(first, 0, day_starts.size - 2)
-    last = np.clip(last, -1, day_starts.size - 2)
+    """Sessions (int64 arrays, [start, end) seconds) cut at the grid's day boundaries into pieces,
+    indexed per (bucket, rank); pieces outside the days are dropped."""
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(grid.bucket_day)) + 1, [grid.buckets]])
+    day_starts = grid.bucket_starts[edges]
+    days = day_starts.size - 1
+    first = np.clip(np.searchsorted(day_starts, start, side="right") - 1, 0, days - 1)
+    last = np.clip(np.searchsorted(day_starts, np.maximum(end, start + 1) - 1, side="right") - 1, -1, days - 1)
     count = np.maximum(last - first + 1, 0)
-    rows = np.repeat(np.arange(ids.size), count)
+    rows = np.repeat(np.arange(rank.size), count)
     day = np.repeat(first, count) + (np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count))
     piece_start = np.maximum(start[rows], day_starts[day])
     piece_end = np.minimum(end[rows], day_starts[day + 1])
     keep = piece_end > piece_start
     rows, day, piece_start, piece_end = rows[keep], day[keep], piece_start[keep], piece_end[keep]
-    order = np.lexsort((piece_start, ids[rows]))
-    return SessionTable(
-        ids[rows][order].astype(np.uint64),
-        piece_start[order].astype(np.uint64),
-        piece_end[order].astype(np.uint64),
-        user[rows][order].astype(np.int64),
-        day[order].astype(np.int64),
-    )
+    order = np.lexsort((piece_start, rank[rows], day))
+    rows, day, piece_start, piece_end = rows[order], day[order], piece_start[order], piece_end[order]
+    piece_rank = rank[rows]
+    # Pieces overlapping each (bucket, rank): from the first ending after the bucket's start to the
+    # first starting at or after its end, searched as (rank, time) keys within the bucket's day.
+    start_keys = (piece_rank << 32) | piece_start
+    end_keys = (piece_rank << 32) | piece_end
+    day_first = np.searchsorted(day, np.arange(days + 1), side="left")
+    width = np.int32 if piece_start.size < (1 << 31) else np.int64
+    cell_first = np.empty(grid.buckets * ranks, dtype=width)
+    cell_stop = np.empty(grid.buckets * ranks, dtype=width)
+    cell_rank = np.arange(ranks, dtype=np.int64) << 32
+    for bucket in range(grid.buckets):
+        a, b = int(day_first[grid.bucket_day[bucket]]), int(day_first[grid.bucket_day[bucket] + 1])
+        cells = slice(bucket * ranks, (bucket + 1) * ranks)
+        opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
+        cell_first[cells] = a + np.searchsorted(end_keys[a:b], cell_rank | opens, side="right")
+        cell_stop[cells] = a + np.searchsorted(start_keys[a:b], cell_rank | closes, side="left")
+    return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_first, cell_stop)
 
 
-def _resolve_v6(v6: pl.DataFrame, epoch_s: int, day_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, SessionTable]:
-    """Elementary ranges of the /64 line and their session pieces, longest prefix winning where nested."""
+def _resolve_v6(v6: pl.DataFrame, epoch_s: int) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
+    """Elementary ranges of the /64 line that some prefix covers (starts, inclusive ends) and their
+    sessions (rank, from, to, user), the longest prefix winning where prefixes nest."""
     empty = np.zeros(0, dtype=np.uint64)
+    schema = {"rid": pl.Int64, "from": pl.Int64, "to": pl.Int64, "user": pl.Int64}
     if v6.is_empty():
-        return empty, empty, _pieces(empty, empty, empty, np.zeros(0, dtype=np.int64), day_starts)
+        return empty, empty, pl.DataFrame(schema=schema)
     length = v6["prefix_len"].to_numpy().astype(np.int64)
     start = v6["key"].to_numpy().astype(np.uint64)
     span = np.where(
         length >= 64, np.uint64(0), (np.uint64(1) << (64 - np.minimum(length, 63)).astype(np.uint64)) - np.uint64(1)
     )
     end = start + span
-    t_from = seconds_since(v6["valid_from"], epoch_s)
-    t_to = seconds_since(v6["valid_to"], epoch_s)
-    user = v6["user_index"].to_numpy().astype(np.int64)
     # Elementary ranges: cut the /64 line at every prefix start and after every prefix end.
     cuts = np.unique(np.concatenate([start, end + np.uint64(1)]))
     range_starts = cuts[:-1]
@@ -126,7 +185,13 @@ def _resolve_v6(v6: pl.DataFrame, epoch_s: int, day_starts: np.ndarray) -> tuple
     rows = np.repeat(np.arange(start.size), covered)
     rid = np.repeat(first, covered) + (np.arange(rows.size) - np.repeat(np.cumsum(covered) - covered, covered))
     table = pl.DataFrame(
-        {"rid": rid.astype(np.int64), "len": length[rows], "from": t_from[rows], "to": t_to[rows], "user": user[rows]}
+        {
+            "rid": rid.astype(np.int64),
+            "len": length[rows],
+            "from": seconds_since(v6["valid_from"], epoch_s)[rows],
+            "to": seconds_since(v6["valid_to"], epoch_s)[rows],
+            "user": v6["user_index"].to_numpy().astype(np.int64)[rows],
+        }
     )
     keep = np.unique(rid)  # ranges in the gaps between prefixes are nobody's
     nested = table.group_by("rid").agg(pl.col("len").n_unique().alias("n")).filter(pl.col("n") > 1)["rid"]
@@ -134,11 +199,8 @@ def _resolve_v6(v6: pl.DataFrame, epoch_s: int, day_starts: np.ndarray) -> tuple
     if nested.len():
         timeline = _longest_prefix_timeline(table.filter(pl.col("rid").is_in(nested.implode())))
         resolved = pl.concat([resolved, timeline.cast(resolved.schema)])  # type: ignore[arg-type]
-    dense = np.searchsorted(keep, resolved["rid"].to_numpy()).astype(np.uint64)
-    pieces = _pieces(
-        dense, resolved["from"].to_numpy(), resolved["to"].to_numpy(), resolved["user"].to_numpy(), day_starts
-    )
-    return range_starts[keep], range_ends[keep], pieces
+    dense = np.searchsorted(keep, resolved["rid"].to_numpy())
+    return range_starts[keep], range_ends[keep], resolved.with_columns(rid=pl.Series(dense, dtype=pl.Int64))
 
 
 def _longest_prefix_timeline(table: pl.DataFrame) -> pl.DataFrame:
@@ -155,9 +217,63 @@ def _longest_prefix_timeline(table: pl.DataFrame) -> pl.DataFrame:
                 out[-1] = (out[-1][0], out[-1][1], b, out[-1][3])
             else:
                 out.append((int(rid), int(a), int(b), int(owner["user"])))  # type: ignore[arg-type]
-    return pl.DataFrame(
-        out, schema={"rid": pl.Int64, "from": pl.UInt64, "to": pl.UInt64, "user": pl.Int64}, orient="row"
-    )
+    return pl.DataFrame(out, schema={"rid": pl.Int64, "from": pl.Int64, "to": pl.Int64, "user": pl.Int64}, orient="row")
+
+
+NO_RANGE, SEVERAL_RANGES = -1, -2
+MAX_RANGE_BUCKETS = 1 << 24
+
+
+@dataclass(frozen=True)
+class RangeIndex:
+    """Buckets of 2^shift /64s from the first range's start: the one range intersecting each bucket,
+    NO_RANGE or SEVERAL_RANGES. Most addresses find their range in one lookup."""
+
+    shift: np.uint64
+    ranks: np.ndarray
+
+    @classmethod
+    def over(cls, starts: np.ndarray, ends: np.ndarray) -> RangeIndex:
+        if starts.size == 0:
+            return cls(np.uint64(0), np.zeros(0, dtype=np.int32))
+        span = int(ends[-1] - starts[0])
+        most = min(MAX_RANGE_BUCKETS, 64 * starts.size)
+        shift = max(0, span.bit_length() - most.bit_length() + 1)
+        buckets = (span >> shift) + 1
+        first = ((starts - starts[0]) >> np.uint64(shift)).astype(np.int64)
+        last = ((ends - starts[0]) >> np.uint64(shift)).astype(np.int64)
+        started = np.cumsum(np.bincount(first, minlength=buckets))
+        ended_before = np.cumsum(np.bincount(last + 1, minlength=buckets + 1)[:buckets])
+        count = started - ended_before
+        # Ranges do not overlap, so a bucket that one range intersects holds the last one started.
+        ranks = np.where(count == 1, started - 1, np.where(count == 0, NO_RANGE, SEVERAL_RANGES)).astype(np.int32)
+        return cls(np.uint64(shift), ranks)
+
+
+@dataclass(frozen=True)
+class AssignmentLookup:
+    """Everything attribution needs, as numpy arrays; times are seconds since `epoch_s`."""
+
+    epoch_s: int
+    day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
+    grid: TimeGrid
+    v4: SessionTable
+    v4_slot_of_24: np.ndarray  # per /24 of the IPv4 space: its first slot (block * 256), -1 if no session address
+    v4_rank_of_slot: np.ndarray  # int32 per slot (block, last octet): the address's rank, -1 if none
+    v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
+    v6_range_ends: np.ndarray  # last /64 of each range, inclusive
+    v6_index: RangeIndex
+    v6: SessionTable
+    users: pl.DataFrame  # user_index -> user_key, service, customer_type
+
+    @property
+    def days(self) -> int:
+        return int(self.day_starts.size - 1)
+
+
+def _bucket_hours(days: int, ranks: int) -> int:
+    """The shortest bucket (in hours) whose (bucket x rank) cells stay within MAX_BUCKET_CELLS."""
+    return next((h for h in BUCKET_HOURS if max(days, 1) * (24 // h) * ranks <= MAX_BUCKET_CELLS), 24)
 
 
 def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int] | None = None) -> AssignmentLookup:
@@ -170,23 +286,46 @@ def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int
         .with_row_index("user_index")
     )
     indexed = assignments.join(users, on=["user_key", "service", "customer_type"], how="left", nulls_equal=True)
-    bounds = np.array([s - epoch_s for s in day_starts_s] if day_starts_s else [0, (1 << 32) - 1], dtype=np.uint64)
+    bounds = np.array([s - epoch_s for s in day_starts_s] if day_starts_s else [0, (1 << 32) - 1], dtype=np.int64)
     v4 = indexed.filter(pl.col("family") == "v4")
-    addresses = v4["key"].to_numpy().astype(np.uint64) & MASK32
-    v4_table = _pieces(
-        addresses,
+    addresses = (v4["key"].to_numpy().astype(np.uint64) & MASK32).astype(np.int64)
+    distinct = np.unique(addresses)
+    blocks = np.unique(distinct >> 8)
+    slot_of_24 = np.full(1 << 24, -1, dtype=np.int32 if blocks.size < (1 << 23) else np.int64)
+    slot_of_24[blocks] = np.arange(blocks.size) * 256
+    rank_of_slot = np.full(blocks.size * 256, -1, dtype=np.int32)
+    rank_of_slot[slot_of_24[distinct >> 8] + (distinct & 255)] = np.arange(distinct.size, dtype=np.int32)
+    range_starts, range_ends, v6 = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s)
+    grid = TimeGrid.for_days(bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size))
+    v4_table = _session_table(
+        np.searchsorted(distinct, addresses),
         seconds_since(v4["valid_from"], epoch_s),
         seconds_since(v4["valid_to"], epoch_s),
         v4["user_index"].to_numpy().astype(np.int64),
-        bounds,
+        int(distinct.size),
+        grid,
     )
-    blocks = np.zeros(1 << 16, dtype=bool)
-    blocks[(addresses >> np.uint64(16)).astype(np.int64)] = True
-    starts, ends, v6_table = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s, bounds)
-    lookup = AssignmentLookup(epoch_s, bounds, v4_table, blocks, starts, ends, v6_table, users)
-    # Computed once here rather than raced for by the threads that share the lookup.
-    _ = lookup.hour_slots, v4_table.start_keys, v4_table.end_keys, v6_table.start_keys, v6_table.end_keys
-    return lookup
+    v6_table = _session_table(
+        v6["rid"].to_numpy(),
+        v6["from"].to_numpy(),
+        v6["to"].to_numpy(),
+        v6["user"].to_numpy(),
+        int(range_starts.size),
+        grid,
+    )
+    return AssignmentLookup(
+        epoch_s,
+        bounds,
+        grid,
+        v4_table,
+        slot_of_24,
+        rank_of_slot,
+        range_starts,
+        range_ends,
+        RangeIndex.over(range_starts, range_ends),
+        v6_table,
+        users,
+    )
 
 
 @dataclass
@@ -216,7 +355,7 @@ class Totals:
         def zeros(n: int) -> np.ndarray:
             return np.zeros(n, dtype=np.uint64)
 
-        v4, v6 = lookup.v4.ids.size, lookup.v6.ids.size
+        v4, v6 = lookup.v4.size, lookup.v6.size
         return cls(
             zeros(v4),
             zeros(v4),
@@ -233,86 +372,109 @@ class Totals:
         )
 
 
-QUARTER_HOUR = 900
+def _v4_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ranks) of one side's addresses (int64 views of the upper and lower halves) that are
+    IPv4 addresses some session held."""
+    base = lookup.v4_slot_of_24[(lo >> 8) & 0xFF_FFFF]
+    rows = np.flatnonzero(base >= 0)
+    rows = rows[(hi[rows] == 0) & ((lo[rows] >> 32) == V4_MAPPED_HIGH)]
+    rank = lookup.v4_rank_of_slot[base[rows] + (lo[rows] & 0xFF)]
+    held = np.flatnonzero(rank >= 0)
+    return rows[held], rank[held]
 
 
-@dataclass(frozen=True)
-class HourSlots:
-    """Maps seconds since epoch to day * 24 + local hour through a quarter-hour table (every real
-    time zone's local hours start on a UTC quarter hour); one extra slot for outside the days."""
-
-    origin: int
-    table: np.ndarray
-    outside: int
-
-    @classmethod
-    def for_days(cls, day_starts: np.ndarray) -> HourSlots:
-        days = day_starts.size - 1
-        origin = int(day_starts[0])
-        if int(day_starts[-1]) - origin > 400 * 86_400:  # the open-ended "day" used when no days are given
-            return cls(origin, np.zeros(1, dtype=np.int64), 0)
-        quarters = np.arange(origin, int(day_starts[-1]), QUARTER_HOUR, dtype=np.int64)
-        day = np.searchsorted(day_starts.astype(np.int64), quarters, side="right") - 1
-        hour = np.minimum((quarters - day_starts.astype(np.int64)[day]) // SECONDS_PER_HOUR, 23)
-        return cls(origin, (day * 24 + hour).astype(np.int64), days * 24)
-
-    def __call__(self, seconds: np.ndarray) -> np.ndarray:
-        if self.table.size == 1:
-            return np.zeros(seconds.size, dtype=np.int64)
-        index = (seconds.astype(np.int64) - self.origin) // QUARTER_HOUR
-        inside = (index >= 0) & (index < self.table.size)
-        return np.where(inside, self.table[np.clip(index, 0, self.table.size - 1)], self.outside)
+def _v6_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ranks) of one side's addresses (int64 views of the halves) in a delegated prefix's range."""
+    starts, ends, index = lookup.v6_range_starts, lookup.v6_range_ends, lookup.v6_index
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    upper = hi.view(np.uint64)
+    candidate = (upper >= starts[0]) & (upper <= ends[-1])
+    if starts[0] == 0:  # a range at the bottom of the line would take in IPv4-mapped addresses
+        candidate &= ~((hi == 0) & ((lo >> 32) == V4_MAPPED_HIGH))
+    rows = np.flatnonzero(candidate)
+    upper = upper[rows]
+    rank = index.ranks[((upper - starts[0]) >> index.shift).view(np.int64)]
+    # Buckets that several ranges share: a binary search over all of them, for those rows only.
+    several = np.flatnonzero(rank == SEVERAL_RANGES)
+    rank[several] = np.searchsorted(starts, upper[several], side="right") - 1
+    inside = np.flatnonzero(rank >= 0)
+    inside = inside[upper[inside] >= starts[rank[inside]]]
+    inside = inside[upper[inside] <= ends[rank[inside]]]
+    return rows[inside], rank[inside]
 
 
-def _match_side(
-    ids: np.ndarray, seconds: np.ndarray, rows: np.ndarray, table: SessionTable
+def _find_pieces(
+    table: SessionTable, rank: np.ndarray, millis: np.ndarray, bucket: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(matched flow rows, their piece indices), ordered by piece."""
-    if table.ids.size == 0 or rows.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    # Sorted keys make the search walk the pieces in order (cache-friendly) and put each piece's
-    # flows in one run; the cost is per flow of the chunk, whatever the number of pieces.
-    ordered = pl.DataFrame({"k": (ids[rows] << U32) | seconds[rows], "r": rows}).sort("k")
-    keys = ordered["k"].to_numpy()
-    piece = np.searchsorted(table.start_keys, keys, side="right").astype(np.int64) - 1
-    hit = (piece >= 0) & (keys < table.end_keys[np.maximum(piece, 0)])
-    return ordered["r"].to_numpy()[hit], piece[hit]
+    """(positions into rank, piece indices) of the sides held by some session at their time."""
+    if table.size == 0 or rank.size == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    cell = bucket * table.ranks + rank
+    piece = table.first[cell]
+    stop = table.stop[cell]
+    # Where several pieces overlap the bucket (a reconnect within it), step to the last one that
+    # started by the flow's time; each step only looks at the rows still moving.
+    several = np.flatnonzero(stop - piece > 1)
+    if several.size:
+        current, last, times = piece[several], stop[several] - 1, millis[several]
+        moving = np.arange(several.size)
+        while moving.size:
+            ahead = current[moving] + 1
+            step = (ahead <= last[moving]) & (table.start_ms[np.minimum(ahead, last[moving])] <= times[moving])
+            moving = moving[step]
+            current[moving] += 1
+        piece[several] = current
+    safe = np.minimum(piece, table.size - 1)
+    hit = np.flatnonzero((stop > piece) & (table.start_ms[safe] <= millis) & (millis < table.end_ms[safe]))
+    return hit, piece[hit]
 
 
-def _sum_runs(piece: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct pieces, summed values) of values grouped by runs of equal, sorted piece indices."""
+def _sum_by_piece(piece: np.ndarray, values: np.ndarray, exact_in_float: bool) -> tuple[int, np.ndarray]:
+    """(first piece, uint64 sums of values per piece from it to the last piece touched)."""
     if piece.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    starts = np.flatnonzero(np.concatenate([[True], piece[1:] != piece[:-1]]))
-    return piece[starts], np.add.reduceat(values, starts)
+        return 0, np.zeros(0, dtype=np.uint64)
+    lowest, highest = int(piece.min()), int(piece.max())
+    if exact_in_float:
+        return lowest, np.bincount(piece - lowest, weights=values, minlength=highest - lowest + 1).astype(np.uint64)
+    grouped = pl.DataFrame({"p": piece - lowest, "v": values}).group_by("p").agg(pl.col("v").sum())
+    sums = np.zeros(highest - lowest + 1, dtype=np.uint64)
+    sums[grouped["p"].to_numpy()] = grouped["v"].to_numpy()
+    return lowest, sums
 
 
-def _ids(
-    flows: pl.DataFrame, side: str, lookup: AssignmentLookup
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(v4 ids, v4 candidate rows, v6 range ids, v6 candidate rows) of one side."""
-    hi = flows[f"{side}_hi"].to_numpy()
-    lo = flows[f"{side}_lo"].to_numpy()
-    address = lo & MASK32
-    is_v4 = (hi == 0) & ((lo & ~MASK32) == np.uint64(V4_MAPPED))
-    v4_rows = np.flatnonzero(is_v4 & lookup.v4_blocks[(address >> np.uint64(16)).astype(np.int64)])
-    v6_ids = np.zeros(hi.size, dtype=np.uint64)
-    v6_rows = np.zeros(0, dtype=np.int64)
-    if lookup.v6_range_starts.size:
-        rows = np.flatnonzero(~is_v4)
-        pos = np.searchsorted(lookup.v6_range_starts, hi[rows], side="right") - 1
-        inside = (pos >= 0) & (hi[rows] <= lookup.v6_range_ends[np.maximum(pos, 0)])
-        v6_rows = rows[inside]
-        v6_ids[v6_rows] = pos[inside].astype(np.uint64)
-    return address, v4_rows, v6_ids, v6_rows
+def _sum_by_key(key: np.ndarray, values: np.ndarray, exact_in_float: bool, dense_limit: int) -> pl.DataFrame:
+    """Rows (key, bytes) of values summed per int64 key, keys with a zero sum left out."""
+    if key.size == 0:
+        return pl.DataFrame(schema={"key": pl.Int64, "bytes": pl.UInt64})
+    lowest, highest = int(key.min()), int(key.max())
+    if exact_in_float and highest - lowest < dense_limit:
+        sums = np.bincount(key - lowest, weights=values, minlength=highest - lowest + 1)
+        present = np.flatnonzero(sums)
+        return pl.DataFrame({"key": present + lowest, "bytes": sums[present].astype(np.uint64)})
+    grouped = pl.DataFrame({"key": key, "bytes": values}).group_by("key").agg(pl.col("bytes").sum())
+    return grouped.filter(pl.col("bytes") > 0)
+
+
+# Port-hour keys: hour slot << 18 | port code, where the code is the lower port for TCP, 65536 +
+# the lower port for UDP and 131072 + the protocol number for protocols without ports.
+PORT_CODE_BITS = 18
+UDP_CODE = 1 << 16
+PORTLESS_CODE = 1 << 17
+PORT_CODE_BASE = np.array([PORTLESS_CODE + p for p in range(256)], dtype=np.int64)
+PORT_CODE_BASE[6], PORT_CODE_BASE[17] = 0, UDP_CODE
+PORT_MASK = np.zeros(256, dtype=np.int64)
+PORT_MASK[6] = PORT_MASK[17] = 0xFFFF
+DENSE_PORT_KEYS = 1 << 22  # a chunk spanning up to 16 hour slots sums its port-hours by bincount
 
 
 @dataclass(frozen=True)
 class ChunkTotals:
-    """One chunk's sums: sparse (piece index, bytes) per key space and direction, dense per hour
-    slot, and the chunk's port-hour partial. Its size follows the chunk, not the week's sessions."""
+    """One chunk's sums: per key space and direction, (first piece, sums of the pieces from it);
+    dense per hour slot; and the chunk's port-hour partial. Its size follows the chunk's time span,
+    not the week's sessions."""
 
-    pieces: dict[str, tuple[np.ndarray, np.ndarray]]
+    pieces: dict[str, tuple[int, np.ndarray]]
     hour_in: np.ndarray
     hour_out: np.ndarray
     hour_all: np.ndarray
@@ -325,51 +487,54 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port,
     optionally packets: the exported, sampled count) per session piece and direction, per hour slot
     and per (protocol, lower port, hour slot)."""
-    seconds = seconds_since(flows["first_ts"], lookup.epoch_s)
+    millis = flows["first_ts"].dt.epoch("ms").to_numpy() - lookup.epoch_s * 1000
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
-    packets = (
-        flows["packets"].to_numpy().astype(np.uint64, copy=False)
-        if "packets" in flows.columns
-        else np.zeros(flows.height, dtype=np.uint64)
+    packets = flows["packets"].to_numpy().astype(np.uint64, copy=False) if "packets" in flows.columns else None
+    exact = float(est.sum(dtype=np.float64)) < EXACT_FLOAT_SUM and (
+        packets is None or float(packets.sum(dtype=np.float64)) < EXACT_FLOAT_SUM
     )
     hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
-    slots = lookup.hour_slots(seconds)
+    slots, buckets = lookup.grid.locate(millis)
 
-    pieces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    matched: dict[str, np.ndarray] = {}
-    for side, direction in (("src", "in"), ("dst", "out")):
-        v4_ids, v4_rows, v6_ids, v6_rows = _ids(flows, side, lookup)
-        hits = []
-        for family, ids, rows, table in (("v4", v4_ids, v4_rows, lookup.v4), ("v6", v6_ids, v6_rows, lookup.v6)):
-            matched_rows, piece = _match_side(ids, seconds, rows, table)
-            pieces[f"{family}_{direction}"] = _sum_runs(piece, est[matched_rows])
-            pieces[f"{family}_{direction}_packets"] = _sum_runs(piece, packets[matched_rows])
-            hits.append(matched_rows)
-        matched[direction] = np.concatenate(hits)
-    # One pass sums every hour slot by whether the flow matched a user on its source (1) and on
-    # its destination (2) side: a flow between two users is IN for one and OUT for the other,
-    # and knowing which matched both gives the unattributed volume exactly.
-    category = slots * 4
-    category[matched["in"]] += 1
-    category[matched["out"]] += 2
-    per_hour = np.bincount(category, weights=est, minlength=hours * 4).astype(np.uint64).reshape(hours, 4)
-    # One packed key per flow: protocol | has port | lower port | hour slot.
-    protocol = flows["protocol"].to_numpy().astype(np.uint64)
-    lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy()).astype(np.uint64)
-    has_port = (protocol == 6) | (protocol == 17)
-    key = (
-        (protocol << np.uint64(40))
-        | (has_port.astype(np.uint64) << U32)
-        | (np.where(has_port, lower, 0) << np.uint64(16))
-    )
-    key |= slots.astype(np.uint64)
+    pieces: dict[str, tuple[int, np.ndarray]] = {}
+    # 1 where the flow's source matched a user, 2 where its destination did.
+    matched = np.zeros(flows.height, dtype=np.int64)
+    for side, direction, flag in (("src", "in", 1), ("dst", "out", 2)):
+        # Signed views: the bit operations below only look at bits that keep their meaning.
+        hi = flows[f"{side}_hi"].to_numpy().view(np.int64)
+        lo = flows[f"{side}_lo"].to_numpy().view(np.int64)
+        for family, find_ranks, table in (("v4", _v4_ranks, lookup.v4), ("v6", _v6_ranks, lookup.v6)):
+            if table.size == 0:
+                pieces[f"{family}_{direction}"] = pieces[f"{family}_{direction}_packets"] = (0, np.zeros(0, np.uint64))
+                continue
+            rows, rank = find_ranks(hi, lo, lookup)
+            inside = np.flatnonzero(buckets[rows] >= 0)
+            rows, rank = rows[inside], rank[inside]
+            hit, piece = _find_pieces(table, rank, millis[rows], buckets[rows])
+            rows = rows[hit]
+            pieces[f"{family}_{direction}"] = _sum_by_piece(piece, est[rows], exact)
+            pieces[f"{family}_{direction}_packets"] = (
+                _sum_by_piece(piece, packets[rows], exact) if packets is not None else (0, np.zeros(0, np.uint64))
+            )
+            matched[rows] |= flag
+    # One pass sums every hour slot by whether the flow matched a user on its source and on its
+    # destination side: a flow between two users is IN for one and OUT for the other, and knowing
+    # which matched both gives the unattributed volume exactly.
+    per_hour = _sum_by_key(slots * 4 + matched, est, exact, hours * 4)
+    dense = np.zeros(hours * 4, dtype=np.uint64)
+    dense[per_hour["key"].to_numpy()] = per_hour["bytes"].to_numpy()
+    by_hour = dense.reshape(hours, 4)
+    protocol = flows["protocol"].to_numpy()
+    lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy())
+    port_key = (slots << PORT_CODE_BITS) | PORT_CODE_BASE[protocol]
+    port_key |= lower & PORT_MASK[protocol]
     return ChunkTotals(
         pieces,
-        per_hour[:, 1] + per_hour[:, 3],
-        per_hour[:, 2] + per_hour[:, 3],
-        per_hour.sum(axis=1, dtype=np.uint64),
-        per_hour[:, 3].copy(),
-        pl.DataFrame({"key": key, "bytes": est}).group_by("key").agg(pl.col("bytes").sum()),
+        by_hour[:, 1] + by_hour[:, 3],
+        by_hour[:, 2] + by_hour[:, 3],
+        by_hour.sum(axis=1, dtype=np.uint64),
+        by_hour[:, 3].copy(),
+        _sum_by_key(port_key, est, exact, DENSE_PORT_KEYS),
         flows.height,
     )
 
@@ -429,12 +594,13 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
         )
     merged = pl.concat(totals.ports).group_by("key").agg(pl.col("bytes").sum())
     key = merged["key"].to_numpy()
-    slot = (key & np.uint64(0xFFFF)).astype(np.int64)
-    has_port = ((key >> U32) & np.uint64(1)).astype(bool)
+    slot = key >> PORT_CODE_BITS
+    code = key & ((1 << PORT_CODE_BITS) - 1)
+    has_port = code < PORTLESS_CODE
     frame = pl.DataFrame(
         {
-            "protocol": (key >> np.uint64(40)).astype(np.uint8),
-            "port": pl.Series(((key >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)),
+            "protocol": np.where(has_port, np.where(code < UDP_CODE, 6, 17), code - PORTLESS_CODE).astype(np.uint8),
+            "port": pl.Series((code & 0xFFFF).astype(np.uint16)),
             "has_port": has_port,
             "day_index": slot // 24,
             "hour": slot % 24,
@@ -449,8 +615,8 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
 
 def accumulate(into: Totals, part: ChunkTotals) -> Totals:
     """Adds a chunk's sums into running totals (in place) and returns them; the chunk can go."""
-    for name, (pieces, sums) in part.pieces.items():
-        getattr(into, name)[pieces] += sums  # pieces are distinct within a chunk
+    for name, (first, sums) in part.pieces.items():
+        getattr(into, name)[first : first + sums.size] += sums
     for name in ("hour_in", "hour_out", "hour_all", "hour_both"):
         getattr(into, name)[:] += getattr(part, name)
     into.ports.append(part.ports)
