@@ -108,7 +108,7 @@ def make_workload(size: int, workload: str) -> tuple[list[Path], Path]:
                 "protocol": rng.choice(np.array([6, 17], dtype=np.uint8), n),
                 "est_bytes": (rng.integers(40, 1500, n) * 1024).astype(np.uint64),
             }
-        ).write_parquet(folder / f"flows-{index:05d}.parquet", row_group_size=1_000_000)
+        ).write_parquet(folder / f"flows-{index:05d}.parquet", row_group_size=1_000_000, compression="lz4")
     return sorted(folder.glob("flows-*.parquet")), sessions_path
 
 

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import failpoints, landing, locks, progress, publish, report, storage
+from flows import attribute, failpoints, landing, locks, progress, publish, report, storage
 from flows.settings import Settings, load_settings
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
 
@@ -207,9 +206,6 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
     }
 
 
-CHUNK_ROWS = 2_500_000
-
-
 def _day_starts(window: WeekWindow) -> list[int]:
     zone = ZoneInfo(window.timezone)
     return [
@@ -221,23 +217,17 @@ def _day_starts(window: WeekWindow) -> list[int]:
 def attribute_exporter(
     settings: Settings, window: WeekWindow, exporter: str, parts: list[str], service: str, stage: Path
 ) -> dict[str, str]:
-    """User-day, port and hourly partial aggregates of one exporter's flows, attributed by sort-merge
-    in chunks of CHUNK_ROWS on two threads, so memory stays bounded whatever the week's size."""
+    """User-day, port and hourly partial aggregates of one exporter's flows, attributed chunk by chunk
+    on two threads (flows.attribute), so memory stays bounded whatever the week's size."""
     assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
     day_starts = _day_starts(window)
     lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
-    rows = pl.scan_parquet(parts).select(pl.len()).collect().item() if parts else 0
-
-    def chunk_totals(offset: int) -> attribution.ChunkTotals:
-        chunk = usage.estimate_volume(pl.scan_parquet(parts).slice(offset, CHUNK_ROWS)).collect()
-        return attribution.attribute_chunk(chunk, lookup)
-
-    totals = attribution.Totals.empty(lookup)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        # Chunks are folded in as they finish, so only the ones in flight are held.
-        for index, part in enumerate(pool.map(chunk_totals, range(0, rows, CHUNK_ROWS)), start=1):
-            attribution.accumulate(totals, part)
-            progress.report("attribute", exporter, min(index * CHUNK_ROWS, rows), rows)
+    totals = attribute.attribute_files(
+        [Path(p) for p in parts],
+        lookup,
+        prepare=usage.estimate_volume,
+        on_chunk=lambda done, rows: progress.report("attribute", exporter, done, rows),
+    )
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
     user_day = (
         attribution.user_day_volumes(lookup, totals)

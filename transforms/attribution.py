@@ -89,10 +89,14 @@ class TimeGrid:
         return np.concatenate([[-1], self.bucket_of_quarter, [-1]]).astype(np.int64)
 
 
+NO_PIECE, SOME_PIECES = -1, -2
+
+
 @dataclass(frozen=True)
 class SessionTable:
     """Non-overlapping session pieces of one key space, ordered by (day, rank, start): [start, end)
-    seconds; the pieces overlapping (bucket b, rank r) are [first[i], stop[i]) with i = b * ranks + r."""
+    seconds. For cell i = bucket * ranks + rank: `piece[i]` is the one piece that holds the whole
+    bucket, NO_PIECE, or SOME_PIECES, whose overlapping pieces are [first[i], stop[i])."""
 
     rank: np.ndarray
     start_s: np.ndarray
@@ -100,6 +104,7 @@ class SessionTable:
     user: np.ndarray
     day: np.ndarray
     ranks: int
+    piece: np.ndarray
     first: np.ndarray
     stop: np.ndarray
 
@@ -141,7 +146,10 @@ def _session_table(
     piece_end = np.minimum(end[rows], day_starts[day + 1])
     keep = piece_end > piece_start
     rows, day, piece_start, piece_end = rows[keep], day[keep], piece_start[keep], piece_end[keep]
-    order = np.lexsort((piece_start, rank[rows], day))
+    # (day, rank, start) order: one sort on rank << 32 | start (ranks < 2^31, seconds < 2^32), then
+    # a stable sort on the day, a small integer that numpy sorts by radix.
+    by_rank = pl.Series((rank[rows] << 32) | piece_start).arg_sort().to_numpy()
+    order = by_rank[np.argsort(day[by_rank].astype(np.int16), kind="stable")]
     rows, day, piece_start, piece_end = rows[order], day[order], piece_start[order], piece_end[order]
     piece_rank = rank[rows]
     # Pieces overlapping each (bucket, rank): from the first ending after the bucket's start to the
@@ -152,14 +160,21 @@ def _session_table(
     width = np.int32 if piece_start.size < (1 << 31) else np.int64
     cell_first = np.empty(grid.buckets * ranks, dtype=width)
     cell_stop = np.empty(grid.buckets * ranks, dtype=width)
+    cell_piece = np.empty(grid.buckets * ranks, dtype=width)
     cell_rank = np.arange(ranks, dtype=np.int64) << 32
+    last_piece = max(piece_start.size - 1, 0)
     for bucket in range(grid.buckets):
         a, b = int(day_first[grid.bucket_day[bucket]]), int(day_first[grid.bucket_day[bucket] + 1])
-        cells = slice(bucket * ranks, (bucket + 1) * ranks)
         opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
-        cell_first[cells] = a + np.searchsorted(end_keys[a:b], cell_rank | opens, side="right")
-        cell_stop[cells] = a + np.searchsorted(start_keys[a:b], cell_rank | closes, side="left")
-    return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_first, cell_stop)
+        head = a + np.searchsorted(end_keys[a:b], cell_rank | opens, side="right")
+        stop = a + np.searchsorted(start_keys[a:b], cell_rank | closes, side="left")
+        # The common case gets one lookup: one piece that holds the whole bucket.
+        safe = np.minimum(head, last_piece)
+        whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
+        cells = slice(bucket * ranks, (bucket + 1) * ranks)
+        cell_first[cells], cell_stop[cells] = head, stop
+        cell_piece[cells] = np.where(whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES))
+    return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_piece, cell_first, cell_stop)
 
 
 def _resolve_v6(v6: pl.DataFrame, epoch_s: int) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
@@ -345,7 +360,9 @@ class Totals:
     v4_out_packets: np.ndarray
     v6_in_packets: np.ndarray
     v6_out_packets: np.ndarray
-    ports: list[pl.DataFrame] = field(default_factory=list)
+    # Dense over (hour slot, port code); np.zeros maps pages lazily, so only the hours with
+    # traffic take memory.
+    ports: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     flows: int = 0
 
     @classmethod
@@ -369,6 +386,7 @@ class Totals:
             zeros(v4),
             zeros(v6),
             zeros(v6),
+            zeros(hours * PORT_CODES),
         )
 
 
@@ -377,8 +395,10 @@ def _v4_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple
     IPv4 addresses some session held."""
     base = lookup.v4_slot_of_24[(lo >> 8) & 0xFF_FFFF]
     rows = np.flatnonzero(base >= 0)
-    rows = rows[(hi[rows] == 0) & ((lo[rows] >> 32) == V4_MAPPED_HIGH)]
-    rank = lookup.v4_rank_of_slot[base[rows] + (lo[rows] & 0xFF)]
+    low = lo[rows]
+    mapped = np.flatnonzero((hi[rows] == 0) & ((low >> 32) == V4_MAPPED_HIGH))
+    rows = rows[mapped]
+    rank = lookup.v4_rank_of_slot[base[rows] + (low[mapped] & 0xFF)]
     held = np.flatnonzero(rank >= 0)
     return rows[held], rank[held]
 
@@ -411,75 +431,70 @@ def _find_pieces(
     if table.size == 0 or rank.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
     cell = bucket * table.ranks + rank
+    found = table.piece[cell]
+    whole = np.flatnonzero(found >= 0)
+    some = np.flatnonzero(found == SOME_PIECES)
+    if some.size == 0:
+        return whole, found[whole]
+    cell, times = cell[some], millis[some]
     piece = table.first[cell]
     stop = table.stop[cell]
     # Where several pieces overlap the bucket (a reconnect within it), step to the last one that
     # started by the flow's time; each step only looks at the rows still moving.
     several = np.flatnonzero(stop - piece > 1)
     if several.size:
-        current, last, times = piece[several], stop[several] - 1, millis[several]
+        current, last, moving_times = piece[several], stop[several] - 1, times[several]
         moving = np.arange(several.size)
         while moving.size:
             ahead = current[moving] + 1
-            step = (ahead <= last[moving]) & (table.start_ms[np.minimum(ahead, last[moving])] <= times[moving])
+            step = (ahead <= last[moving]) & (table.start_ms[np.minimum(ahead, last[moving])] <= moving_times[moving])
             moving = moving[step]
             current[moving] += 1
         piece[several] = current
-    safe = np.minimum(piece, table.size - 1)
-    hit = np.flatnonzero((stop > piece) & (table.start_ms[safe] <= millis) & (millis < table.end_ms[safe]))
-    return hit, piece[hit]
+    hit = np.flatnonzero((table.start_ms[piece] <= times) & (times < table.end_ms[piece]))
+    return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], piece[hit]])
 
 
-def _sum_by_piece(piece: np.ndarray, values: np.ndarray, exact_in_float: bool) -> tuple[int, np.ndarray]:
-    """(first piece, uint64 sums of values per piece from it to the last piece touched)."""
+def _sum_by_piece(
+    piece: np.ndarray, values: np.ndarray, exact_in_float: bool, size: int | None = None
+) -> tuple[int, np.ndarray]:
+    """(first piece, uint64 sums of values per piece from it to the last piece touched); with
+    `size`, from piece 0 to size - 1."""
     if piece.size == 0:
-        return 0, np.zeros(0, dtype=np.uint64)
-    lowest, highest = int(piece.min()), int(piece.max())
+        return 0, np.zeros(size or 0, dtype=np.uint64)
+    lowest, highest = (0, size - 1) if size else (int(piece.min()), int(piece.max()))
+    index = piece - lowest if lowest else piece
     if exact_in_float:
-        return lowest, np.bincount(piece - lowest, weights=values, minlength=highest - lowest + 1).astype(np.uint64)
-    grouped = pl.DataFrame({"p": piece - lowest, "v": values}).group_by("p").agg(pl.col("v").sum())
+        return lowest, np.bincount(index, weights=values, minlength=highest - lowest + 1).astype(np.uint64)
+    grouped = pl.DataFrame({"p": index, "v": values}).group_by("p").agg(pl.col("v").sum())
     sums = np.zeros(highest - lowest + 1, dtype=np.uint64)
     sums[grouped["p"].to_numpy()] = grouped["v"].to_numpy()
     return lowest, sums
 
 
-def _sum_by_key(key: np.ndarray, values: np.ndarray, exact_in_float: bool, dense_limit: int) -> pl.DataFrame:
-    """Rows (key, bytes) of values summed per int64 key, keys with a zero sum left out."""
-    if key.size == 0:
-        return pl.DataFrame(schema={"key": pl.Int64, "bytes": pl.UInt64})
-    lowest, highest = int(key.min()), int(key.max())
-    if exact_in_float and highest - lowest < dense_limit:
-        sums = np.bincount(key - lowest, weights=values, minlength=highest - lowest + 1)
-        present = np.flatnonzero(sums)
-        return pl.DataFrame({"key": present + lowest, "bytes": sums[present].astype(np.uint64)})
-    grouped = pl.DataFrame({"key": key, "bytes": values}).group_by("key").agg(pl.col("bytes").sum())
-    return grouped.filter(pl.col("bytes") > 0)
-
-
-# Port-hour keys: hour slot << 18 | port code, where the code is the lower port for TCP, 65536 +
-# the lower port for UDP and 131072 + the protocol number for protocols without ports.
-PORT_CODE_BITS = 18
+# Port-hour keys: hour slot * PORT_CODES + port code, where the code is the lower port for TCP,
+# 65536 + the lower port for UDP and 131072 + the protocol number for protocols without ports.
 UDP_CODE = 1 << 16
 PORTLESS_CODE = 1 << 17
+PORT_CODES = PORTLESS_CODE + 256
 PORT_CODE_BASE = np.array([PORTLESS_CODE + p for p in range(256)], dtype=np.int64)
 PORT_CODE_BASE[6], PORT_CODE_BASE[17] = 0, UDP_CODE
 PORT_MASK = np.zeros(256, dtype=np.int64)
 PORT_MASK[6] = PORT_MASK[17] = 0xFFFF
-DENSE_PORT_KEYS = 1 << 22  # a chunk spanning up to 16 hour slots sums its port-hours by bincount
 
 
 @dataclass(frozen=True)
 class ChunkTotals:
     """One chunk's sums: per key space and direction, (first piece, sums of the pieces from it);
-    dense per hour slot; and the chunk's port-hour partial. Its size follows the chunk's time span,
-    not the week's sessions."""
+    dense per hour slot; and (first port-hour key, sums of the keys from it). Its size follows the
+    chunk's time span, not the week's sessions."""
 
     pieces: dict[str, tuple[int, np.ndarray]]
     hour_in: np.ndarray
     hour_out: np.ndarray
     hour_all: np.ndarray
     hour_both: np.ndarray
-    ports: pl.DataFrame
+    ports: tuple[int, np.ndarray]
     flows: int
 
 
@@ -487,7 +502,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port,
     optionally packets: the exported, sampled count) per session piece and direction, per hour slot
     and per (protocol, lower port, hour slot)."""
-    millis = flows["first_ts"].dt.epoch("ms").to_numpy() - lookup.epoch_s * 1000
+    millis = flows["first_ts"].dt.cast_time_unit("ms").to_numpy().view(np.int64) - lookup.epoch_s * 1000
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
     packets = flows["packets"].to_numpy().astype(np.uint64, copy=False) if "packets" in flows.columns else None
     exact = float(est.sum(dtype=np.float64)) < EXACT_FLOAT_SUM and (
@@ -520,21 +535,18 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     # One pass sums every hour slot by whether the flow matched a user on its source and on its
     # destination side: a flow between two users is IN for one and OUT for the other, and knowing
     # which matched both gives the unattributed volume exactly.
-    per_hour = _sum_by_key(slots * 4 + matched, est, exact, hours * 4)
-    dense = np.zeros(hours * 4, dtype=np.uint64)
-    dense[per_hour["key"].to_numpy()] = per_hour["bytes"].to_numpy()
-    by_hour = dense.reshape(hours, 4)
+    by_hour = _sum_by_piece(slots * 4 + matched, est, exact, hours * 4)[1].reshape(hours, 4)
     protocol = flows["protocol"].to_numpy()
     lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy())
-    port_key = (slots << PORT_CODE_BITS) | PORT_CODE_BASE[protocol]
-    port_key |= lower & PORT_MASK[protocol]
+    port_key = slots * PORT_CODES + PORT_CODE_BASE[protocol]
+    port_key += lower & PORT_MASK[protocol]
     return ChunkTotals(
         pieces,
         by_hour[:, 1] + by_hour[:, 3],
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _sum_by_key(port_key, est, exact, DENSE_PORT_KEYS),
+        _sum_by_piece(port_key, est, exact),
         flows.height,
     )
 
@@ -580,22 +592,11 @@ def hourly_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
 
 
 def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
-    """Rows (protocol, port, day_index, hour, bytes) of the days; port is null for protocols without ports."""
-    slots = lookup.days * 24
-    if not totals.ports:
-        return pl.DataFrame(
-            schema={
-                "protocol": pl.UInt8,
-                "port": pl.UInt16,
-                "day_index": pl.Int64,
-                "hour": pl.Int64,
-                "bytes": pl.UInt64,
-            }
-        )
-    merged = pl.concat(totals.ports).group_by("key").agg(pl.col("bytes").sum())
-    key = merged["key"].to_numpy()
-    slot = key >> PORT_CODE_BITS
-    code = key & ((1 << PORT_CODE_BITS) - 1)
+    """Rows (protocol, port, day_index, hour, bytes) of the days with traffic; port is null for
+    protocols without ports."""
+    slots = lookup.days * 24  # the slot after them holds flows outside the days
+    key = np.flatnonzero(totals.ports[: slots * PORT_CODES])
+    slot, code = key // PORT_CODES, key % PORT_CODES
     has_port = code < PORTLESS_CODE
     frame = pl.DataFrame(
         {
@@ -604,11 +605,10 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
             "has_port": has_port,
             "day_index": slot // 24,
             "hour": slot % 24,
-            "bytes": merged["bytes"],
-            "slot": slot,
+            "bytes": totals.ports[key],
         }
     )
-    return frame.filter(pl.col("slot") < slots).select(
+    return frame.select(
         "protocol", pl.when(pl.col("has_port")).then(pl.col("port")).alias("port"), "day_index", "hour", "bytes"
     )
 
@@ -619,8 +619,7 @@ def accumulate(into: Totals, part: ChunkTotals) -> Totals:
         getattr(into, name)[first : first + sums.size] += sums
     for name in ("hour_in", "hour_out", "hour_all", "hour_both"):
         getattr(into, name)[:] += getattr(part, name)
-    into.ports.append(part.ports)
-    if len(into.ports) > 64:  # keep the port-hour partials small as chunks add up
-        into.ports = [pl.concat(into.ports).group_by("key").agg(pl.col("bytes").sum())]
+    first, sums = part.ports
+    into.ports[first : first + sums.size] += sums
     into.flows += part.flows
     return into

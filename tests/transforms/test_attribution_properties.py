@@ -1,4 +1,4 @@
-"""The sort-merge attribution against a brute-force reference on small random inputs."""
+"""The direct-index attribution against a brute-force reference on small random inputs."""
 
 from __future__ import annotations
 
@@ -20,22 +20,38 @@ def _ts(seconds: list[int]) -> pl.Series:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame]:
+def scenarios(
+    draw: st.DrawFn, scale: int = 1, far_prefixes: bool = False, largest_bytes: int = 10**9
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Assignments and flows; times are drawn in units of `scale` seconds. `far_prefixes` spreads the
+    IPv6 prefixes over distant blocks (ranges share index buckets); `largest_bytes` bounds est_bytes."""
     rows = []
     # IPv4: a few addresses, each a sequence of non-overlapping sessions of random users.
     for address in range(draw(st.integers(1, 4))):
         t = draw(st.integers(0, 50))
         for _ in range(draw(st.integers(1, 4))):
             length = draw(st.integers(1, 200))
-            rows.append((f"u{draw(st.integers(0, 5))}", "v4", V4_MAPPED | (0xC0000200 + address), 32, t, t + length))
+            rows.append(
+                (
+                    f"u{draw(st.integers(0, 5))}",
+                    "v4",
+                    V4_MAPPED | (0xC0000200 + address),
+                    32,
+                    t * scale,
+                    (t + length) * scale,
+                )
+            )
             t += length + draw(st.integers(0, 30))
     # IPv6: prefixes of /48../64 inside one /40, possibly nested, each with one session.
     for _ in range(draw(st.integers(0, 5))):
         length = draw(st.sampled_from([48, 56, 60, 64]))
         key = V6_BASE | (draw(st.integers(0, 3)) << 16) | (draw(st.integers(0, 3)) << 8) | draw(st.integers(0, 3))
+        if far_prefixes:
+            key |= draw(st.sampled_from([0, 1 << 40, 1 << 44]))
         key &= prefix_mask(length)
         start = draw(st.integers(0, 300))
-        rows.append((f"u{draw(st.integers(0, 5))}", "v6", key, length, start, start + draw(st.integers(1, 300))))
+        end = start + draw(st.integers(1, 300))
+        rows.append((f"u{draw(st.integers(0, 5))}", "v6", key, length, start * scale, end * scale))
     # Same-key, same-length duplicates are resolved upstream (latest start wins): drop overlaps here.
     kept: list[tuple[str, str, int, int, int, int]] = []
     for r in rows:
@@ -61,7 +77,7 @@ def scenarios(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame]:
     for _ in range(n):
         src = draw(st.sampled_from(addresses))
         dst = draw(st.sampled_from(addresses))
-        flows.append((draw(st.integers(0, 600)), *src, *dst, draw(st.integers(1, 10**9))))
+        flows.append((draw(st.integers(0, 600)) * scale, *src, *dst, draw(st.integers(1, largest_bytes))))
     flow_frame = pl.DataFrame(
         {
             "first_ts": _ts([f[0] for f in flows]),
@@ -108,8 +124,10 @@ def brute_force(assignments: pl.DataFrame, flows: pl.DataFrame) -> tuple[dict[st
     return volumes, unattributed
 
 
-def _run(assignments: pl.DataFrame, flows: pl.DataFrame, chunks: int = 1) -> tuple[dict[str, list[int]], int]:
-    lookup = build_lookup(assignments, EPOCH)
+def _run(
+    assignments: pl.DataFrame, flows: pl.DataFrame, chunks: int = 1, day_starts: list[int] | None = None
+) -> tuple[dict[str, list[int]], int]:
+    lookup = build_lookup(assignments, EPOCH, day_starts)
     totals = Totals.empty(lookup)
     size = -(-flows.height // chunks)
     for start in range(0, flows.height, size):
@@ -130,6 +148,33 @@ def _run(assignments: pl.DataFrame, flows: pl.DataFrame, chunks: int = 1) -> tup
 def test_sort_merge_matches_brute_force(case: tuple[pl.DataFrame, pl.DataFrame], chunks: int) -> None:
     assignments, flows = case
     got, unattributed = _run(assignments, flows, chunks)
+    expected, expected_unattributed = brute_force(assignments, flows)
+    assert got == {k: v for k, v in expected.items() if v != [0, 0]}
+    assert unattributed == expected_unattributed
+
+
+# Uneven "days" (2.5 to 4 hours, like a DST day is 23 or 25) that cut sessions and buckets of an
+# hour, over flows spread across 10 hours: the bucket tables, not just one all-time bucket.
+DAY_STARTS = [EPOCH - 7_200, EPOCH + 10_800, EPOCH + 19_800, EPOCH + 34_200, EPOCH + 46_800]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(scale=60, far_prefixes=True), st.integers(1, 3))
+def test_matches_brute_force_across_days_buckets_and_distant_prefixes(
+    case: tuple[pl.DataFrame, pl.DataFrame], chunks: int
+) -> None:
+    assignments, flows = case
+    got, unattributed = _run(assignments, flows, chunks, DAY_STARTS)
+    expected, expected_unattributed = brute_force(assignments, flows)
+    assert got == {k: v for k, v in expected.items() if v != [0, 0]}
+    assert unattributed == expected_unattributed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(largest_bytes=1 << 56))
+def test_sums_stay_exact_beyond_float_precision(case: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    assignments, flows = case
+    got, unattributed = _run(assignments, flows, 1, DAY_STARTS)
     expected, expected_unattributed = brute_force(assignments, flows)
     assert got == {k: v for k, v in expected.items() if v != [0, 0]}
     assert unattributed == expected_unattributed
