@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from transforms import attribution
 
-CHUNK_ROWS = 2_000_000
+CHUNK_ROWS = 1_000_000
 THREADS = 2
 FLOW_COLUMNS = (
     "first_ts",

@@ -16,6 +16,7 @@ IPv6 prefixes the longest prefix with a session at that moment wins, resolved on
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -39,7 +40,7 @@ EXACT_FLOAT_SUM = float(1 << 52)
 class TimeGrid:
     """Maps seconds since the epoch to day * 24 + local hour and to a time bucket (a few local
     hours within one day) through quarter-hour tables: every real time zone's local hours start on
-    a UTC quarter hour. Times outside the days get the hour slot `outside` and bucket -1."""
+    a UTC quarter hour. Times outside the days get the hour slot `outside` and the bucket after the last."""
 
     origin: int
     hour_of_quarter: np.ndarray
@@ -71,10 +72,10 @@ class TimeGrid:
         return int(self.bucket_starts.size - 1)
 
     def locate(self, millis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hour slot, bucket) per time in int64 milliseconds since the epoch; outside the days,
-        the slot `outside` and bucket -1."""
+        """(hour slot, bucket) per time in int64 milliseconds since the epoch, as int32; outside the
+        days, the slot `outside` and the bucket after the last (`buckets`)."""
         if self.hour_of_quarter.size == 1:
-            return np.zeros(millis.size, dtype=np.int64), np.zeros(millis.size, dtype=np.int64)
+            return np.zeros(millis.size, dtype=np.int32), np.zeros(millis.size, dtype=np.int32)
         # One division and two lookups; the tables carry an "outside" entry at either end.
         index = (millis - self.origin * 1000) // (QUARTER_HOUR * 1000) + 1
         np.clip(index, 0, self.hour_of_quarter.size + 1, out=index)
@@ -82,11 +83,11 @@ class TimeGrid:
 
     @cached_property
     def _padded_hours(self) -> np.ndarray:
-        return np.concatenate([[self.outside], self.hour_of_quarter, [self.outside]]).astype(np.int64)
+        return np.concatenate([[self.outside], self.hour_of_quarter, [self.outside]]).astype(np.int32)
 
     @cached_property
     def _padded_buckets(self) -> np.ndarray:
-        return np.concatenate([[-1], self.bucket_of_quarter, [-1]]).astype(np.int64)
+        return np.concatenate([[self.buckets], self.bucket_of_quarter, [self.buckets]]).astype(np.int32)
 
 
 NO_PIECE, SOME_PIECES = -1, -2
@@ -96,7 +97,8 @@ NO_PIECE, SOME_PIECES = -1, -2
 class SessionTable:
     """Non-overlapping session pieces of one key space, ordered by (day, rank, start): [start, end)
     seconds. For cell i = bucket * ranks + rank: `piece[i]` is the one piece that holds the whole
-    bucket, NO_PIECE, or SOME_PIECES, whose overlapping pieces are [first[i], stop[i])."""
+    bucket, NO_PIECE, or SOME_PIECES, whose overlapping pieces are [first[i], stop[i]). `piece` has
+    one more bucket, of NO_PIECE, for times outside the days."""
 
     rank: np.ndarray
     start_s: np.ndarray
@@ -160,10 +162,11 @@ def _session_table(
     width = np.int32 if piece_start.size < (1 << 31) else np.int64
     cell_first = np.empty(grid.buckets * ranks, dtype=width)
     cell_stop = np.empty(grid.buckets * ranks, dtype=width)
-    cell_piece = np.empty(grid.buckets * ranks, dtype=width)
+    cell_piece = np.full((grid.buckets + 1) * ranks, NO_PIECE, dtype=width)  # + the "outside" bucket
     cell_rank = np.arange(ranks, dtype=np.int64) << 32
     last_piece = max(piece_start.size - 1, 0)
-    for bucket in range(grid.buckets):
+
+    def fill(bucket: int) -> None:
         a, b = int(day_first[grid.bucket_day[bucket]]), int(day_first[grid.bucket_day[bucket] + 1])
         opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
         head = a + np.searchsorted(end_keys[a:b], cell_rank | opens, side="right")
@@ -174,6 +177,10 @@ def _session_table(
         cells = slice(bucket * ranks, (bucket + 1) * ranks)
         cell_first[cells], cell_stop[cells] = head, stop
         cell_piece[cells] = np.where(whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES))
+
+    # Buckets fill disjoint slices, and numpy's searches release the GIL: two threads halve the wait.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(fill, range(grid.buckets)))
     return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_piece, cell_first, cell_stop)
 
 
@@ -430,7 +437,8 @@ def _find_pieces(
     """(positions into rank, piece indices) of the sides held by some session at their time."""
     if table.size == 0 or rank.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
-    cell = bucket * table.ranks + rank
+    cell = bucket.astype(np.int64) * table.ranks if table.piece.size >= (1 << 31) else bucket * table.ranks
+    cell += rank
     found = table.piece[cell]
     whole = np.flatnonzero(found >= 0)
     some = np.flatnonzero(found == SOME_PIECES)
@@ -477,9 +485,9 @@ def _sum_by_piece(
 UDP_CODE = 1 << 16
 PORTLESS_CODE = 1 << 17
 PORT_CODES = PORTLESS_CODE + 256
-PORT_CODE_BASE = np.array([PORTLESS_CODE + p for p in range(256)], dtype=np.int64)
+PORT_CODE_BASE = np.array([PORTLESS_CODE + p for p in range(256)], dtype=np.int32)
 PORT_CODE_BASE[6], PORT_CODE_BASE[17] = 0, UDP_CODE
-PORT_MASK = np.zeros(256, dtype=np.int64)
+PORT_MASK = np.zeros(256, dtype=np.int32)
 PORT_MASK[6] = PORT_MASK[17] = 0xFFFF
 
 
@@ -502,18 +510,23 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port,
     optionally packets: the exported, sampled count) per session piece and direction, per hour slot
     and per (protocol, lower port, hour slot)."""
-    millis = flows["first_ts"].dt.cast_time_unit("ms").to_numpy().view(np.int64) - lookup.epoch_s * 1000
+    stamps = flows["first_ts"]
+    if stamps.dtype != pl.Datetime("ms", stamps.dtype.time_zone):  # type: ignore[attr-defined]
+        stamps = stamps.dt.cast_time_unit("ms")
+    millis = stamps.to_physical().to_numpy() - lookup.epoch_s * 1000
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
     packets = flows["packets"].to_numpy().astype(np.uint64, copy=False) if "packets" in flows.columns else None
     exact = float(est.sum(dtype=np.float64)) < EXACT_FLOAT_SUM and (
         packets is None or float(packets.sum(dtype=np.float64)) < EXACT_FLOAT_SUM
     )
+    # bincount sums float64 weights: convert once, not once per sum.
+    volume = est.astype(np.float64) if exact else est
     hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
     slots, buckets = lookup.grid.locate(millis)
 
     pieces: dict[str, tuple[int, np.ndarray]] = {}
     # 1 where the flow's source matched a user, 2 where its destination did.
-    matched = np.zeros(flows.height, dtype=np.int64)
+    matched = np.zeros(flows.height, dtype=np.int32)
     for side, direction, flag in (("src", "in", 1), ("dst", "out", 2)):
         # Signed views: the bit operations below only look at bits that keep their meaning.
         hi = flows[f"{side}_hi"].to_numpy().view(np.int64)
@@ -523,11 +536,9 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
                 pieces[f"{family}_{direction}"] = pieces[f"{family}_{direction}_packets"] = (0, np.zeros(0, np.uint64))
                 continue
             rows, rank = find_ranks(hi, lo, lookup)
-            inside = np.flatnonzero(buckets[rows] >= 0)
-            rows, rank = rows[inside], rank[inside]
             hit, piece = _find_pieces(table, rank, millis[rows], buckets[rows])
             rows = rows[hit]
-            pieces[f"{family}_{direction}"] = _sum_by_piece(piece, est[rows], exact)
+            pieces[f"{family}_{direction}"] = _sum_by_piece(piece, volume[rows], exact)
             pieces[f"{family}_{direction}_packets"] = (
                 _sum_by_piece(piece, packets[rows], exact) if packets is not None else (0, np.zeros(0, np.uint64))
             )
@@ -535,10 +546,12 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     # One pass sums every hour slot by whether the flow matched a user on its source and on its
     # destination side: a flow between two users is IN for one and OUT for the other, and knowing
     # which matched both gives the unattributed volume exactly.
-    by_hour = _sum_by_piece(slots * 4 + matched, est, exact, hours * 4)[1].reshape(hours, 4)
+    matched += slots * 4
+    by_hour = _sum_by_piece(matched, volume, exact, hours * 4)[1].reshape(hours, 4)
     protocol = flows["protocol"].to_numpy()
     lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy())
-    port_key = slots * PORT_CODES + PORT_CODE_BASE[protocol]
+    port_key = slots * PORT_CODES
+    port_key += PORT_CODE_BASE[protocol]
     port_key += lower & PORT_MASK[protocol]
     return ChunkTotals(
         pieces,
@@ -546,7 +559,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _sum_by_piece(port_key, est, exact),
+        _sum_by_piece(port_key, volume, exact),
         flows.height,
     )
 
@@ -596,20 +609,19 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     protocols without ports."""
     slots = lookup.days * 24  # the slot after them holds flows outside the days
     key = np.flatnonzero(totals.ports[: slots * PORT_CODES])
-    slot, code = key // PORT_CODES, key % PORT_CODES
-    has_port = code < PORTLESS_CODE
-    frame = pl.DataFrame(
-        {
-            "protocol": np.where(has_port, np.where(code < UDP_CODE, 6, 17), code - PORTLESS_CODE).astype(np.uint8),
-            "port": pl.Series((code & 0xFFFF).astype(np.uint16)),
-            "has_port": has_port,
-            "day_index": slot // 24,
-            "hour": slot % 24,
-            "bytes": totals.ports[key],
-        }
-    )
-    return frame.select(
-        "protocol", pl.when(pl.col("has_port")).then(pl.col("port")).alias("port"), "day_index", "hour", "bytes"
+    slot, code = pl.col("key") // PORT_CODES, pl.col("key") % PORT_CODES
+    return pl.DataFrame({"key": key, "bytes": totals.ports[key]}).select(
+        pl.when(code < UDP_CODE)
+        .then(6)
+        .when(code < PORTLESS_CODE)
+        .then(17)
+        .otherwise(code - PORTLESS_CODE)
+        .cast(pl.UInt8)
+        .alias("protocol"),
+        pl.when(code < PORTLESS_CODE).then(code % UDP_CODE).cast(pl.UInt16).alias("port"),
+        (slot // 24).alias("day_index"),
+        (slot % 24).alias("hour"),
+        "bytes",
     )
 
 
