@@ -1,4 +1,4 @@
-"""Attribution + aggregation benchmark: this project's sort-merge path vs DuckDB SQL vs polars join_asof.
+"""Attribution + aggregation benchmark: this project's direct-index path vs DuckDB SQL vs polars join_asof.
 
     .venv/bin/python bench/bench_attribution.py --sizes 10000000 100000000 --workloads low high v6
 

@@ -9,9 +9,12 @@ import contextvars
 import datetime as dt
 import functools
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
@@ -55,6 +58,31 @@ def months_in(start: dt.date, end: dt.date) -> list[str]:
     if first > last:
         return []
     return monthly.months_between(f"{first:%Y-%m}", f"{last:%Y-%m}")
+
+
+@contextmanager
+def _noticing_interrupts() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) while inside, the usual KeyboardInterrupt still raised. Libraries
+    turn an interrupt that lands in them into their own errors (DuckDB: "Query interrupted"); the
+    event tells the backfill it was the operator, so it stops instead of going on to the next week."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signals only reach the main thread; a deployment run is cancelled instead
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def notice(signum: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, notice)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _week_landed(settings: Settings, week: dt.date) -> bool:
@@ -111,22 +139,29 @@ def run_backfill(
 
     def run(kind: str, period: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         started = time.monotonic()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         try:
             outcome = job()
             row = {"status": "published", "run_id": outcome.get("run_id", "")}
         except Exception as exc:  # one bad week must not stop the others; the reason is reported
+            if interrupted.is_set():
+                raise KeyboardInterrupt from exc
             row = {"status": "failed", "why": f"{type(exc).__name__}: {str(exc)[:300]}"}
         return {"kind": kind, "period": period, **row, "seconds": round(time.monotonic() - started, 1)}
 
-    if jobs and FlowRunContext.get() is None:
-        # Outside a flow run, the first flow run starts Prefect's ephemeral API; two starting it at
-        # once collide on its port, so one runs alone first.
-        done(run(*jobs.pop(0)))
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        # Each job runs in a copy of this context, so it is a subflow of the calling flow run (if any).
-        futures = [pool.submit(contextvars.copy_context().run, run, kind, period, job) for kind, period, job in jobs]
-        for future in as_completed(futures):
-            done(future.result())
+    with _noticing_interrupts() as interrupted:
+        if jobs and FlowRunContext.get() is None:
+            # Outside a flow run, the first flow run starts Prefect's ephemeral API; two starting it
+            # at once collide on its port, so one runs alone first.
+            done(run(*jobs.pop(0)))
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            # Each job runs in a copy of this context, so it is a subflow of the calling flow run (if any).
+            futures = [
+                pool.submit(contextvars.copy_context().run, run, kind, period, job) for kind, period, job in jobs
+            ]
+            for future in as_completed(futures):
+                done(future.result())
     if any(r["status"] == "published" for r in results):
         # Concurrent runs each rebuilt the catalog; one last build shows every publication.
         publish.build_catalog(settings.warehouse)
