@@ -169,8 +169,9 @@ def _session_table(
     def fill(bucket: int) -> None:
         a, b = int(day_first[grid.bucket_day[bucket]]), int(day_first[grid.bucket_day[bucket] + 1])
         opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
-        head = a + np.searchsorted(end_keys[a:b], cell_rank | opens, side="right")
-        stop = a + np.searchsorted(start_keys[a:b], cell_rank | closes, side="left")
+        # Pieces lie in [0, 2^32) seconds (seconds_since clips), a bucket may start before the epoch.
+        head = a + np.searchsorted(end_keys[a:b], cell_rank | max(opens, 0), side="right")
+        stop = a + np.searchsorted(start_keys[a:b], cell_rank | min(max(closes, 0), (1 << 32) - 1), side="left")
         # The common case gets one lookup: one piece that holds the whole bucket.
         safe = np.minimum(head, last_piece)
         whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
@@ -293,15 +294,21 @@ class AssignmentLookup:
         return int(self.day_starts.size - 1)
 
 
-def _bucket_hours(days: int, ranks: int) -> int:
-    """The shortest bucket (in hours) whose (bucket x rank) cells stay within MAX_BUCKET_CELLS."""
-    return next((h for h in BUCKET_HOURS if max(days, 1) * (24 // h) * ranks <= MAX_BUCKET_CELLS), 24)
+def _bucket_hours(days: int, ranks: int, max_cells: int) -> int:
+    """The shortest bucket (in hours) whose (bucket x rank) cells stay within max_cells."""
+    return next((h for h in BUCKET_HOURS if max(days, 1) * (24 // h) * ranks <= max_cells), 24)
 
 
-def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int] | None = None) -> AssignmentLookup:
+def build_lookup(
+    assignments: pl.DataFrame,
+    epoch_s: int,
+    day_starts_s: list[int] | None = None,
+    max_bucket_cells: int = MAX_BUCKET_CELLS,
+) -> AssignmentLookup:
     """Lookup tables from assignment rows (user_key, service, customer_type, family, key, prefix_len,
     valid_from, valid_to). `epoch_s` is the time origin in epoch seconds; `day_starts_s` are the
-    local midnights (epoch seconds) that cut sessions into days (default: one day, all time)."""
+    local midnights (epoch seconds) that cut sessions into days (default: one day, all time);
+    buckets are as short as `max_bucket_cells` (bucket x address rank) cells allow."""
     users = (
         assignments.select("user_key", "service", "customer_type")
         .unique(maintain_order=True)
@@ -318,7 +325,9 @@ def build_lookup(assignments: pl.DataFrame, epoch_s: int, day_starts_s: list[int
     rank_of_slot = np.full(blocks.size * 256, -1, dtype=np.int32)
     rank_of_slot[slot_of_24[distinct >> 8] + (distinct & 255)] = np.arange(distinct.size, dtype=np.int32)
     range_starts, range_ends, v6 = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s)
-    grid = TimeGrid.for_days(bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size))
+    grid = TimeGrid.for_days(
+        bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size, max_bucket_cells)
+    )
     v4_table = _session_table(
         np.searchsorted(distinct, addresses),
         seconds_since(v4["valid_from"], epoch_s),

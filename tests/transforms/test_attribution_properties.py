@@ -125,9 +125,13 @@ def brute_force(assignments: pl.DataFrame, flows: pl.DataFrame) -> tuple[dict[st
 
 
 def _run(
-    assignments: pl.DataFrame, flows: pl.DataFrame, chunks: int = 1, day_starts: list[int] | None = None
+    assignments: pl.DataFrame,
+    flows: pl.DataFrame,
+    chunks: int = 1,
+    day_starts: list[int] | None = None,
+    max_bucket_cells: int = 1 << 25,
 ) -> tuple[dict[str, list[int]], int]:
-    lookup = build_lookup(assignments, EPOCH, day_starts)
+    lookup = build_lookup(assignments, EPOCH, day_starts, max_bucket_cells)
     totals = Totals.empty(lookup)
     size = -(-flows.height // chunks)
     for start in range(0, flows.height, size):
@@ -159,12 +163,13 @@ DAY_STARTS = [EPOCH - 7_200, EPOCH + 10_800, EPOCH + 19_800, EPOCH + 34_200, EPO
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios(scale=60, far_prefixes=True), st.integers(1, 3))
+@given(scenarios(scale=60, far_prefixes=True), st.integers(1, 3), st.sampled_from([1, 40, 1 << 25]))
 def test_matches_brute_force_across_days_buckets_and_distant_prefixes(
-    case: tuple[pl.DataFrame, pl.DataFrame], chunks: int
+    case: tuple[pl.DataFrame, pl.DataFrame], chunks: int, max_bucket_cells: int
 ) -> None:
+    """Buckets of 1 hour, or longer ones shared by several pieces when the cells are few."""
     assignments, flows = case
-    got, unattributed = _run(assignments, flows, chunks, DAY_STARTS)
+    got, unattributed = _run(assignments, flows, chunks, DAY_STARTS, max_bucket_cells)
     expected, expected_unattributed = brute_force(assignments, flows)
     assert got == {k: v for k, v in expected.items() if v != [0, 0]}
     assert unattributed == expected_unattributed
