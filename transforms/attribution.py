@@ -4,9 +4,9 @@ Sessions are cut at local midnights into pieces, one per (session, day), ordered
 start). The rank is the dense index of the session's IPv4 address or, for IPv6, of the elementary
 range of delegated prefixes that holds the address's upper 64 bits. A flow side finds its piece by
 array lookups, one vectorised pass each over the chunk: its address's rank (a table per /24, then a
-rank per address; for IPv6 a binary search over the ranges), its time's bucket (a few local hours,
-from a quarter-hour table), then the pieces overlapping (bucket, rank) from a dense table, usually
-exactly one. Volumes are summed per piece by one bincount over the pieces the chunk touched. A
+rank per address; for IPv6 a bucket table over the prefixes' span), its time's bucket (a few local
+hours, from a quarter-hour table), then the pieces overlapping (bucket, rank) from a dense table,
+usually exactly one. Volumes are summed per piece by one bincount over the pieces the chunk touched. A
 chunk costs O(chunk) whatever the week's sessions, and chunks are independent (sums add up), which
 bounds memory.
 
@@ -23,9 +23,8 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-U32 = np.uint64(32)
 MASK32 = np.uint64(0xFFFF_FFFF)
-V4_MAPPED_HIGH = np.uint64(0xFFFF)  # the upper half of ::ffff:a.b.c.d's low 64 bits
+V4_MAPPED_HIGH = 0xFFFF  # the upper half of ::ffff:a.b.c.d's low 64 bits
 SECONDS_PER_HOUR = 3600
 QUARTER_HOUR = 900
 # Buckets are as short as this many (bucket x rank) cells allow: shorter buckets mean fewer
@@ -344,6 +343,8 @@ def build_lookup(
         int(range_starts.size),
         grid,
     )
+    # Computed once here rather than raced for by the threads that share the lookup.
+    _ = grid._padded_hours, grid._padded_buckets, v4_table.start_ms, v4_table.end_ms, v6_table.start_ms, v6_table.end_ms
     return AssignmentLookup(
         epoch_s,
         bounds,
