@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.backfill import run_backfill
+import pytest
+
+from flows.backfill import _noticing_interrupts, run_backfill
 from flows.generate import generate_to
 from flows.publish import MANIFEST, read_manifest
 from tests.conftest import TEST_KEY, WEEK
@@ -59,3 +61,18 @@ def test_an_interrupted_backfill_resumes_with_only_what_is_missing(
     manifest = read_manifest(warehouse)
     assert set(manifest["tables"]["usage_summary"]) == {str(YEAR_BEFORE), str(WEEK)}
     assert manifest["tables"]["usage_summary"][str(YEAR_BEFORE)] == first["tables"]["usage_summary"][str(YEAR_BEFORE)]
+
+
+def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_noticed() -> None:
+    """DuckDB answers SIGINT with its own "Query interrupted" error; the backfill must still see an
+    operator's Ctrl-C (and stop) rather than a failed week to step over."""
+    with _noticing_interrupts() as interrupted:
+        assert not interrupted.is_set()
+        with pytest.raises(RuntimeError, match="Query interrupted"):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs here, in the main thread
+            except KeyboardInterrupt as exc:
+                raise RuntimeError("Query interrupted") from exc
+        assert interrupted.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
