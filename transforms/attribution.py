@@ -490,6 +490,12 @@ def _sum_by_piece(
     return lowest, sums
 
 
+def _nonzero(first: int, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, sums) of the non-zero sums of keys first, first + 1, ..."""
+    present = np.flatnonzero(sums)
+    return present + first, sums[present]
+
+
 # Port-hour keys: hour slot * PORT_CODES + port code, where the code is the lower port for TCP,
 # 65536 + the lower port for UDP and 131072 + the protocol number for protocols without ports.
 UDP_CODE = 1 << 16
@@ -504,15 +510,15 @@ PORT_MASK[6] = PORT_MASK[17] = 0xFFFF
 @dataclass(frozen=True)
 class ChunkTotals:
     """One chunk's sums: per key space and direction, (first piece, sums of the pieces from it);
-    dense per hour slot; and (first port-hour key, sums of the keys from it). Its size follows the
-    chunk's time span, not the week's sessions."""
+    dense per hour slot; and (port-hour keys, their sums) where not zero. Its size follows the
+    chunk, not the week's sessions."""
 
     pieces: dict[str, tuple[int, np.ndarray]]
     hour_in: np.ndarray
     hour_out: np.ndarray
     hour_all: np.ndarray
     hour_both: np.ndarray
-    ports: tuple[int, np.ndarray]
+    ports: tuple[np.ndarray, np.ndarray]
     flows: int
 
 
@@ -569,7 +575,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _sum_by_piece(port_key, volume, exact),
+        _nonzero(*_sum_by_piece(port_key, volume, exact)),
         flows.height,
     )
 
@@ -641,7 +647,7 @@ def accumulate(into: Totals, part: ChunkTotals) -> Totals:
         getattr(into, name)[first : first + sums.size] += sums
     for name in ("hour_in", "hour_out", "hour_all", "hour_both"):
         getattr(into, name)[:] += getattr(part, name)
-    first, sums = part.ports
-    into.ports[first : first + sums.size] += sums
+    keys, sums = part.ports
+    into.ports[keys] += sums  # keys are distinct
     into.flows += part.flows
     return into
