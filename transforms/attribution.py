@@ -280,8 +280,9 @@ class AssignmentLookup:
     day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
     grid: TimeGrid
     v4: SessionTable
-    v4_slot_of_24: np.ndarray  # per /24 of the IPv4 space: its first slot (block * 256), -1 if no session address
-    v4_rank_of_slot: np.ndarray  # int32 per slot (block, last octet): the address's rank, -1 if none
+    v4_block_of_16: np.ndarray  # int32 per /16: its block among the /16s with session addresses, -1 if none
+    v4_slot_of_24: np.ndarray  # per (block, third octet): the /24's first slot; unused ones an empty /24's
+    v4_rank_of_slot: np.ndarray  # int32 per slot (the /24, last octet): the address's rank, -1 if none
     v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
     v6_range_ends: np.ndarray  # last /64 of each range, inclusive
     v6_index: RangeIndex
@@ -318,11 +319,18 @@ def build_lookup(
     v4 = indexed.filter(pl.col("family") == "v4")
     addresses = (v4["key"].to_numpy().astype(np.uint64) & MASK32).astype(np.int64)
     distinct = np.unique(addresses)
-    blocks = np.unique(distinct >> 8)
-    slot_of_24 = np.full(1 << 24, -1, dtype=np.int32 if blocks.size < (1 << 23) else np.int64)
-    slot_of_24[blocks] = np.arange(blocks.size) * 256
-    rank_of_slot = np.full(blocks.size * 256, -1, dtype=np.int32)
-    rank_of_slot[slot_of_24[distinct >> 8] + (distinct & 255)] = np.arange(distinct.size, dtype=np.int32)
+    # Three small tables instead of one per address: /16 -> its block (or -1), (block, third octet)
+    # -> the /24's first slot (unused /24s share a last, empty one), slot -> rank (or -1).
+    sixteens, twenty_fours = np.unique(distinct >> 16), np.unique(distinct >> 8)
+    width = np.int32 if twenty_fours.size < (1 << 22) else np.int64
+    block_of_16 = np.full(1 << 16, -1, dtype=np.int32)
+    block_of_16[sixteens] = np.arange(sixteens.size, dtype=np.int32)
+    slot_of_24 = np.full(sixteens.size * 256, twenty_fours.size * 256, dtype=width)
+    slot_of_24[block_of_16[twenty_fours >> 8] * 256 + (twenty_fours & 255)] = np.arange(twenty_fours.size) * 256
+    rank_of_slot = np.full((twenty_fours.size + 1) * 256, -1, dtype=np.int32)
+    rank_of_slot[np.searchsorted(twenty_fours, distinct >> 8) * 256 + (distinct & 255)] = np.arange(
+        distinct.size, dtype=np.int32
+    )
     range_starts, range_ends, v6 = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s)
     grid = TimeGrid.for_days(
         bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size, max_bucket_cells)
@@ -350,6 +358,7 @@ def build_lookup(
         bounds,
         grid,
         v4_table,
+        block_of_16,
         slot_of_24,
         rank_of_slot,
         range_starts,
@@ -410,12 +419,13 @@ class Totals:
 def _v4_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple[np.ndarray, np.ndarray]:
     """(rows, ranks) of one side's addresses (int64 views of the upper and lower halves) that are
     IPv4 addresses some session held."""
-    base = lookup.v4_slot_of_24[(lo >> 8) & 0xFF_FFFF]
-    rows = np.flatnonzero(base >= 0)
+    block = lookup.v4_block_of_16[(lo >> 16) & 0xFFFF]
+    rows = np.flatnonzero(block >= 0)
     low = lo[rows]
     mapped = np.flatnonzero((hi[rows] == 0) & ((low >> 32) == V4_MAPPED_HIGH))
-    rows = rows[mapped]
-    rank = lookup.v4_rank_of_slot[base[rows] + (low[mapped] & 0xFF)]
+    rows, low = rows[mapped], low[mapped]
+    slot = lookup.v4_slot_of_24[block[rows] * 256 + ((low >> 8) & 0xFF)]
+    rank = lookup.v4_rank_of_slot[slot + (low & 0xFF)]
     held = np.flatnonzero(rank >= 0)
     return rows[held], rank[held]
 

@@ -70,9 +70,9 @@ def scenarios(
         }
     )
     n = draw(st.integers(1, 60))
-    addresses = [(0, r[2]) if r[1] == "v4" else (r[2] | draw(st.integers(0, 0xFFFF)) & 0xFF, 7) for r in kept] + [
-        (0, V4_MAPPED | 1)
-    ]
+    # Plus addresses nobody held: another /16, an unused /24 of a used /16, an unused address of a used /24.
+    nobody = [(0, V4_MAPPED | 1), (0, V4_MAPPED | 0xC0000901), (0, V4_MAPPED | 0xC00002FF)]
+    addresses = [(0, r[2]) if r[1] == "v4" else (r[2] | draw(st.integers(0, 0xFFFF)) & 0xFF, 7) for r in kept] + nobody
     flows = []
     for _ in range(n):
         src = draw(st.sampled_from(addresses))
