@@ -309,16 +309,20 @@ def build_lookup(
     valid_from, valid_to). `epoch_s` is the time origin in epoch seconds; `day_starts_s` are the
     local midnights (epoch seconds) that cut sessions into days (default: one day, all time);
     buckets are as short as `max_bucket_cells` (bucket x address rank) cells allow."""
-    users = (
-        assignments.select("user_key", "service", "customer_type")
-        .unique(maintain_order=True)
-        .with_row_index("user_index")
+    # One group-by gives both the users and each row's user: a unique + join back copies every
+    # column of what can be tens of millions of sessions.
+    identity = ["user_key", "service", "customer_type"]
+    grouped = assignments.select(identity).with_row_index("row").group_by(identity, maintain_order=True).agg("row")
+    users = grouped.select(identity).with_row_index("user_index")
+    user_index = np.empty(assignments.height, dtype=np.int64)
+    user_index[grouped["row"].explode().to_numpy()] = np.repeat(
+        np.arange(grouped.height), grouped["row"].list.len().to_numpy()
     )
-    indexed = assignments.join(users, on=["user_key", "service", "customer_type"], how="left", nulls_equal=True)
     bounds = np.array([s - epoch_s for s in day_starts_s] if day_starts_s else [0, (1 << 32) - 1], dtype=np.int64)
-    v4 = indexed.filter(pl.col("family") == "v4")
+    is_v4 = (assignments["family"] == "v4").to_numpy()
+    v4 = assignments.filter(is_v4).select("key", "valid_from", "valid_to")
     addresses = (v4["key"].to_numpy().astype(np.uint64) & MASK32).astype(np.int64)
-    distinct = np.unique(addresses)
+    distinct = np.sort(pl.Series(addresses).unique().to_numpy())
     # Three small tables instead of one per address: /16 -> its block (or -1), (block, third octet)
     # -> the /24's first slot (unused /24s share a last, empty one), slot -> rank (or -1).
     sixteens, twenty_fours = np.unique(distinct >> 16), np.unique(distinct >> 8)
@@ -331,15 +335,24 @@ def build_lookup(
     rank_of_slot[np.searchsorted(twenty_fours, distinct >> 8) * 256 + (distinct & 255)] = np.arange(
         distinct.size, dtype=np.int32
     )
-    range_starts, range_ends, v6 = _resolve_v6(indexed.filter(pl.col("family") == "v6"), epoch_s)
+    v4_ranks = rank_of_slot[
+        slot_of_24[block_of_16[addresses >> 16] * 256 + ((addresses >> 8) & 255)] + (addresses & 255)
+    ]
+    is_v6 = (assignments["family"] == "v6").to_numpy()
+    range_starts, range_ends, v6 = _resolve_v6(
+        assignments.filter(is_v6)
+        .select("key", "prefix_len", "valid_from", "valid_to")
+        .with_columns(user_index=pl.Series(user_index[is_v6])),
+        epoch_s,
+    )
     grid = TimeGrid.for_days(
         bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size, max_bucket_cells)
     )
     v4_table = _session_table(
-        np.searchsorted(distinct, addresses),
+        v4_ranks.astype(np.int64),
         seconds_since(v4["valid_from"], epoch_s),
         seconds_since(v4["valid_to"], epoch_s),
-        v4["user_index"].to_numpy().astype(np.int64),
+        user_index[is_v4],
         int(distinct.size),
         grid,
     )
