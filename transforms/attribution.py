@@ -154,34 +154,45 @@ def _session_table(
     rows, day, piece_start, piece_end = rows[order], day[order], piece_start[order], piece_end[order]
     piece_rank = rank[rows]
     # Pieces overlapping each (bucket, rank): from the first ending after the bucket's start to the
-    # first starting at or after its end, searched as (rank, time) keys within the bucket's day.
-    start_keys = (piece_rank << 32) | piece_start
-    end_keys = (piece_rank << 32) | piece_end
+    # first starting at or after its end. Both only move forward from one bucket of a day to the
+    # next, so two pointers per rank walk each day's pieces once instead of searching per bucket.
     day_first = np.searchsorted(day, np.arange(days + 1), side="left")
     width = np.int32 if piece_start.size < (1 << 31) else np.int64
     cell_first = np.empty(grid.buckets * ranks, dtype=width)
     cell_stop = np.empty(grid.buckets * ranks, dtype=width)
     cell_piece = np.full((grid.buckets + 1) * ranks, NO_PIECE, dtype=width)  # + the "outside" bucket
-    cell_rank = np.arange(ranks, dtype=np.int64) << 32
+    every_rank = np.arange(ranks)
     last_piece = max(piece_start.size - 1, 0)
 
-    def fill(bucket: int) -> None:
-        a, b = int(day_first[grid.bucket_day[bucket]]), int(day_first[grid.bucket_day[bucket] + 1])
-        opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
-        # Pieces lie in [0, 2^32) seconds (seconds_since clips), a bucket may start before the epoch.
-        head = a + np.searchsorted(end_keys[a:b], cell_rank | max(opens, 0), side="right")
-        stop = a + np.searchsorted(start_keys[a:b], cell_rank | min(max(closes, 0), (1 << 32) - 1), side="left")
-        # The common case gets one lookup: one piece that holds the whole bucket.
-        safe = np.minimum(head, last_piece)
-        whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
-        cells = slice(bucket * ranks, (bucket + 1) * ranks)
-        cell_first[cells], cell_stop[cells] = head, stop
-        cell_piece[cells] = np.where(whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES))
+    def fill(one_day: int) -> None:
+        a, b = int(day_first[one_day]), int(day_first[one_day + 1])
+        head = a + np.searchsorted(piece_rank[a:b], every_rank, side="left")
+        limit = a + np.searchsorted(piece_rank[a:b], every_rank, side="right")
+        stop = head.copy()
+        for bucket in np.flatnonzero(grid.bucket_day == one_day):
+            opens, closes = int(grid.bucket_starts[bucket]), int(grid.bucket_starts[bucket + 1])
+            _advance(head, limit, piece_end, opens)
+            _advance(stop, limit, piece_start, closes - 1)
+            # The common case gets one lookup: one piece that holds the whole bucket.
+            safe = np.minimum(head, last_piece)
+            whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
+            cells = slice(bucket * ranks, (bucket + 1) * ranks)
+            cell_first[cells], cell_stop[cells] = head, stop
+            cell_piece[cells] = np.where(whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES))
 
-    # Buckets fill disjoint slices, and numpy's searches release the GIL: two threads halve the wait.
+    # Days fill disjoint slices, and numpy releases the GIL in its array loops.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(fill, range(grid.buckets)))
+        list(pool.map(fill, range(days)))
     return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_piece, cell_first, cell_stop)
+
+
+def _advance(pointer: np.ndarray, limit: np.ndarray, values: np.ndarray, bound: int) -> None:
+    """Moves each pointer (in place) past the values <= bound, stopping at its limit."""
+    moving = np.flatnonzero(pointer < limit)
+    while moving.size:
+        moving = moving[values[pointer[moving]] <= bound]
+        pointer[moving] += 1
+        moving = moving[pointer[moving] < limit[moving]]
 
 
 def _resolve_v6(v6: pl.DataFrame, epoch_s: int) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
