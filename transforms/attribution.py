@@ -186,11 +186,13 @@ def _session_table(
     return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_piece, cell_first, cell_stop)
 
 
-def _advance(pointer: np.ndarray, limit: np.ndarray, values: np.ndarray, bound: int) -> None:
-    """Moves each pointer (in place) past the values <= bound, stopping at its limit."""
+def _advance(pointer: np.ndarray, limit: np.ndarray, values: np.ndarray, bound: int | np.ndarray) -> None:
+    """Moves each pointer (in place) past the values <= its bound (one for all, or one each),
+    stopping at its limit; each step only looks at the pointers still moving."""
+    bounds = np.broadcast_to(bound, pointer.shape)
     moving = np.flatnonzero(pointer < limit)
     while moving.size:
-        moving = moving[values[pointer[moving]] <= bound]
+        moving = moving[values[pointer[moving]] <= bounds[moving]]
         pointer[moving] += 1
         moving = moving[pointer[moving] < limit[moving]]
 
@@ -491,18 +493,13 @@ def _find_pieces(
     cell, times = cell[some], millis[some]
     piece = table.first[cell]
     stop = table.stop[cell]
-    # Where several pieces overlap the bucket (a reconnect within it), step to the last one that
-    # started by the flow's time; each step only looks at the rows still moving.
+    # Where several pieces overlap the bucket (a reconnect within it): the last one that started by
+    # the flow's time, found by stepping past those that did.
     several = np.flatnonzero(stop - piece > 1)
     if several.size:
-        current, last, moving_times = piece[several], stop[several] - 1, times[several]
-        moving = np.arange(several.size)
-        while moving.size:
-            ahead = current[moving] + 1
-            step = (ahead <= last[moving]) & (table.start_ms[np.minimum(ahead, last[moving])] <= moving_times[moving])
-            moving = moving[step]
-            current[moving] += 1
-        piece[several] = current
+        after = piece[several] + 1
+        _advance(after, stop[several], table.start_ms, times[several])
+        piece[several] = after - 1
     hit = np.flatnonzero((table.start_ms[piece] <= times) & (times < table.end_ms[piece]))
     return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], piece[hit]])
 
