@@ -106,7 +106,10 @@ def test_serve_registers_the_weekly_schedule_and_a_triggered_run_publishes_the_w
                 assert schedule.schedule.cron == "0 4 * * 1" and schedule.schedule.timezone == "Asia/Tokyo"
                 assert weekly.parameters["landing_zone"] == str(small_landing)
                 assert weekly.parameters["warehouse"] == str(warehouse)
-                monthly = client.read_deployment_by_name("scheduled_monthly_traffic/monthly")
+                # serve registers its deployments one after another: the monthly one may come later.
+                monthly = _wait_until(
+                    lambda: client.read_deployment_by_name("scheduled_monthly_traffic/monthly"), 60, "deployment"
+                )
                 assert monthly.schedules[0].schedule.cron == "0 4 2 * *"
                 # The server's scheduler has laid out the coming runs: Mondays 04:00 in Tokyo.
                 upcoming = _wait_until(
