@@ -28,8 +28,8 @@ V4_MAPPED_HIGH = 0xFFFF  # the upper half of ::ffff:a.b.c.d's low 64 bits
 SECONDS_PER_HOUR = 3600
 QUARTER_HOUR = 900
 # Buckets are as short as this many (bucket x rank) cells allow: shorter buckets mean fewer
-# pieces per cell when addresses churn, at 8 bytes per cell.
-MAX_BUCKET_CELLS = 1 << 25
+# pieces per cell when addresses churn, at 4 bytes per cell (512 MB at most).
+MAX_BUCKET_CELLS = 1 << 27
 BUCKET_HOURS = (1, 2, 3, 4, 6, 8, 12, 24)
 # bincount sums in float64, exact while a chunk's total stays below 2^53.
 EXACT_FLOAT_SUM = float(1 << 52)
@@ -90,36 +90,29 @@ class TimeGrid:
 
 
 NO_PIECE, SOME_PIECES = -1, -2
+LAST_SECOND = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
 class SessionTable:
     """Non-overlapping session pieces of one key space, ordered by (day, rank, start): [start, end)
-    seconds. For cell i = bucket * ranks + rank: `piece[i]` is the one piece that holds the whole
-    bucket, NO_PIECE, or SOME_PIECES, whose overlapping pieces are [first[i], stop[i]). `piece` has
-    one more bucket, of NO_PIECE, for times outside the days."""
+    whole seconds since the epoch. `key` packs (day * ranks + rank) << 32 | start, ascending, with
+    one sentinel after the last piece. For cell i = bucket * ranks + rank, `cell[i]` is the one piece
+    that holds the whole bucket, NO_PIECE, or SOME_PIECES - p where the pieces overlapping the bucket
+    start at piece p. `cell` has one more bucket, of NO_PIECE, for times outside the days;
+    `bucket_offset` is each bucket's day * ranks."""
 
-    rank: np.ndarray
-    start_s: np.ndarray
+    key: np.ndarray
     end_s: np.ndarray
     user: np.ndarray
     day: np.ndarray
     ranks: int
-    piece: np.ndarray
-    first: np.ndarray
-    stop: np.ndarray
+    cell: np.ndarray
+    bucket_offset: np.ndarray
 
     @property
     def size(self) -> int:
-        return int(self.rank.size)
-
-    @cached_property
-    def start_ms(self) -> np.ndarray:
-        return self.start_s * 1000
-
-    @cached_property
-    def end_ms(self) -> np.ndarray:
-        return self.end_s * 1000
+        return int(self.end_s.size)
 
 
 def seconds_since(ts: pl.Series, epoch_s: int) -> np.ndarray:
@@ -157,10 +150,8 @@ def _session_table(
     # first starting at or after its end. Both only move forward from one bucket of a day to the
     # next, so two pointers per rank walk each day's pieces once instead of searching per bucket.
     day_first = np.searchsorted(day, np.arange(days + 1), side="left")
-    width = np.int32 if piece_start.size < (1 << 31) else np.int64
-    cell_first = np.empty(grid.buckets * ranks, dtype=width)
-    cell_stop = np.empty(grid.buckets * ranks, dtype=width)
-    cell_piece = np.full((grid.buckets + 1) * ranks, NO_PIECE, dtype=width)  # + the "outside" bucket
+    width = np.int32 if piece_start.size < (1 << 31) + SOME_PIECES else np.int64
+    cell = np.full((grid.buckets + 1) * ranks, NO_PIECE, dtype=width)  # + the "outside" bucket
     every_rank = np.arange(ranks)
     last_piece = max(piece_start.size - 1, 0)
 
@@ -176,25 +167,41 @@ def _session_table(
             # The common case gets one lookup: one piece that holds the whole bucket.
             safe = np.minimum(head, last_piece)
             whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
-            cells = slice(bucket * ranks, (bucket + 1) * ranks)
-            cell_first[cells], cell_stop[cells] = head, stop
-            cell_piece[cells] = np.where(whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES))
+            cell[bucket * ranks : (bucket + 1) * ranks] = np.where(
+                whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES - head)
+            )
 
     # Days fill disjoint slices, and numpy releases the GIL in its array loops.
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(fill, range(days)))
-    return SessionTable(piece_rank, piece_start, piece_end, user[rows], day, ranks, cell_piece, cell_first, cell_stop)
+    # (day * ranks + rank) < 2^31 and seconds < 2^32: the packed key orders pieces as they are.
+    key = np.empty(piece_start.size + 1, dtype=np.int64)
+    np.left_shift(day * ranks + piece_rank, 32, out=key[:-1])
+    key[:-1] |= piece_start
+    key[-1] = np.iinfo(np.int64).max
+    user_width = np.int32 if user.size == 0 or int(user.max()) < (1 << 31) else np.int64
+    return SessionTable(
+        key,
+        piece_end,
+        user[rows].astype(user_width),
+        day.astype(np.int16),
+        ranks,
+        cell,
+        (grid.bucket_day * ranks).astype(np.int64),
+    )
 
 
-def _advance(pointer: np.ndarray, limit: np.ndarray, values: np.ndarray, bound: int | np.ndarray) -> None:
+def _advance(pointer: np.ndarray, limit: int | np.ndarray, values: np.ndarray, bound: int | np.ndarray) -> None:
     """Moves each pointer (in place) past the values <= its bound (one for all, or one each),
-    stopping at its limit; each step only looks at the pointers still moving."""
+    stopping at its limit (one for all, or one each); each step only looks at the pointers still
+    moving."""
     bounds = np.broadcast_to(bound, pointer.shape)
-    moving = np.flatnonzero(pointer < limit)
+    limits = np.broadcast_to(limit, pointer.shape)
+    moving = np.flatnonzero(pointer < limits)
     while moving.size:
         moving = moving[values[pointer[moving]] <= bounds[moving]]
         pointer[moving] += 1
-        moving = moving[pointer[moving] < limit[moving]]
+        moving = moving[pointer[moving] < limits[moving]]
 
 
 def _resolve_v6(v6: pl.DataFrame, epoch_s: int) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
@@ -312,6 +319,44 @@ def _bucket_hours(days: int, ranks: int, max_cells: int) -> int:
     return next((h for h in BUCKET_HOURS if max(days, 1) * (24 // h) * ranks <= max_cells), 24)
 
 
+IDENTITY = ["user_key", "service", "customer_type"]
+# Two independently seeded 64-bit hashes of each identity: rows are grouped by the first, and any
+# group whose rows disagree on the second (a collision of the first) sends the whole frame to the
+# exact grouping of the strings. Two identities merge only if both hashes collide.
+GROUP_SEED, CHECK_SEED = 0x7261_6666, 0x6963_7270
+
+
+def index_users(assignments: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """Distinct (user_index, user_key, service, customer_type) in order of first appearance, and
+    each row's user_index (int64)."""
+    hashes = assignments.select(
+        pl.struct(IDENTITY).hash(GROUP_SEED).alias("group"), pl.struct(IDENTITY).hash(CHECK_SEED).alias("check")
+    )
+    return group_identities(assignments.select(IDENTITY), hashes)
+
+
+def group_identities(identities: pl.DataFrame, hashes: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """As index_users, from the identity columns and two hashes of each row (group, check)."""
+    # Grouping 64-bit integers is several times faster than grouping tens of millions of strings.
+    groups = (
+        hashes.with_row_index("row")
+        .group_by("group")
+        .agg(pl.col("row").first(), pl.col("check").min().alias("low"), pl.col("check").max().alias("high"))
+        .sort("row")
+    )
+    if (groups["low"] != groups["high"]).any():
+        grouped = identities.with_row_index("row").group_by(IDENTITY, maintain_order=True).agg("row")
+        user_index = np.empty(identities.height, dtype=np.int64)
+        user_index[grouped["row"].explode().to_numpy()] = np.repeat(
+            np.arange(grouped.height), grouped["row"].list.len().to_numpy()
+        )
+        return grouped.select(IDENTITY).with_row_index("user_index"), user_index
+    numbered = groups.select("group").with_row_index("user_index")
+    joined = hashes.select("group").join(numbered, on="group", how="left", maintain_order="left")
+    users = identities[groups["row"]].with_row_index("user_index")
+    return users, joined["user_index"].to_numpy().astype(np.int64)
+
+
 def build_lookup(
     assignments: pl.DataFrame,
     epoch_s: int,
@@ -322,15 +367,7 @@ def build_lookup(
     valid_from, valid_to). `epoch_s` is the time origin in epoch seconds; `day_starts_s` are the
     local midnights (epoch seconds) that cut sessions into days (default: one day, all time);
     buckets are as short as `max_bucket_cells` (bucket x address rank) cells allow."""
-    # One group-by gives both the users and each row's user: a unique + join back copies every
-    # column of what can be tens of millions of sessions.
-    identity = ["user_key", "service", "customer_type"]
-    grouped = assignments.select(identity).with_row_index("row").group_by(identity, maintain_order=True).agg("row")
-    users = grouped.select(identity).with_row_index("user_index")
-    user_index = np.empty(assignments.height, dtype=np.int64)
-    user_index[grouped["row"].explode().to_numpy()] = np.repeat(
-        np.arange(grouped.height), grouped["row"].list.len().to_numpy()
-    )
+    users, user_index = index_users(assignments)
     bounds = np.array([s - epoch_s for s in day_starts_s] if day_starts_s else [0, (1 << 32) - 1], dtype=np.int64)
     is_v4 = (assignments["family"] == "v4").to_numpy()
     v4 = assignments.filter(is_v4).select("key", "valid_from", "valid_to")
@@ -378,7 +415,7 @@ def build_lookup(
         grid,
     )
     # Computed once here rather than raced for by the threads that share the lookup.
-    _ = grid._padded_hours, grid._padded_buckets, v4_table.start_ms, v4_table.end_ms, v6_table.start_ms, v6_table.end_ms
+    _ = grid._padded_hours, grid._padded_buckets
     return AssignmentLookup(
         epoch_s,
         bounds,
@@ -483,24 +520,24 @@ def _find_pieces(
     """(positions into rank, piece indices) of the sides held by some session at their time."""
     if table.size == 0 or rank.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
-    cell = bucket.astype(np.int64) * table.ranks if table.piece.size >= (1 << 31) else bucket * table.ranks
-    cell += rank
-    found = table.piece[cell]
+    index = bucket.astype(np.int64) * table.ranks if table.cell.size >= (1 << 31) else bucket * table.ranks
+    index += rank
+    found = table.cell[index]
     whole = np.flatnonzero(found >= 0)
-    some = np.flatnonzero(found == SOME_PIECES)
+    some = np.flatnonzero(found <= SOME_PIECES)
     if some.size == 0:
         return whole, found[whole]
-    cell, times = cell[some], millis[some]
-    piece = table.first[cell]
-    stop = table.stop[cell]
-    # Where several pieces overlap the bucket (a reconnect within it): the last one that started by
-    # the flow's time, found by stepping past those that did.
-    several = np.flatnonzero(stop - piece > 1)
-    if several.size:
-        after = piece[several] + 1
-        _advance(after, stop[several], table.start_ms, times[several])
-        piece[several] = after - 1
-    hit = np.flatnonzero((table.start_ms[piece] <= times) & (times < table.end_ms[piece]))
+    # Where the bucket is not one piece's (a reconnect within it): the last piece of the flow's
+    # (day, rank) that started by its time, stepping from the first overlapping the bucket; the
+    # packed key stops the steps at the next (day, rank) and the sentinel at the end.
+    seconds = millis[some] // 1000
+    np.clip(seconds, -1, LAST_SECOND, out=seconds)
+    flow_key = (table.bucket_offset[bucket[some]] + rank[some]) << 32
+    flow_key += seconds
+    after = (SOME_PIECES - found[some]).astype(np.int64) + 1
+    _advance(after, table.size, table.key, flow_key)
+    piece = after - 1
+    hit = np.flatnonzero((table.key[piece] <= flow_key) & (seconds < table.end_s[piece]))
     return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], piece[hit]])
 
 
