@@ -17,13 +17,14 @@ IPv6 prefixes the longest prefix with a session at that moment wins, resolved on
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import polars as pl
 
 MASK32 = np.uint64(0xFFFF_FFFF)
+LOW32 = np.int64(0xFFFF_FFFF)  # the start seconds of a packed piece key
 V4_MAPPED_HIGH = 0xFFFF  # the upper half of ::ffff:a.b.c.d's low 64 bits
 SECONDS_PER_HOUR = 3600
 QUARTER_HOUR = 900
@@ -47,6 +48,7 @@ class TimeGrid:
     bucket_starts: np.ndarray  # seconds since the epoch, one more than the buckets
     bucket_day: np.ndarray
     outside: int
+    day_starts: np.ndarray  # seconds since the epoch, one more than the days
 
     @classmethod
     def for_days(cls, day_starts: np.ndarray, bucket_hours: int) -> TimeGrid:
@@ -55,7 +57,9 @@ class TimeGrid:
         origin = int(starts[0])
         if int(starts[-1]) - origin > 400 * 86_400:  # the open-ended "day" used when no days are given
             one = np.zeros(1, dtype=np.int64)
-            return cls(origin, one, one, starts.copy(), one, 0)
+            return cls(origin, one, one, starts.copy(), one, 0, starts.copy())
+        if np.any((starts - origin) % QUARTER_HOUR):
+            raise ValueError("days must start on quarter hours of one another (every real time zone's midnights do)")
         offsets = np.arange(0, 24, bucket_hours, dtype=np.int64) * SECONDS_PER_HOUR
         cuts = np.minimum(starts[:-1, None] + offsets[None, :], starts[1:, None])
         bucket_starts = np.unique(np.concatenate([cuts.ravel(), starts[-1:]]))
@@ -64,7 +68,20 @@ class TimeGrid:
         day = np.searchsorted(starts, quarters, side="right") - 1
         hour = np.minimum((quarters - starts[day]) // SECONDS_PER_HOUR, 23)
         bucket = np.searchsorted(bucket_starts, quarters, side="right") - 1
-        return cls(origin, day * 24 + hour, bucket, bucket_starts, bucket_day, days * 24)
+        return cls(origin, day * 24 + hour, bucket, bucket_starts, bucket_day, days * 24, starts.copy())
+
+    @property
+    def days(self) -> int:
+        return int(self.day_starts.size - 1)
+
+    def day_of(self, seconds: np.ndarray) -> np.ndarray:
+        """The day (int64) of each time in seconds since the epoch; times before the first day get
+        the first, times after the last the last."""
+        if self.hour_of_quarter.size == 1:
+            return np.zeros(seconds.size, dtype=np.int64)
+        quarter = (seconds - self.origin) // QUARTER_HOUR
+        np.clip(quarter, 0, self.hour_of_quarter.size - 1, out=quarter)
+        return self._day_of_quarter[quarter]
 
     @property
     def buckets(self) -> int:
@@ -85,6 +102,10 @@ class TimeGrid:
         return np.concatenate([[self.outside], self.hour_of_quarter, [self.outside]]).astype(np.int32)
 
     @cached_property
+    def _day_of_quarter(self) -> np.ndarray:
+        return self.hour_of_quarter // 24
+
+    @cached_property
     def _padded_buckets(self) -> np.ndarray:
         return np.concatenate([[self.buckets], self.bucket_of_quarter, [self.buckets]]).astype(np.int32)
 
@@ -96,16 +117,16 @@ LAST_SECOND = (1 << 32) - 1
 @dataclass(frozen=True)
 class SessionTable:
     """Non-overlapping session pieces of one key space, ordered by (day, rank, start): [start, end)
-    whole seconds since the epoch. `key` packs (day * ranks + rank) << 32 | start, ascending, with
-    one sentinel after the last piece. For cell i = bucket * ranks + rank, `cell[i]` is the one piece
-    that holds the whole bucket, NO_PIECE, or SOME_PIECES - p where the pieces overlapping the bucket
-    start at piece p. `cell` has one more bucket, of NO_PIECE, for times outside the days;
-    `bucket_offset` is each bucket's day * ranks."""
+    whole seconds since the epoch, and each piece's user-day. `key` packs
+    (day * ranks + rank) << 32 | start, ascending, with one sentinel after the last piece. For cell
+    i = bucket * ranks + rank, `cell[i]` is the user-day of the one piece that holds the whole
+    bucket, NO_PIECE, or SOME_PIECES - p where the pieces overlapping the bucket start at piece p.
+    `cell` has one more bucket, of NO_PIECE, for times outside the days; `bucket_offset` is each
+    bucket's day * ranks."""
 
     key: np.ndarray
     end_s: np.ndarray
-    user: np.ndarray
-    day: np.ndarray
+    user_day: np.ndarray
     ranks: int
     cell: np.ndarray
     bucket_offset: np.ndarray
@@ -117,43 +138,92 @@ class SessionTable:
 
 def seconds_since(ts: pl.Series, epoch_s: int) -> np.ndarray:
     """Whole seconds (int64) of UTC timestamps since epoch_s, clipped to [0, 2^32)."""
-    millis = ts.dt.epoch("ms").to_numpy()
-    values = millis // 1000 - epoch_s
-    np.clip(values, 0, (1 << 32) - 1, out=values)
+    values = ts.dt.epoch("s").to_numpy() - epoch_s
+    np.clip(values, 0, LAST_SECOND, out=values)
     return values
 
 
-def _session_table(
+@dataclass(frozen=True)
+class Pieces:
+    """Sessions cut at local midnights: one row per (session, day) in (day, rank, start) order;
+    `key` is (day * ranks + rank) << 32 | start."""
+
+    key: np.ndarray
+    day: np.ndarray
+    end: np.ndarray
+    user: np.ndarray
+    ranks: int
+
+
+def cut_pieces(
     rank: np.ndarray, start: np.ndarray, end: np.ndarray, user: np.ndarray, ranks: int, grid: TimeGrid
-) -> SessionTable:
-    """Sessions (int64 arrays, [start, end) seconds) cut at the grid's day boundaries into pieces,
-    indexed per (bucket, rank); pieces outside the days are dropped."""
-    edges = np.concatenate([[0], np.flatnonzero(np.diff(grid.bucket_day)) + 1, [grid.buckets]])
-    day_starts = grid.bucket_starts[edges]
-    days = day_starts.size - 1
-    first = np.clip(np.searchsorted(day_starts, start, side="right") - 1, 0, days - 1)
-    last = np.clip(np.searchsorted(day_starts, np.maximum(end, start + 1) - 1, side="right") - 1, -1, days - 1)
-    count = np.maximum(last - first + 1, 0)
-    rows = np.repeat(np.arange(rank.size), count)
-    day = np.repeat(first, count) + (np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count))
-    piece_start = np.maximum(start[rows], day_starts[day])
-    piece_end = np.minimum(end[rows], day_starts[day + 1])
-    keep = piece_end > piece_start
-    rows, day, piece_start, piece_end = rows[keep], day[keep], piece_start[keep], piece_end[keep]
-    # (day, rank, start) order: one sort on rank << 32 | start (ranks < 2^31, seconds < 2^32), then
-    # a stable sort on the day, a small integer that numpy sorts by radix.
-    by_rank = pl.Series((rank[rows] << 32) | piece_start).arg_sort().to_numpy()
-    order = by_rank[np.argsort(day[by_rank].astype(np.int16), kind="stable")]
-    rows, day, piece_start, piece_end = rows[order], day[order], piece_start[order], piece_end[order]
-    piece_rank = rank[rows]
+) -> Pieces:
+    """Sessions (int64 arrays, [start, end) seconds) cut at the grid's days into pieces; pieces
+    outside the days are dropped."""
+    if grid.days * ranks >= 1 << 31:
+        raise ValueError(f"{ranks} addresses over {grid.days} days do not fit the 31 bits of a packed piece key")
+    # In (rank, start) order, each day's pieces are its sessions in the same order: one pass per
+    # day picks them, with no sort of the pieces. Sessions often arrive in that order already.
+    session_key = rank << 32
+    session_key |= start
+    if session_key.size > 1 and not bool(np.all(session_key[1:] >= session_key[:-1])):
+        order = pl.Series(session_key).arg_sort().to_numpy()
+        session_key, end, user = session_key[order], end[order], user[order]
+        start = session_key & LOW32
+    first = grid.day_of(start)
+    last = grid.day_of(np.maximum(end, start + 1) - 1)
+    keys, days, ends, users = [], [], [], []
+    for day in range(grid.days):
+        opens, closes = max(int(grid.day_starts[day]), 0), int(grid.day_starts[day + 1])
+        rows = np.flatnonzero((first <= day) & (last >= day))
+        piece_end = np.minimum(end[rows], closes)
+        key = session_key[rows]
+        # A piece starts at its session's start or at midnight: the low 32 bits of the key.
+        np.maximum(key, (key & ~LOW32) | opens, out=key)
+        key += (day * ranks) << 32
+        kept = np.flatnonzero(piece_end > (key & LOW32))  # sessions before or after the days
+        keys.append(key[kept])
+        ends.append(piece_end[kept])
+        users.append(user[rows[kept]])
+        days.append(np.full(kept.size, day, dtype=np.int16))
+    return Pieces(np.concatenate(keys), np.concatenate(days), np.concatenate(ends), np.concatenate(users), ranks)
+
+
+def number_user_days(
+    users: int, days: int, pieces: list[Pieces], dense_limit: int = 1 << 24
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(user, day) of every user-day, in (day, user) order, and each piece's user-day (int64): one
+    per user and day with a piece, whatever the key space: traffic is summed per user-day."""
+    keys = [p.day.astype(np.int64) * users + p.user for p in pieces]
+    every = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    # A dense (day, user) table when it is small next to the pieces, else a sort.
+    if days * users <= max(4 * every.size, dense_limit):
+        present = np.zeros(days * users, dtype=bool)
+        present[every] = True
+        distinct = np.flatnonzero(present)
+        dense = np.cumsum(present, dtype=np.int64) - 1
+        numbered = [dense[k] for k in keys]
+    else:
+        distinct = np.unique(every)
+        numbered = [np.searchsorted(distinct, k) for k in keys]
+    return distinct % max(users, 1), distinct // max(users, 1), numbered
+
+
+def index_cells(pieces: Pieces, user_day: np.ndarray, grid: TimeGrid) -> SessionTable:
+    """The pieces indexed per (bucket, rank) of the grid: see SessionTable."""
+    ranks = pieces.ranks
+    piece_rank = (pieces.key >> 32) - pieces.day.astype(np.int64) * ranks
+    piece_start = pieces.key & LOW32
+    piece_end = pieces.end
     # Pieces overlapping each (bucket, rank): from the first ending after the bucket's start to the
     # first starting at or after its end. Both only move forward from one bucket of a day to the
     # next, so two pointers per rank walk each day's pieces once instead of searching per bucket.
-    day_first = np.searchsorted(day, np.arange(days + 1), side="left")
-    width = np.int32 if piece_start.size < (1 << 31) + SOME_PIECES else np.int64
+    day_first = np.searchsorted(pieces.day, np.arange(grid.days + 1), side="left")
+    width = np.int32 if piece_end.size < (1 << 31) + SOME_PIECES else np.int64
     cell = np.full((grid.buckets + 1) * ranks, NO_PIECE, dtype=width)  # + the "outside" bucket
     every_rank = np.arange(ranks)
-    last_piece = max(piece_start.size - 1, 0)
+    last_piece = max(piece_end.size - 1, 0)
+    user_day_or_none = np.append(user_day, NO_PIECE).astype(width)
 
     def fill(one_day: int) -> None:
         a, b = int(day_first[one_day]), int(day_first[one_day + 1])
@@ -168,27 +238,14 @@ def _session_table(
             safe = np.minimum(head, last_piece)
             whole = (stop - head == 1) & (piece_start[safe] <= opens) & (piece_end[safe] >= closes)
             cell[bucket * ranks : (bucket + 1) * ranks] = np.where(
-                whole, head, np.where(stop == head, NO_PIECE, SOME_PIECES - head)
+                whole, user_day_or_none[safe], np.where(stop == head, NO_PIECE, SOME_PIECES - head)
             )
 
     # Days fill disjoint slices, and numpy releases the GIL in its array loops.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(fill, range(days)))
-    # (day * ranks + rank) < 2^31 and seconds < 2^32: the packed key orders pieces as they are.
-    key = np.empty(piece_start.size + 1, dtype=np.int64)
-    np.left_shift(day * ranks + piece_rank, 32, out=key[:-1])
-    key[:-1] |= piece_start
-    key[-1] = np.iinfo(np.int64).max
-    user_width = np.int32 if user.size == 0 or int(user.max()) < (1 << 31) else np.int64
-    return SessionTable(
-        key,
-        piece_end,
-        user[rows].astype(user_width),
-        day.astype(np.int16),
-        ranks,
-        cell,
-        (grid.bucket_day * ranks).astype(np.int64),
-    )
+        list(pool.map(fill, range(grid.days)))
+    key = np.append(pieces.key, np.iinfo(np.int64).max)  # the sentinel stops every step
+    return SessionTable(key, piece_end, user_day.astype(width), ranks, cell, (grid.bucket_day * ranks).astype(np.int64))
 
 
 def _advance(pointer: np.ndarray, limit: int | np.ndarray, values: np.ndarray, bound: int | np.ndarray) -> None:
@@ -308,6 +365,8 @@ class AssignmentLookup:
     v6_index: RangeIndex
     v6: SessionTable
     users: pl.DataFrame  # user_index -> user_key, service, customer_type
+    user_day_user: np.ndarray  # per user-day: its user_index
+    user_day_day: np.ndarray  # per user-day: its day
 
     @property
     def days(self) -> int:
@@ -398,7 +457,7 @@ def build_lookup(
     grid = TimeGrid.for_days(
         bounds, _bucket_hours(bounds.size - 1, distinct.size + range_starts.size, max_bucket_cells)
     )
-    v4_table = _session_table(
+    v4_pieces = cut_pieces(
         v4_ranks.astype(np.int64),
         seconds_since(v4["valid_from"], epoch_s),
         seconds_since(v4["valid_to"], epoch_s),
@@ -406,7 +465,7 @@ def build_lookup(
         int(distinct.size),
         grid,
     )
-    v6_table = _session_table(
+    v6_pieces = cut_pieces(
         v6["rid"].to_numpy(),
         v6["from"].to_numpy(),
         v6["to"].to_numpy(),
@@ -414,44 +473,45 @@ def build_lookup(
         int(range_starts.size),
         grid,
     )
+    user_day_user, user_day_day, (v4_user_day, v6_user_day) = number_user_days(
+        users.height, grid.days, [v4_pieces, v6_pieces]
+    )
     # Computed once here rather than raced for by the threads that share the lookup.
     _ = grid._padded_hours, grid._padded_buckets
     return AssignmentLookup(
         epoch_s,
         bounds,
         grid,
-        v4_table,
+        index_cells(v4_pieces, v4_user_day, grid),
         block_of_16,
         slot_of_24,
         rank_of_slot,
         range_starts,
         range_ends,
         RangeIndex.over(range_starts, range_ends),
-        v6_table,
+        index_cells(v6_pieces, v6_user_day, grid),
         users,
+        user_day_user.astype(np.uint32),
+        user_day_day.astype(np.int32),
     )
 
 
 @dataclass
 class Totals:
-    """Running sums over any number of flow chunks: per session piece, per (day, hour), per port-hour."""
+    """Running sums over any number of flow chunks: per user-day, per (day, hour), per port-hour."""
 
-    v4_in: np.ndarray
-    v4_out: np.ndarray
-    v6_in: np.ndarray
-    v6_out: np.ndarray
+    in_bytes: np.ndarray
+    out_bytes: np.ndarray
+    # Exported (sampled) packets per user-day: how many samples each volume estimate rests on.
+    in_packets: np.ndarray
+    out_packets: np.ndarray
     hour_in: np.ndarray
     hour_out: np.ndarray
     hour_all: np.ndarray
     hour_both: np.ndarray
-    # Exported (sampled) packets per piece: how many samples each volume estimate rests on.
-    v4_in_packets: np.ndarray
-    v4_out_packets: np.ndarray
-    v6_in_packets: np.ndarray
-    v6_out_packets: np.ndarray
     # Dense over (hour slot, port code); np.zeros maps pages lazily, so only the hours with
     # traffic take memory.
-    ports: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    ports: np.ndarray
     flows: int = 0
 
     @classmethod
@@ -461,20 +521,16 @@ class Totals:
         def zeros(n: int) -> np.ndarray:
             return np.zeros(n, dtype=np.uint64)
 
-        v4, v6 = lookup.v4.size, lookup.v6.size
+        user_days = lookup.user_day_user.size
         return cls(
-            zeros(v4),
-            zeros(v4),
-            zeros(v6),
-            zeros(v6),
+            zeros(user_days),
+            zeros(user_days),
+            zeros(user_days),
+            zeros(user_days),
             zeros(hours),
             zeros(hours),
             zeros(hours),
             zeros(hours),
-            zeros(v4),
-            zeros(v4),
-            zeros(v6),
-            zeros(v6),
             zeros(hours * PORT_CODES),
         )
 
@@ -514,10 +570,10 @@ def _v6_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple
     return rows[inside], rank[inside]
 
 
-def _find_pieces(
+def _find_user_days(
     table: SessionTable, rank: np.ndarray, millis: np.ndarray, bucket: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(positions into rank, piece indices) of the sides held by some session at their time."""
+    """(positions into rank, user-days) of the sides held by some session at their time."""
     if table.size == 0 or rank.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
     index = bucket.astype(np.int64) * table.ranks if table.cell.size >= (1 << 31) else bucket * table.ranks
@@ -538,18 +594,18 @@ def _find_pieces(
     _advance(after, table.size, table.key, flow_key)
     piece = after - 1
     hit = np.flatnonzero((table.key[piece] <= flow_key) & (seconds < table.end_s[piece]))
-    return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], piece[hit]])
+    return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], table.user_day[piece[hit]]])
 
 
-def _sum_by_piece(
-    piece: np.ndarray, values: np.ndarray, exact_in_float: bool, size: int | None = None
+def _sum_by_index(
+    key: np.ndarray, values: np.ndarray, exact_in_float: bool, size: int | None = None
 ) -> tuple[int, np.ndarray]:
-    """(first piece, uint64 sums of values per piece from it to the last piece touched); with
-    `size`, from piece 0 to size - 1."""
-    if piece.size == 0:
+    """(first key, uint64 sums of values per key from it to the last key present); with `size`,
+    from key 0 to size - 1."""
+    if key.size == 0:
         return 0, np.zeros(size or 0, dtype=np.uint64)
-    lowest, highest = (0, size - 1) if size else (int(piece.min()), int(piece.max()))
-    index = piece - lowest if lowest else piece
+    lowest, highest = (0, size - 1) if size else (int(key.min()), int(key.max()))
+    index = key - lowest if lowest else key
     if exact_in_float:
         return lowest, np.bincount(index, weights=values, minlength=highest - lowest + 1).astype(np.uint64)
     grouped = pl.DataFrame({"p": index, "v": values}).group_by("p").agg(pl.col("v").sum())
@@ -577,11 +633,11 @@ PORT_MASK[6] = PORT_MASK[17] = 0xFFFF
 
 @dataclass(frozen=True)
 class ChunkTotals:
-    """One chunk's sums: per key space and direction, (first piece, sums of the pieces from it);
+    """One chunk's sums: per Totals user-day array, (first user-day, sums of the user-days from it);
     dense per hour slot; and (port-hour keys, their sums) where not zero. Its size follows the
     chunk, not the week's sessions."""
 
-    pieces: dict[str, tuple[int, np.ndarray]]
+    user_days: dict[str, tuple[int, np.ndarray]]
     hour_in: np.ndarray
     hour_out: np.ndarray
     hour_all: np.ndarray
@@ -592,7 +648,7 @@ class ChunkTotals:
 
 def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotals:
     """Sums of a chunk of flows (first_ts, src_/dst_ hi/lo, est_bytes, protocol, src_port, dst_port,
-    optionally packets: the exported, sampled count) per session piece and direction, per hour slot
+    optionally packets: the exported, sampled count) per user-day and direction, per hour slot
     and per (protocol, lower port, hour slot)."""
     stamps = flows["first_ts"]
     if stamps.dtype != pl.Datetime("ms", stamps.dtype.time_zone):  # type: ignore[attr-defined]
@@ -608,42 +664,43 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
     slots, buckets = lookup.grid.locate(millis)
 
-    pieces: dict[str, tuple[int, np.ndarray]] = {}
+    user_days: dict[str, tuple[int, np.ndarray]] = {}
     # 1 where the flow's source matched a user, 2 where its destination did.
     matched = np.zeros(flows.height, dtype=np.int32)
     for side, direction, flag in (("src", "in", 1), ("dst", "out", 2)):
         # Signed views: the bit operations below only look at bits that keep their meaning.
         hi = flows[f"{side}_hi"].to_numpy().view(np.int64)
         lo = flows[f"{side}_lo"].to_numpy().view(np.int64)
-        for family, find_ranks, table in (("v4", _v4_ranks, lookup.v4), ("v6", _v6_ranks, lookup.v6)):
-            if table.size == 0:
-                pieces[f"{family}_{direction}"] = pieces[f"{family}_{direction}_packets"] = (0, np.zeros(0, np.uint64))
-                continue
-            rows, rank = find_ranks(hi, lo, lookup)
-            hit, piece = _find_pieces(table, rank, millis[rows], buckets[rows])
-            rows = rows[hit]
-            pieces[f"{family}_{direction}"] = _sum_by_piece(piece, volume[rows], exact)
-            pieces[f"{family}_{direction}_packets"] = (
-                _sum_by_piece(piece, packets[rows], exact) if packets is not None else (0, np.zeros(0, np.uint64))
-            )
-            matched[rows] |= flag
+        found_rows, found_user_days = [], []
+        for find_ranks, table in ((_v4_ranks, lookup.v4), (_v6_ranks, lookup.v6)):
+            if table.size:
+                rows, rank = find_ranks(hi, lo, lookup)
+                hit, user_day = _find_user_days(table, rank, millis[rows], buckets[rows])
+                found_rows.append(rows[hit])
+                found_user_days.append(user_day)
+        rows = np.concatenate(found_rows) if found_rows else np.zeros(0, dtype=np.intp)
+        user_day = np.concatenate(found_user_days) if found_user_days else np.zeros(0, dtype=np.int64)
+        user_days[f"{direction}_bytes"] = _sum_by_index(user_day, volume[rows], exact)
+        if packets is not None:
+            user_days[f"{direction}_packets"] = _sum_by_index(user_day, packets[rows], exact)
+        matched[rows] |= flag
     # One pass sums every hour slot by whether the flow matched a user on its source and on its
     # destination side: a flow between two users is IN for one and OUT for the other, and knowing
     # which matched both gives the unattributed volume exactly.
     matched += slots * 4
-    by_hour = _sum_by_piece(matched, volume, exact, hours * 4)[1].reshape(hours, 4)
+    by_hour = _sum_by_index(matched, volume, exact, hours * 4)[1].reshape(hours, 4)
     protocol = flows["protocol"].to_numpy()
     lower = np.minimum(flows["src_port"].to_numpy(), flows["dst_port"].to_numpy())
     port_key = slots * PORT_CODES
     port_key += PORT_CODE_BASE[protocol]
     port_key += lower & PORT_MASK[protocol]
     return ChunkTotals(
-        pieces,
+        user_days,
         by_hour[:, 1] + by_hour[:, 3],
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _nonzero(*_sum_by_piece(port_key, volume, exact)),
+        _nonzero(*_sum_by_index(port_key, volume, exact)),
         flows.height,
     )
 
@@ -656,21 +713,16 @@ def add_chunk(totals: Totals, flows: pl.DataFrame, lookup: AssignmentLookup) -> 
 def user_day_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     """Rows (user_index, day_index, in_bytes, out_bytes, in_packets, out_packets) with traffic;
     packets are the exported (sampled) packets the byte estimates rest on."""
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {
-            "user_index": np.concatenate([lookup.v4.user, lookup.v6.user]).astype(np.uint32),
-            "day_index": np.concatenate([lookup.v4.day, lookup.v6.day]).astype(np.int32),
-            "in_bytes": np.concatenate([totals.v4_in, totals.v6_in]),
-            "out_bytes": np.concatenate([totals.v4_out, totals.v6_out]),
-            "in_packets": np.concatenate([totals.v4_in_packets, totals.v6_in_packets]),
-            "out_packets": np.concatenate([totals.v4_out_packets, totals.v6_out_packets]),
+            "user_index": lookup.user_day_user,
+            "day_index": lookup.user_day_day,
+            "in_bytes": totals.in_bytes,
+            "out_bytes": totals.out_bytes,
+            "in_packets": totals.in_packets,
+            "out_packets": totals.out_packets,
         }
-    )
-    return (
-        frame.group_by("user_index", "day_index")
-        .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
-        .filter((pl.col("in_bytes") > 0) | (pl.col("out_bytes") > 0))
-    )
+    ).filter((pl.col("in_bytes") > 0) | (pl.col("out_bytes") > 0))
 
 
 def hourly_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
@@ -711,7 +763,7 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
 
 def accumulate(into: Totals, part: ChunkTotals) -> Totals:
     """Adds a chunk's sums into running totals (in place) and returns them; the chunk can go."""
-    for name, (first, sums) in part.pieces.items():
+    for name, (first, sums) in part.user_days.items():
         getattr(into, name)[first : first + sums.size] += sums
     for name in ("hour_in", "hour_out", "hour_all", "hour_both"):
         getattr(into, name)[:] += getattr(part, name)
