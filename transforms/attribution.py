@@ -357,7 +357,7 @@ class AssignmentLookup:
     day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
     grid: TimeGrid
     v4: SessionTable
-    v4_block_of_16: np.ndarray  # int32 per /16: its block among the /16s with session addresses, -1 if none
+    v4_block_of_16: np.ndarray  # int32 per /16: its block among the /16s with session addresses, -1 if none; then -1
     v4_slot_of_24: np.ndarray  # per (block, third octet): the /24's first slot; unused ones an empty /24's
     v4_rank_of_slot: np.ndarray  # int32 per slot (the /24, last octet): the address's rank, -1 if none
     v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
@@ -436,7 +436,7 @@ def build_lookup(
     # -> the /24's first slot (unused /24s share a last, empty one), slot -> rank (or -1).
     sixteens, twenty_fours = np.unique(distinct >> 16), np.unique(distinct >> 8)
     width = np.int32 if twenty_fours.size < (1 << 22) else np.int64
-    block_of_16 = np.full(1 << 16, -1, dtype=np.int32)
+    block_of_16 = np.full((1 << 16) + 1, -1, dtype=np.int32)  # + one for every address not IPv4-mapped
     block_of_16[sixteens] = np.arange(sixteens.size, dtype=np.int32)
     slot_of_24 = np.full(sixteens.size * 256, twenty_fours.size * 256, dtype=width)
     slot_of_24[block_of_16[twenty_fours >> 8] * 256 + (twenty_fours & 255)] = np.arange(twenty_fours.size) * 256
@@ -538,11 +538,17 @@ class Totals:
 def _v4_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple[np.ndarray, np.ndarray]:
     """(rows, ranks) of one side's addresses (int64 views of the upper and lower halves) that are
     IPv4 addresses some session held."""
-    block = lookup.v4_block_of_16[(lo >> 16) & 0xFFFF]
+    # The low half of ::ffff:a.b.c.d is 0xFFFF_aabb_ccdd: less 0xFFFF_0000, its upper 48 bits are
+    # the /16 for IPv4-mapped addresses and outside [0, 2^16) for any other, which all meet the
+    # table's last entry. One lookup finds the /16 and rules out most of the other side's addresses.
+    sixteen = lo >> 16
+    sixteen -= V4_MAPPED_HIGH << 16
+    unsigned = sixteen.view(np.uint64)
+    np.minimum(unsigned, 1 << 16, out=unsigned)
+    block = lookup.v4_block_of_16[sixteen]
     rows = np.flatnonzero(block >= 0)
+    rows = rows[hi[rows] == 0]
     low = lo[rows]
-    mapped = np.flatnonzero((hi[rows] == 0) & ((low >> 32) == V4_MAPPED_HIGH))
-    rows, low = rows[mapped], low[mapped]
     slot = lookup.v4_slot_of_24[block[rows] * 256 + ((low >> 8) & 0xFF)]
     rank = lookup.v4_rank_of_slot[slot + (low & 0xFF)]
     held = np.flatnonzero(rank >= 0)
