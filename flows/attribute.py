@@ -4,10 +4,15 @@ The weekly flow and the attribution benchmark both run this, so the benchmark me
 pipeline does. Chunks are whole row groups (a file's own boundaries: polars reads them without
 decoding a row group twice, and their columns come out contiguous), at most `chunk_rows` rows
 unless one row group is larger. Only the columns attribution needs are decoded.
+
+Each chunk's bytes are dropped from the page cache once read: a staged part is read once, and a
+week bigger than memory otherwise fills the cache, leaving the kernel to reclaim it page by page on
+the readers' time (measured at 10^9 flows: 52 s of system CPU, 24 s without).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,11 +40,14 @@ FLOW_COLUMNS = (
 
 @dataclass(frozen=True)
 class Chunk:
-    """Rows [offset, offset + rows) of one parquet file, on row-group boundaries."""
+    """Rows [offset, offset + rows) of one parquet file, on row-group boundaries, stored in its
+    bytes [byte_start, byte_stop)."""
 
     path: Path
     offset: int
     rows: int
+    byte_start: int
+    byte_stop: int
 
 
 def plan_chunks(paths: list[Path], chunk_rows: int = CHUNK_ROWS) -> list[Chunk]:
@@ -47,16 +55,25 @@ def plan_chunks(paths: list[Path], chunk_rows: int = CHUNK_ROWS) -> list[Chunk]:
     chunks: list[Chunk] = []
     for path in paths:
         meta = pq.read_metadata(path)
+        groups: list[pq.RowGroupMetaData] = []
         offset = rows = 0
         for index in range(meta.num_row_groups):
-            size = meta.row_group(index).num_rows
-            if rows and rows + size > chunk_rows:
-                chunks.append(Chunk(path, offset, rows))
-                offset, rows = offset + rows, 0
-            rows += size
+            group = meta.row_group(index)
+            if rows and rows + group.num_rows > chunk_rows:
+                chunks.append(Chunk(path, offset, rows, *_byte_span(groups)))
+                offset, rows, groups = offset + rows, 0, []
+            rows += group.num_rows
+            groups.append(group)
         if rows:
-            chunks.append(Chunk(path, offset, rows))
+            chunks.append(Chunk(path, offset, rows, *_byte_span(groups)))
     return chunks
+
+
+def _byte_span(groups: list[pq.RowGroupMetaData]) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the row groups' column chunks."""
+    columns = [group.column(c) for group in groups for c in range(group.num_columns)]
+    starts = [min(c.data_page_offset, c.dictionary_page_offset or c.data_page_offset) for c in columns]
+    return min(starts), max(start + c.total_compressed_size for start, c in zip(starts, columns, strict=True))
 
 
 def read_chunk(chunk: Chunk, prepare: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
@@ -64,7 +81,20 @@ def read_chunk(chunk: Chunk, prepare: Callable[[pl.LazyFrame], pl.LazyFrame]) ->
     frame = prepare(pl.scan_parquet(chunk.path).slice(chunk.offset, chunk.rows))
     names = frame.collect_schema().names()
     columns = [*FLOW_COLUMNS, *(["packets"] if "packets" in names else [])]
-    return frame.select(columns).collect()
+    rows = frame.select(columns).collect()
+    _forget_pages(chunk)
+    return rows
+
+
+def _forget_pages(chunk: Chunk) -> None:
+    """Advises the kernel to drop the chunk's bytes from the page cache (where it can)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(chunk.path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, chunk.byte_start, chunk.byte_stop - chunk.byte_start, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _unchanged(frame: pl.LazyFrame) -> pl.LazyFrame:
