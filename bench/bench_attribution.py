@@ -285,15 +285,15 @@ def main() -> None:
                         flush=True,
                     )
                     continue
-                # The median run (the machine is shared), the largest peak, every run's checksum the same.
+                # The median run (the machine is shared; of an even count, the slower middle one), the
+                # largest peak, every run's checksum the same.
                 seconds = sorted(m[0] for m in measured)[len(measured) // 2]
                 peak = max(m[1] for m in measured)
                 checks = {m[2] for m in measured}
                 check = checks.pop() if len(checks) == 1 else f"RUNS DISAGREE: {sorted(checks)}"
-                print(
-                    f"{size:13,d} {workload:8} {name:26} {seconds:8.2f} {size / seconds:12,.0f} {peak:11,.0f}  {check}",
-                    flush=True,
-                )
+                every = f"  (runs: {', '.join(f'{m[0]:.1f}' for m in measured)} s)" if len(measured) > 1 else ""
+                figures = f"{seconds:8.2f} {size / seconds:12,.0f} {peak:11,.0f}"
+                print(f"{size:13,d} {workload:8} {name:26} {figures}  {check}{every}", flush=True)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_chunks_are_whole_row_groups_and_read_back_exactly_their_rows(tmp_path: 
     assert read.equals(frame.select(FLOW_COLUMNS))
 
 
-def test_a_read_chunk_leaves_the_page_cache(tmp_path: Path) -> None:
+def test_a_chunk_read_with_forget_leaves_the_page_cache(tmp_path: Path) -> None:
     # util-linux's fincore reports how much of a file the page cache holds.
     path = tmp_path / "part.parquet"
     _staged(path, rows=400_000, group_rows=100_000)
@@ -63,7 +63,10 @@ def test_a_read_chunk_leaves_the_page_cache(tmp_path: Path) -> None:
     path.read_bytes()  # the whole file into the page cache
     before = cached_bytes()
     assert before >= path.stat().st_size // 2
-    for chunk in plan_chunks([path], chunk_rows=200_000):
-        read_chunk(chunk, _unchanged)
+    chunks = plan_chunks([path], chunk_rows=200_000)
+    read_chunk(chunks[0], _unchanged)
+    assert cached_bytes() == before  # kept by default
+    for chunk in chunks:
+        read_chunk(chunk, _unchanged, forget=True)
     # Only the footer (metadata) may stay.
     assert cached_bytes() < before // 10
