@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from transforms.addresses import V4_MAPPED
 from transforms.attribution import (
@@ -155,3 +156,9 @@ def test_user_days_number_the_same_with_a_dense_table_or_a_sort() -> None:
     assert np.all(np.diff(day.astype(np.int64) * 50_000 + user) > 0)
     assert np.array_equal(user[first], tables[0].user) and np.array_equal(day[first], tables[0].day)
     assert np.array_equal(user[second], tables[1].user) and np.array_equal(day[second], tables[1].day)
+
+
+def test_days_that_do_not_start_on_quarter_hours_are_refused() -> None:
+    sessions, _ = _week(seed=1, addresses=10, users=5, flows=1)
+    with pytest.raises(ValueError, match="quarter hours"):
+        build_lookup(sessions, EPOCH - DAY, [EPOCH, EPOCH + DAY + 600, EPOCH + 2 * DAY])
