@@ -70,6 +70,9 @@ def _noticing_interrupts() -> Iterator[threading.Event]:
         yield interrupted  # signals only reach the main thread; a deployment run is cancelled instead
         return
     previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, a background job): keep it so
+        yield interrupted
+        return
 
     def notice(signum: int, frame: Any) -> None:
         interrupted.set()

@@ -66,13 +66,31 @@ def test_an_interrupted_backfill_resumes_with_only_what_is_missing(
 def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_noticed() -> None:
     """DuckDB answers SIGINT with its own "Query interrupted" error; the backfill must still see an
     operator's Ctrl-C (and stop) rather than a failed week to step over."""
-    with _noticing_interrupts() as interrupted:
-        assert not interrupted.is_set()
-        with pytest.raises(RuntimeError, match="Query interrupted"):
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)  # the handler runs here, in the main thread
-            except KeyboardInterrupt as exc:
-                raise RuntimeError("Query interrupted") from exc
-        assert interrupted.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever this process started with (nohup ignores SIGINT).
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _noticing_interrupts() as interrupted:
+            assert not interrupted.is_set()
+            with pytest.raises(RuntimeError, match="Query interrupted"):
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)  # the handler runs here, in the main thread
+                except KeyboardInterrupt as exc:
+                    raise RuntimeError("Query interrupted") from exc
+            assert interrupted.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, started_with)
+
+
+def test_a_backfill_started_with_ctrl_c_ignored_leaves_it_ignored() -> None:
+    started_with = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _noticing_interrupts() as interrupted:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            assert not interrupted.is_set()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, started_with)
