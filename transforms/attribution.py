@@ -356,8 +356,7 @@ class AssignmentLookup:
     """Everything attribution needs, as numpy arrays; times are seconds since `epoch_s`."""
 
     epoch_s: int
-    day_starts: np.ndarray  # local midnights (seconds since epoch), one more than the days
-    grid: TimeGrid
+    grid: TimeGrid  # its day_starts: the local midnights (seconds since the epoch)
     v4: SessionTable
     v4_block_of_16: np.ndarray  # int32 per /16: its block among the /16s with session addresses, -1 if none; then -1
     v4_slot_of_24: np.ndarray  # per (block, third octet): the /24's first slot; unused ones an empty /24's
@@ -372,7 +371,7 @@ class AssignmentLookup:
 
     @property
     def days(self) -> int:
-        return int(self.day_starts.size - 1)
+        return self.grid.days
 
 
 def _bucket_hours(days: int, ranks: int, max_cells: int) -> int:
@@ -482,7 +481,6 @@ def build_lookup(
     _ = grid._padded_hours, grid._padded_buckets
     return AssignmentLookup(
         epoch_s,
-        bounds,
         grid,
         index_cells(v4_pieces, v4_user_day, grid),
         block_of_16,
