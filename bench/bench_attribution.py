@@ -25,7 +25,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.attribute import attribute_files  # noqa: E402
+from flows.attribute import attribute_files, keeping_freed_memory  # noqa: E402
 from transforms.addresses import V4_MAPPED, prefix_mask  # noqa: E402
 from transforms.attribution import build_lookup, port_hour_volumes, user_day_volumes  # noqa: E402
 
@@ -122,8 +122,11 @@ def _port_hour(frame: pl.DataFrame) -> pl.DataFrame:
 
 def run_direct_index(files: list[Path], sessions: Path) -> pl.DataFrame:
     """As the weekly flow does it (flows.attribute.attribute_files): row-group chunks on two threads."""
-    lookup = build_lookup(pl.read_parquet(sessions), WEEK_START - 86_400, [WEEK_START + d * 86_400 for d in range(8)])
-    totals = attribute_files(files, lookup)
+    with keeping_freed_memory():
+        lookup = build_lookup(
+            pl.read_parquet(sessions), WEEK_START - 86_400, [WEEK_START + d * 86_400 for d in range(8)]
+        )
+        totals = attribute_files(files, lookup)
     _ = port_hour_volumes(lookup, totals)
     volumes = user_day_volumes(lookup, totals).rename({"day_index": "day"})
     return volumes.join(lookup.users.with_columns(pl.col("user_index").cast(pl.UInt32)), on="user_index").select(

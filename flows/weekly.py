@@ -221,13 +221,14 @@ def attribute_exporter(
     on two threads (flows.attribute), so memory stays bounded whatever the week's size."""
     assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
     day_starts = _day_starts(window)
-    lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
-    totals = attribute.attribute_files(
-        [Path(p) for p in parts],
-        lookup,
-        prepare=usage.estimate_volume,
-        on_chunk=lambda done, rows: progress.report("attribute", exporter, done, rows),
-    )
+    with attribute.keeping_freed_memory():
+        lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
+        totals = attribute.attribute_files(
+            [Path(p) for p in parts],
+            lookup,
+            prepare=usage.estimate_volume,
+            on_chunk=lambda done, rows: progress.report("attribute", exporter, done, rows),
+        )
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
     user_day = (
         attribution.user_day_volumes(lookup, totals)
