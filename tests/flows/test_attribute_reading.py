@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from flows.attribute import FLOW_COLUMNS, keeping_freed_memory, plan_chunks, read_chunk
+from flows.attribute import FLOW_COLUMNS, _ReadAhead, keeping_freed_memory, plan_chunks, read_chunk
 
 
 def _staged(path: Path, rows: int, group_rows: int) -> pl.DataFrame:
@@ -52,16 +55,57 @@ def test_chunks_are_whole_row_groups_and_read_back_exactly_their_rows(tmp_path: 
     assert read.equals(frame.select(FLOW_COLUMNS))
 
 
-def test_a_chunk_read_with_forget_leaves_the_page_cache(tmp_path: Path) -> None:
-    # util-linux's fincore reports how much of a file the page cache holds.
-    path = tmp_path / "part.parquet"
-    _staged(path, rows=400_000, group_rows=100_000)
+def _cached_bytes_of(path: Path) -> Callable[[], int]:
+    """How much of the file the page cache holds, as util-linux's fincore reports it."""
 
     def cached_bytes() -> int:
         out = subprocess.run(
             ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], check=True, capture_output=True
         )
         return int(out.stdout.decode().strip())
+
+    return cached_bytes
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_reading_ahead_stays_within_its_budget_of_chunks_not_yet_consumed(tmp_path: Path) -> None:
+    path = tmp_path / "part.parquet"
+    _staged(path, rows=400_000, group_rows=50_000)
+    cached_bytes = _cached_bytes_of(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages would stay cached
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert cached_bytes() < path.stat().st_size // 10
+    chunks = plan_chunks([path], chunk_rows=50_000)
+    sizes = [c.byte_stop - c.byte_start for c in chunks]
+    assert len(chunks) == 8
+
+    with _ReadAhead(chunks, budget=sizes[0] + sizes[1]) as ahead:
+        assert _eventually(lambda: cached_bytes() >= sizes[0] + sizes[1])
+        time.sleep(0.3)  # time enough to overrun, were it going to
+        assert cached_bytes() < sum(sizes[:3])
+        ahead.consumed(chunks[0])
+        ahead.consumed(chunks[1])
+        assert _eventually(lambda: cached_bytes() >= sum(sizes[:4]))
+        time.sleep(0.3)
+        assert cached_bytes() < sum(sizes[:5])
+
+
+def test_a_chunk_read_with_forget_leaves_the_page_cache(tmp_path: Path) -> None:
+    path = tmp_path / "part.parquet"
+    _staged(path, rows=400_000, group_rows=100_000)
+    cached_bytes = _cached_bytes_of(path)
 
     path.read_bytes()  # the whole file into the page cache
     before = cached_bytes()
