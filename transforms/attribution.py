@@ -89,13 +89,13 @@ class TimeGrid:
     def buckets(self) -> int:
         return int(self.bucket_starts.size - 1)
 
-    def locate(self, millis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hour slot, bucket) per time in int64 milliseconds since the epoch, as int32; outside the
-        days, the slot `outside` and the bucket after the last (`buckets`)."""
+    def locate(self, ticks: np.ndarray, per_second: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """(hour slot, bucket) per time in int64 ticks (per_second to a second) since the epoch, as
+        int32; outside the days, the slot `outside` and the bucket after the last (`buckets`)."""
         if self.hour_of_quarter.size == 1:
-            return np.zeros(millis.size, dtype=np.int32), np.zeros(millis.size, dtype=np.int32)
+            return np.zeros(ticks.size, dtype=np.int32), np.zeros(ticks.size, dtype=np.int32)
         # One division and two lookups; the tables carry an "outside" entry at either end.
-        index = (millis - self.origin * 1000) // (QUARTER_HOUR * 1000) + 1
+        index = (ticks - self.origin * per_second) // (QUARTER_HOUR * per_second) + 1
         np.clip(index, 0, self.hour_of_quarter.size + 1, out=index)
         return self._padded_hours[index], self._padded_buckets[index]
 
@@ -113,6 +113,7 @@ class TimeGrid:
 
 
 NO_PIECE, SOME_PIECES = -1, -2
+TICKS_PER_SECOND = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 LAST_SECOND = (1 << 32) - 1
 
 
@@ -577,7 +578,7 @@ def _v6_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple
 
 
 def _find_user_days(
-    table: SessionTable, rank: np.ndarray, millis: np.ndarray, bucket: np.ndarray
+    table: SessionTable, rank: np.ndarray, ticks: np.ndarray, per_second: int, bucket: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(positions into rank, user-days) of the sides held by some session at their time."""
     if table.size == 0 or rank.size == 0:
@@ -592,7 +593,7 @@ def _find_user_days(
     # Where the bucket is not one piece's (a reconnect within it): the last piece of the flow's
     # (day, rank) that started by its time, stepping from the first overlapping the bucket; the
     # packed key stops the steps at the next (day, rank) and the sentinel at the end.
-    seconds = millis[some] // 1000
+    seconds = ticks[some] // per_second
     np.clip(seconds, -1, LAST_SECOND, out=seconds)
     flow_key = (table.bucket_offset[bucket[some]] + rank[some]) << 32
     flow_key += seconds
@@ -657,9 +658,9 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     optionally packets: the exported, sampled count) per user-day and direction, per hour slot
     and per (protocol, lower port, hour slot)."""
     stamps = flows["first_ts"]
-    if stamps.dtype != pl.Datetime("ms", stamps.dtype.time_zone):  # type: ignore[attr-defined]
-        stamps = stamps.dt.cast_time_unit("ms")
-    millis = stamps.to_physical().to_numpy() - lookup.epoch_s * 1000
+    # In the column's own unit: a cast would cost a pass and a copy per chunk.
+    per_second = TICKS_PER_SECOND[stamps.dtype.time_unit]  # type: ignore[attr-defined]
+    ticks = stamps.to_physical().to_numpy() - lookup.epoch_s * per_second
     est = flows["est_bytes"].to_numpy().astype(np.uint64, copy=False)
     packets = flows["packets"].to_numpy().astype(np.uint64, copy=False) if "packets" in flows.columns else None
     exact = float(est.sum(dtype=np.float64)) < EXACT_FLOAT_SUM and (
@@ -668,7 +669,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
     # bincount sums float64 weights: convert once, not once per sum.
     volume = est.astype(np.float64) if exact else est
     hours = lookup.days * 24 + 1  # the last slot holds flows outside the days
-    slots, buckets = lookup.grid.locate(millis)
+    slots, buckets = lookup.grid.locate(ticks, per_second)
 
     user_days: dict[str, tuple[int, np.ndarray]] = {}
     # 1 where the flow's source matched a user, 2 where its destination did.
@@ -681,7 +682,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         for find_ranks, table in ((_v4_ranks, lookup.v4), (_v6_ranks, lookup.v6)):
             if table.size:
                 rows, rank = find_ranks(hi, lo, lookup)
-                hit, user_day = _find_user_days(table, rank, millis[rows], buckets[rows])
+                hit, user_day = _find_user_days(table, rank, ticks[rows], per_second, buckets[rows])
                 found_rows.append(rows[hit])
                 found_user_days.append(user_day)
         rows = np.concatenate(found_rows) if found_rows else np.zeros(0, dtype=np.intp)

@@ -1,6 +1,7 @@
 import datetime as dt
 
 import polars as pl
+import pytest
 
 from transforms.addresses import V4_MAPPED, address_key
 from transforms.attribution import Totals, add_chunk, build_lookup, hourly_volumes, port_hour_volumes, user_day_volumes
@@ -108,6 +109,27 @@ def test_an_address_that_moves_mid_day_is_attributed_by_time() -> None:
     assert volumes == {("alice", 0): (0, 100), ("bob", 0): (30, 500)}
     assert hours.filter(pl.col("hour") == 11)["unattributed_bytes"].sum() == 7
     assert hours.filter(pl.col("hour") == 12)["in_bytes"].sum() == 30
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+def test_flow_times_are_read_in_their_own_unit_to_the_second(unit: str) -> None:
+    addr = key("203.0.113.9")
+    table = assignments([("alice", "v4", addr, 32, ts(0), ts(11, 30)), ("bob", "v4", addr, 32, ts(11, 31), ts(23))])
+    tick = dt.timedelta(microseconds=1)
+    rows = [
+        (ts(11, 30) - tick, 0, REMOTE, 0, addr, 100),  # alice's last second: OUT
+        (ts(11, 30), 0, REMOTE, 0, addr, 7),  # her session has ended: nobody's
+        (ts(11, 31) - tick, 0, addr, 0, REMOTE, 9),  # not yet bob's
+        (ts(11, 31), 0, addr, 0, REMOTE, 30),  # bob's first second: IN
+        (ts(12) - tick, 0, REMOTE, 0, addr, 500),  # still hour 11: OUT
+    ]
+    # flows() stores milliseconds; these keep the microseconds and then take the unit under test.
+    stamps = pl.Series([row[0] for row in rows], dtype=pl.Datetime("us", "UTC")).dt.cast_time_unit(unit)  # type: ignore[arg-type]
+    volumes, hours = run(table, flows(rows).with_columns(first_ts=stamps))
+    assert volumes == {("alice", 0): (0, 100), ("bob", 0): (30, 500)}
+    hour_11 = hours.filter(pl.col("hour") == 11)
+    assert hour_11["unattributed_bytes"].sum() == 16
+    assert hour_11["out_bytes"].sum() == 600
 
 
 def test_a_session_across_midnight_splits_its_volume_into_both_days() -> None:
