@@ -15,6 +15,7 @@ from transforms.attribution import (
     build_lookup,
     group_identities,
     number_user_days,
+    port_hour_volumes,
     user_day_volumes,
 )
 
@@ -113,6 +114,36 @@ def test_thousands_of_addresses_and_users_in_any_session_order_match_an_as_of_jo
     shuffled = _attribute(sessions.sample(fraction=1.0, shuffle=True, seed=1), flows)
     assert in_order.equals(expected)
     assert shuffled.equals(expected)
+
+
+def test_port_hours_summed_across_chunks_match_a_group_by() -> None:
+    sessions, flows = _week(seed=5, addresses=500, users=400, flows=60_000)
+    rng = np.random.default_rng(6)
+    flows = flows.with_columns(
+        protocol=pl.Series(rng.choice(np.array([6, 17, 1, 47], dtype=np.uint8), flows.height)),
+        src_port=pl.Series(rng.integers(0, 65536, flows.height).astype(np.uint16)),
+        dst_port=pl.Series(rng.integers(0, 65536, flows.height).astype(np.uint16)),
+    )
+    lookup = build_lookup(sessions, EPOCH - DAY, DAY_STARTS)
+    totals = Totals.empty(lookup)
+    for start in range(0, flows.height, 4_000):
+        add_chunk(totals, flows.slice(start, 4_000), lookup)
+    got = port_hour_volumes(lookup, totals).sort("protocol", "port", "day_index", "hour")
+
+    seconds = pl.col("first_ts").dt.epoch("s") - EPOCH
+    expected = (
+        flows.filter((seconds >= 0) & (seconds < 4 * DAY))
+        .group_by(
+            "protocol",
+            pl.when(pl.col("protocol").is_in([6, 17])).then(pl.min_horizontal("src_port", "dst_port")).alias("port"),
+            (seconds // DAY).alias("day_index"),
+            (seconds % DAY // 3600).alias("hour"),
+        )
+        .agg(pl.col("est_bytes").sum().alias("bytes"))
+        .sort("protocol", "port", "day_index", "hour")
+    )
+    assert got.height > 20_000
+    assert got.select(pl.all().cast(pl.Int64)).equals(expected.select(pl.all().cast(pl.Int64)))
 
 
 def test_identities_sharing_a_hash_are_still_told_apart() -> None:
