@@ -586,22 +586,29 @@ def _find_user_days(
     index = bucket.astype(np.int64) * table.ranks if table.cell.size >= (1 << 31) else bucket * table.ranks
     index += rank
     found = table.cell[index]
-    whole = np.flatnonzero(found >= 0)
     some = np.flatnonzero(found <= SOME_PIECES)
-    if some.size == 0:
-        return whole, found[whole]
-    # Where the bucket is not one piece's (a reconnect within it): the last piece of the flow's
-    # (day, rank) that started by its time, stepping from the first overlapping the bucket; the
-    # packed key stops the steps at the next (day, rank) and the sentinel at the end.
-    seconds = ticks[some] // per_second
-    np.clip(seconds, -1, LAST_SECOND, out=seconds)
-    flow_key = (table.bucket_offset[bucket[some]] + rank[some]) << 32
-    flow_key += seconds
-    after = (SOME_PIECES - found[some]).astype(np.int64) + 1
-    _advance(after, table.size, table.key, flow_key)
-    piece = after - 1
-    hit = np.flatnonzero((table.key[piece] <= flow_key) & (seconds < table.end_s[piece]))
-    return np.concatenate([whole, some[hit]]), np.concatenate([found[whole], table.user_day[piece[hit]]])
+    if some.size:
+        # Where the bucket is not one piece's (a reconnect within it): the last piece of the flow's
+        # (day, rank) that started by its time, stepping from the first overlapping the bucket; the
+        # packed key stops the steps at the next (day, rank) and the sentinel at the end.
+        seconds = ticks[some] // per_second
+        np.clip(seconds, -1, LAST_SECOND, out=seconds)
+        flow_key = (table.bucket_offset[bucket[some]] + rank[some]) << 32
+        flow_key += seconds
+        after = (SOME_PIECES - found[some]).astype(np.int64) + 1
+        _advance(after, table.size, table.key, flow_key)
+        piece = after - 1
+        held = (table.key[piece] <= flow_key) & (seconds < table.end_s[piece])
+        found[some] = np.where(held, table.user_day[piece], NO_PIECE)
+    hit = np.flatnonzero(found >= 0)
+    return hit, found[hit]
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The parts end to end, without a copy when there is one."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def _sum_by_index(
@@ -685,8 +692,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
                 hit, user_day = _find_user_days(table, rank, ticks[rows], per_second, buckets[rows])
                 found_rows.append(rows[hit])
                 found_user_days.append(user_day)
-        rows = np.concatenate(found_rows) if found_rows else np.zeros(0, dtype=np.intp)
-        user_day = np.concatenate(found_user_days) if found_user_days else np.zeros(0, dtype=np.int64)
+        rows, user_day = _joined(found_rows, np.intp), _joined(found_user_days, np.int64)
         user_days[f"{direction}_bytes"] = _sum_by_index(user_day, volume[rows], exact)
         if packets is not None:
             user_days[f"{direction}_packets"] = _sum_by_index(user_day, packets[rows], exact)
