@@ -131,22 +131,34 @@ _HEAP_BELOW = 32 * 1024 * 1024
 _NEVER_TRIM = 2**31 - 1
 
 
+_holders = 0
+_holders_lock = threading.Lock()
+
+
 @contextmanager
 def keeping_freed_memory() -> Iterator[None]:
     """Within it, glibc serves allocations under 32 MB from its heaps and keeps what is freed for
-    the next; on leaving, its defaults return and the free memory goes back to the kernel."""
+    the next; when the last of any concurrent users (exporters attributed side by side) leaves,
+    its defaults return and the free memory goes back to the kernel."""
+    global _holders
     if platform.libc_ver()[0] != "glibc":
         yield
         return
     libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BELOW)
-    libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
+    with _holders_lock:
+        _holders += 1
+        if _holders == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BELOW)
+            libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
     try:
         yield
     finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
+        with _holders_lock:
+            _holders -= 1
+            if _holders == 0:
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+                libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+                libc.malloc_trim(0)
 
 
 def _unchanged(frame: pl.LazyFrame) -> pl.LazyFrame:
