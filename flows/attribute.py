@@ -104,15 +104,33 @@ def read_chunk(chunk: Chunk, prepare: Callable[[pl.LazyFrame], pl.LazyFrame], fo
     return rows
 
 
-def _advise(chunk: Chunk, advice: str) -> None:
-    """posix_fadvise over the chunk's bytes, where the system has it."""
+def _advise(chunk: Chunk, advice: str, step: int | None = None) -> None:
+    """posix_fadvise over the chunk's bytes, where the system has it; in calls of at most `step`
+    bytes if given."""
     if not hasattr(os, advice):
         return
+    size = chunk.byte_stop - chunk.byte_start
     fd = os.open(chunk.path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, chunk.byte_start, chunk.byte_stop - chunk.byte_start, getattr(os, advice))
+        for offset in range(chunk.byte_start, chunk.byte_stop, step or size or 1):
+            os.posix_fadvise(fd, offset, min(step or size, chunk.byte_stop - offset), getattr(os, advice))
     finally:
         os.close(fd)
+
+
+def read_ahead_window(path: Path) -> int:
+    """Bytes one POSIX_FADV_WILLNEED reads at most on the file's device: Linux stops at its
+    read-ahead size (queue/read_ahead_kb; 128 KiB where it cannot be found), so a bigger chunk is
+    asked for in pieces of this size."""
+    device = os.stat(path).st_dev
+    base = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}")
+    for queue in (base / "queue", base / ".." / "queue"):  # a disk, or a partition of one
+        try:
+            kib = int((queue / "read_ahead_kb").read_text())
+        except (OSError, ValueError):
+            continue
+        return max(kib, 128) * 1024
+    return 128 * 1024
 
 
 def _bigger_than_a_quarter_of_memory(paths: list[Path]) -> bool:
@@ -230,6 +248,7 @@ class _ReadAhead:
             self._changed.notify()
 
     def _run(self) -> None:
+        windows: dict[Path, int] = {}
         for chunk in self._chunks:
             size = chunk.byte_stop - chunk.byte_start
             with self._changed:
@@ -238,7 +257,9 @@ class _ReadAhead:
                 if self._stopped:
                     return
                 self._outstanding += size
-            _advise(chunk, "POSIX_FADV_WILLNEED")
+            if chunk.path not in windows:
+                windows[chunk.path] = read_ahead_window(chunk.path)
+            _advise(chunk, "POSIX_FADV_WILLNEED", step=windows[chunk.path])
 
 
 def _bounded_map(

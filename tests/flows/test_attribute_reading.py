@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.attribute import FLOW_COLUMNS, _ReadAhead, keeping_freed_memory, plan_chunks, read_chunk
+from flows.attribute import FLOW_COLUMNS, _ReadAhead, keeping_freed_memory, plan_chunks, read_ahead_window, read_chunk
 
 
 def _staged(path: Path, rows: int, group_rows: int) -> pl.DataFrame:
@@ -80,12 +80,7 @@ def test_reading_ahead_stays_within_its_budget_of_chunks_not_yet_consumed(tmp_pa
     path = tmp_path / "part.parquet"
     _staged(path, rows=400_000, group_rows=50_000)
     cached_bytes = _cached_bytes_of(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages would stay cached
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    _forget_file(path)
     assert cached_bytes() < path.stat().st_size // 10
     chunks = plan_chunks([path], chunk_rows=50_000)
     sizes = [c.byte_stop - c.byte_start for c in chunks]
@@ -100,6 +95,34 @@ def test_reading_ahead_stays_within_its_budget_of_chunks_not_yet_consumed(tmp_pa
         assert _eventually(lambda: cached_bytes() >= sum(sizes[:4]))
         time.sleep(0.3)
         assert cached_bytes() < sum(sizes[:5])
+
+
+def test_a_chunk_bigger_than_the_devices_read_ahead_window_is_read_ahead_whole(tmp_path: Path) -> None:
+    # One posix_fadvise(WILLNEED) reads at most the device's read-ahead window (8 MiB here).
+    path = tmp_path / "part.parquet"
+    window = read_ahead_window(tmp_path)
+    group_rows = 2 * window // 30  # ~37 bytes a row: about two windows a chunk
+    _staged(path, rows=3 * group_rows, group_rows=group_rows)
+    cached_bytes = _cached_bytes_of(path)
+    _forget_file(path)
+    assert cached_bytes() < path.stat().st_size // 10
+    chunks = plan_chunks([path], chunk_rows=group_rows)
+    sizes = [c.byte_stop - c.byte_start for c in chunks]
+    assert len(chunks) == 3 and sizes[0] > 1.5 * window
+
+    with _ReadAhead(chunks, budget=sizes[0]):
+        assert _eventually(lambda: cached_bytes() >= sizes[0])
+        time.sleep(0.3)
+        assert cached_bytes() < sizes[0] + sizes[1]
+
+
+def _forget_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages would stay cached
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def test_a_chunk_read_with_forget_leaves_the_page_cache(tmp_path: Path) -> None:
