@@ -9,8 +9,8 @@ A thread asks the kernel to read the chunks' bytes ahead, in order, up to READ_A
 chunks being worked on: read cold, a chunk asked for only as it was queued was often still on its
 way from disk when a worker took it (at 10^9 flows, reading 1 GiB ahead took the attribution from
 83 s to 72 s). One WILLNEED reads at most the device's read-ahead window (8 MiB here), so a chunk
-is asked for in pieces of it. When the files are bigger than a quarter of memory, each chunk's bytes are also dropped
-from the page cache once read: a staged part is read once, and such a week otherwise fills the
+is asked for in pieces of it. When the files are bigger than a quarter of memory, each chunk's
+bytes are also dropped from the page cache once read: a staged part is read once, and such a week otherwise fills the
 cache, leaving the kernel to reclaim it page by page on the readers' time (measured at 10^9 flows:
 52 s of system CPU, 24 s without). Smaller weeks keep their parts cached, as the landing step just
 wrote them.
@@ -258,9 +258,12 @@ class _ReadAhead:
                 if self._stopped:
                     return
                 self._outstanding += size
-            if chunk.path not in windows:
-                windows[chunk.path] = read_ahead_window(chunk.path)
-            _advise(chunk, "POSIX_FADV_WILLNEED", step=windows[chunk.path])
+            try:
+                if chunk.path not in windows:
+                    windows[chunk.path] = read_ahead_window(chunk.path)
+                _advise(chunk, "POSIX_FADV_WILLNEED", step=windows[chunk.path])
+            except OSError:
+                return  # only advice: reading the chunk reports what is wrong with its file
 
 
 def _bounded_map(

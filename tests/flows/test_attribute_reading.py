@@ -175,3 +175,13 @@ def test_chunk_temporaries_reuse_freed_memory_inside_and_it_is_given_back_after(
     assert faults_inside < 50
     assert faults_after > 10 * max(faults_inside, 10)
     assert resident_inside - resident_after > 250
+
+
+def test_reading_ahead_stops_quietly_at_a_file_that_is_gone(tmp_path: Path) -> None:
+    # pytest turns an exception left in a thread into an error: the read-ahead must not leave one.
+    path = tmp_path / "part.parquet"
+    _staged(path, rows=40_000, group_rows=10_000)
+    chunks = plan_chunks([path], chunk_rows=10_000)
+    path.unlink()
+    with _ReadAhead(chunks, budget=1 << 30) as ahead:
+        assert _eventually(lambda: not ahead._thread.is_alive())
