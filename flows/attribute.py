@@ -134,12 +134,17 @@ def read_ahead_window(path: Path) -> int:
     return 128 * 1024
 
 
-def _bigger_than_a_quarter_of_memory(paths: list[Path]) -> bool:
+def _memory_bytes() -> int | None:
+    """The machine's physical memory, where the system tells."""
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return False
-    return sum(path.stat().st_size for path in paths) > memory // 4
+        return None
+
+
+def _bigger_than_a_quarter_of_memory(paths: list[Path]) -> bool:
+    memory = _memory_bytes()
+    return memory is not None and sum(path.stat().st_size for path in paths) > memory // 4
 
 
 # mallopt(3) parameters and glibc's defaults for them.
@@ -214,11 +219,8 @@ def attribute_files(
 
 
 def _read_ahead_bytes() -> int:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return READ_AHEAD_BYTES
-    return min(READ_AHEAD_BYTES, memory // 16)
+    memory = _memory_bytes()
+    return READ_AHEAD_BYTES if memory is None else min(READ_AHEAD_BYTES, memory // 16)
 
 
 class _ReadAhead:
