@@ -66,6 +66,10 @@ class Chunk:
     byte_start: int
     byte_stop: int
 
+    @property
+    def byte_size(self) -> int:
+        return self.byte_stop - self.byte_start
+
 
 def plan_chunks(paths: list[Path], chunk_rows: int = CHUNK_ROWS) -> list[Chunk]:
     """Consecutive row groups of each file gathered into chunks of at most chunk_rows rows."""
@@ -110,11 +114,11 @@ def _advise(chunk: Chunk, advice: str, step: int | None = None) -> None:
     bytes if given."""
     if not hasattr(os, advice):
         return
-    size = chunk.byte_stop - chunk.byte_start
+    step = step or max(chunk.byte_size, 1)
     fd = os.open(chunk.path, os.O_RDONLY)
     try:
-        for offset in range(chunk.byte_start, chunk.byte_stop, step or size or 1):
-            os.posix_fadvise(fd, offset, min(step or size, chunk.byte_stop - offset), getattr(os, advice))
+        for offset in range(chunk.byte_start, chunk.byte_stop, step):
+            os.posix_fadvise(fd, offset, min(step, chunk.byte_stop - offset), getattr(os, advice))
     finally:
         os.close(fd)
 
@@ -247,13 +251,13 @@ class _ReadAhead:
 
     def consumed(self, chunk: Chunk) -> None:
         with self._changed:
-            self._outstanding -= chunk.byte_stop - chunk.byte_start
+            self._outstanding -= chunk.byte_size
             self._changed.notify()
 
     def _run(self) -> None:
         windows: dict[Path, int] = {}
         for chunk in self._chunks:
-            size = chunk.byte_stop - chunk.byte_start
+            size = chunk.byte_size
             with self._changed:
                 while not self._stopped and self._outstanding > 0 and self._outstanding + size > self._budget:
                     self._changed.wait()

@@ -83,7 +83,7 @@ def test_reading_ahead_stays_within_its_budget_of_chunks_not_yet_consumed(tmp_pa
     _forget_file(path)
     assert cached_bytes() < path.stat().st_size // 10
     chunks = plan_chunks([path], chunk_rows=50_000)
-    sizes = [c.byte_stop - c.byte_start for c in chunks]
+    sizes = [c.byte_size for c in chunks]
     assert len(chunks) == 8
 
     with _ReadAhead(chunks, budget=sizes[0] + sizes[1]) as ahead:
@@ -107,7 +107,7 @@ def test_a_chunk_bigger_than_the_devices_read_ahead_window_is_read_ahead_whole(t
     _forget_file(path)
     assert cached_bytes() < path.stat().st_size // 10
     chunks = plan_chunks([path], chunk_rows=group_rows)
-    sizes = [c.byte_stop - c.byte_start for c in chunks]
+    sizes = [c.byte_size for c in chunks]
     assert len(chunks) == 3 and sizes[0] > 1.5 * window
 
     with _ReadAhead(chunks, budget=sizes[0]):
