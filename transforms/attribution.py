@@ -328,16 +328,22 @@ MAX_RANGE_BUCKETS = 1 << 24
 
 @dataclass(frozen=True)
 class RangeIndex:
-    """Buckets of 2^shift /64s from the first range's start: the one range intersecting each bucket,
-    NO_RANGE or SEVERAL_RANGES. Most addresses find their range in one lookup."""
+    """Sorted, disjoint ranges of /64s (starts, inclusive ends), then one that holds nothing, so
+    that NO_RANGE (-1) picks it; and buckets of 2^shift /64s from the first range's start: the one
+    range intersecting each bucket, NO_RANGE or SEVERAL_RANGES. Most addresses find their range in
+    one lookup."""
 
+    starts: np.ndarray
+    ends: np.ndarray
     shift: np.uint64
     ranks: np.ndarray
 
     @classmethod
     def over(cls, starts: np.ndarray, ends: np.ndarray) -> RangeIndex:
+        padded_starts = np.append(starts, np.uint64(np.iinfo(np.uint64).max))
+        padded_ends = np.append(ends, np.uint64(0))
         if starts.size == 0:
-            return cls(np.uint64(0), np.zeros(0, dtype=np.int32))
+            return cls(padded_starts, padded_ends, np.uint64(0), np.zeros(0, dtype=np.int32))
         span = int(ends[-1] - starts[0])
         most = min(MAX_RANGE_BUCKETS, 64 * starts.size)
         shift = max(0, span.bit_length() - most.bit_length() + 1)
@@ -349,7 +355,11 @@ class RangeIndex:
         count = started - ended_before
         # Ranges do not overlap, so a bucket that one range intersects holds the last one started.
         ranks = np.where(count == 1, started - 1, np.where(count == 0, NO_RANGE, SEVERAL_RANGES)).astype(np.int32)
-        return cls(np.uint64(shift), ranks)
+        return cls(padded_starts, padded_ends, np.uint64(shift), ranks)
+
+    @property
+    def size(self) -> int:
+        return self.starts.size - 1
 
 
 @dataclass(frozen=True)
@@ -362,9 +372,7 @@ class AssignmentLookup:
     v4_block_of_16: np.ndarray  # int32 per /16: its block among the /16s with session addresses, -1 if none; then -1
     v4_slot_of_24: np.ndarray  # per (block, third octet): the /24's first slot; unused ones an empty /24's
     v4_rank_of_slot: np.ndarray  # int32 per slot (the /24, last octet): the address's rank, -1 if none
-    v6_range_starts: np.ndarray  # first /64 (upper half) of each elementary range, sorted
-    v6_range_ends: np.ndarray  # last /64 of each range, inclusive
-    v6_index: RangeIndex
+    v6_ranges: RangeIndex  # the elementary ranges of /64s (upper halves) that some prefix covers
     v6: SessionTable
     users: pl.DataFrame  # user_index -> user_key, service, customer_type
     user_day_user: np.ndarray  # per user-day: its user_index
@@ -487,8 +495,6 @@ def build_lookup(
         block_of_16,
         slot_of_24,
         rank_of_slot,
-        range_starts,
-        range_ends,
         RangeIndex.over(range_starts, range_ends),
         index_cells(v6_pieces, v6_user_day, grid),
         users,
@@ -558,22 +564,22 @@ def _v4_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple
 
 def _v6_ranks(hi: np.ndarray, lo: np.ndarray, lookup: AssignmentLookup) -> tuple[np.ndarray, np.ndarray]:
     """(rows, ranks) of one side's addresses (int64 views of the halves) in a delegated prefix's range."""
-    starts, ends, index = lookup.v6_range_starts, lookup.v6_range_ends, lookup.v6_index
-    if starts.size == 0:
+    ranges = lookup.v6_ranges
+    if ranges.size == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    starts, ends = ranges.starts, ranges.ends
     upper = hi.view(np.uint64)
-    candidate = (upper >= starts[0]) & (upper <= ends[-1])
+    candidate = (upper >= starts[0]) & (upper <= ends[-2])
     if starts[0] == 0:  # a range at the bottom of the line would take in IPv4-mapped addresses
         candidate &= ~((hi == 0) & ((lo >> 32) == V4_MAPPED_HIGH))
     rows = np.flatnonzero(candidate)
     upper = upper[rows]
-    rank = index.ranks[((upper - starts[0]) >> index.shift).view(np.int64)]
+    rank = ranges.ranks[((upper - starts[0]) >> ranges.shift).view(np.int64)]
     # Buckets that several ranges share: a binary search over all of them, for those rows only.
     several = np.flatnonzero(rank == SEVERAL_RANGES)
-    rank[several] = np.searchsorted(starts, upper[several], side="right") - 1
-    inside = np.flatnonzero(rank >= 0)
-    inside = inside[upper[inside] >= starts[rank[inside]]]
-    inside = inside[upper[inside] <= ends[rank[inside]]]
+    rank[several] = np.searchsorted(starts[:-1], upper[several], side="right") - 1
+    # One test for all: NO_RANGE (and a search that found none) picks the range that holds nothing.
+    inside = np.flatnonzero((upper >= starts[rank]) & (upper <= ends[rank]))
     return rows[inside], rank[inside]
 
 
@@ -628,10 +634,18 @@ def _sum_by_index(
     return lowest, sums
 
 
-def _nonzero(first: int, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, sums) of the non-zero sums of keys first, first + 1, ..."""
-    present = np.flatnonzero(sums)
-    return present + first, sums[present]
+def _sparse_sums(key: np.ndarray, values: np.ndarray, exact_in_float: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, uint64 sums of values) of the keys with a non-zero sum."""
+    if key.size == 0:
+        return key, np.zeros(0, dtype=np.uint64)
+    if not exact_in_float:
+        grouped = pl.DataFrame({"k": key, "v": values}).group_by("k").agg(pl.col("v").sum()).filter(pl.col("v") > 0)
+        return grouped["k"].to_numpy(), grouped["v"].to_numpy().astype(np.uint64, copy=False)
+    lowest = int(key.min())
+    sums = np.bincount(key - lowest, weights=values, minlength=int(key.max()) - lowest + 1)
+    # A boolean mask first: numpy's nonzero on a float (or integer) array is several times slower.
+    present = np.flatnonzero(sums != 0)
+    return present + lowest, sums[present].astype(np.uint64)
 
 
 # Port-hour keys: hour slot * PORT_CODES + port code, where the code is the lower port for TCP,
@@ -713,7 +727,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _nonzero(*_sum_by_index(port_key, volume, exact)),
+        _sparse_sums(port_key, volume, exact),
         flows.height,
     )
 
@@ -757,7 +771,7 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     """Rows (protocol, port, day_index, hour, bytes) of the days with traffic; port is null for
     protocols without ports."""
     slots = lookup.days * 24  # the slot after them holds flows outside the days
-    key = np.flatnonzero(totals.ports[: slots * PORT_CODES])
+    key = np.flatnonzero(totals.ports[: slots * PORT_CODES] != 0)
     slot, code = pl.col("key") // PORT_CODES, pl.col("key") % PORT_CODES
     return pl.DataFrame({"key": key, "bytes": totals.ports[key]}).select(
         pl.when(code < UDP_CODE)

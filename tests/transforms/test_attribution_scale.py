@@ -116,10 +116,12 @@ def test_thousands_of_addresses_and_users_in_any_session_order_match_an_as_of_jo
     assert shuffled.equals(expected)
 
 
-def test_port_hours_summed_across_chunks_match_a_group_by() -> None:
+@pytest.mark.parametrize("largest_bytes", [10**6, 1 << 46], ids=["float sums", "beyond float precision"])
+def test_port_hours_summed_across_chunks_match_a_group_by(largest_bytes: int) -> None:
     sessions, flows = _week(seed=5, addresses=500, users=400, flows=60_000)
     rng = np.random.default_rng(6)
     flows = flows.with_columns(
+        est_bytes=pl.Series(rng.integers(1, largest_bytes, flows.height).astype(np.uint64)),
         protocol=pl.Series(rng.choice(np.array([6, 17, 1, 47], dtype=np.uint8), flows.height)),
         src_port=pl.Series(rng.integers(0, 65536, flows.height).astype(np.uint16)),
         dst_port=pl.Series(rng.integers(0, 65536, flows.height).astype(np.uint16)),
@@ -143,7 +145,7 @@ def test_port_hours_summed_across_chunks_match_a_group_by() -> None:
         .sort("protocol", "port", "day_index", "hour")
     )
     assert got.height > 20_000
-    assert got.select(pl.all().cast(pl.Int64)).equals(expected.select(pl.all().cast(pl.Int64)))
+    assert got.select(pl.all().cast(pl.UInt64)).equals(expected.select(pl.all().cast(pl.UInt64)))
 
 
 def test_identities_sharing_a_hash_are_still_told_apart() -> None:
