@@ -175,7 +175,12 @@ def cut_pieces(
         start = session_key & LOW32
     first = grid.day_of(start)
     last = grid.day_of(np.maximum(end, start + 1) - 1)
-    keys, days, ends, users = [], [], [], []
+    # Each day's pieces are written straight into arrays sized for every (session, day) pair, and
+    # the arrays cut to what was kept: a concatenation would copy them all again.
+    pairs = int(np.sum(last - first)) + last.size  # day_of keeps both within the days
+    keys, ends = np.empty(pairs, dtype=np.int64), np.empty(pairs, dtype=np.int64)
+    users, days = np.empty(pairs, dtype=user.dtype), np.empty(pairs, dtype=np.int16)
+    filled = 0
     for day in range(grid.days):
         opens, closes = max(int(grid.day_starts[day]), 0), int(grid.day_starts[day + 1])
         rows = np.flatnonzero((first <= day) & (last >= day))
@@ -185,11 +190,13 @@ def cut_pieces(
         np.maximum(key, (key & ~LOW32) | opens, out=key)
         key += (day * ranks) << 32
         kept = np.flatnonzero(piece_end > (key & LOW32))  # sessions before or after the days
-        keys.append(key[kept])
-        ends.append(piece_end[kept])
-        users.append(user[rows[kept]])
-        days.append(np.full(kept.size, day, dtype=np.int16))
-    return Pieces(np.concatenate(keys), np.concatenate(days), np.concatenate(ends), np.concatenate(users), ranks)
+        upto = filled + kept.size
+        np.take(key, kept, out=keys[filled:upto])
+        np.take(piece_end, kept, out=ends[filled:upto])
+        np.take(user, rows[kept], out=users[filled:upto])
+        days[filled:upto] = day
+        filled = upto
+    return Pieces(keys[:filled], days[:filled], ends[:filled], users[:filled], ranks)
 
 
 def number_user_days(
@@ -406,24 +413,22 @@ def index_users(assignments: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
 
 def group_identities(identities: pl.DataFrame, hashes: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
     """As index_users, from the identity columns and two hashes of each row (group, check)."""
-    # Grouping 64-bit integers is several times faster than grouping tens of millions of strings.
-    groups = (
-        hashes.with_row_index("row")
-        .group_by("group")
-        .agg(pl.col("row").first(), pl.col("check").min().alias("low"), pl.col("check").max().alias("high"))
-        .sort("row")
-    )
-    if (groups["low"] != groups["high"]).any():
+    # Grouping 64-bit integers is several times faster than grouping tens of millions of strings;
+    # a first-appearance `unique` and a join, faster again than a group-by with aggregations.
+    firsts = hashes.with_row_index("row").unique(subset="group", keep="first", maintain_order=True)
+    numbered = firsts.select("group", "check").with_row_index("user_index")
+    joined = hashes.select("group").join(numbered, on="group", how="left", maintain_order="left")
+    user_index = joined["user_index"].to_numpy().astype(np.int64)
+    # Every row of a group must carry its first row's second hash; one that does not is a
+    # collision of the first, and the strings decide.
+    if not np.array_equal(joined["check"].to_numpy(), hashes["check"].to_numpy()):
         grouped = identities.with_row_index("row").group_by(IDENTITY, maintain_order=True).agg("row")
         user_index = np.empty(identities.height, dtype=np.int64)
         user_index[grouped["row"].explode().to_numpy()] = np.repeat(
             np.arange(grouped.height), grouped["row"].list.len().to_numpy()
         )
         return grouped.select(IDENTITY).with_row_index("user_index"), user_index
-    numbered = groups.select("group").with_row_index("user_index")
-    joined = hashes.select("group").join(numbered, on="group", how="left", maintain_order="left")
-    users = identities[groups["row"]].with_row_index("user_index")
-    return users, joined["user_index"].to_numpy().astype(np.int64)
+    return identities[firsts["row"]].with_row_index("user_index"), user_index
 
 
 def build_lookup(
