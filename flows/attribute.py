@@ -10,10 +10,10 @@ chunks being worked on: read cold, a chunk asked for only as it was queued was o
 way from disk when a worker took it (at 10^9 flows, reading 1 GiB ahead took the attribution from
 83 s to 72 s). One WILLNEED reads at most the device's read-ahead window (8 MiB here), so a chunk
 is asked for in pieces of it. When the files are bigger than a quarter of memory, each chunk's
-bytes are also dropped from the page cache once read: a staged part is read once, and such a week otherwise fills the
-cache, leaving the kernel to reclaim it page by page on the readers' time (measured at 10^9 flows:
-52 s of system CPU, 24 s without). Smaller weeks keep their parts cached, as the landing step just
-wrote them.
+bytes are also dropped from the page cache once read: a staged part is read once, and such a week
+otherwise fills the cache, leaving the kernel to reclaim it page by page on the readers' time
+(measured at 10^9 flows: 52 s of system CPU, 24 s without). Smaller weeks keep their parts
+cached, as the landing step just wrote them.
 
 Building the lookup and attributing run inside `keeping_freed_memory`: every chunk allocates and
 frees the same few dozen arrays of a chunk's length, and glibc's defaults give many of them back to

@@ -639,18 +639,11 @@ def _sum_by_index(
     return lowest, sums
 
 
-def _sparse_sums(key: np.ndarray, values: np.ndarray, exact_in_float: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, uint64 sums of values) of the keys with a non-zero sum."""
-    if key.size == 0:
-        return key, np.zeros(0, dtype=np.uint64)
-    if not exact_in_float:
-        grouped = pl.DataFrame({"k": key, "v": values}).group_by("k").agg(pl.col("v").sum()).filter(pl.col("v") > 0)
-        return grouped["k"].to_numpy(), grouped["v"].to_numpy().astype(np.uint64, copy=False)
-    lowest = int(key.min())
-    sums = np.bincount(key - lowest, weights=values, minlength=int(key.max()) - lowest + 1)
-    # A boolean mask first: numpy's nonzero on a float (or integer) array is several times slower.
+def _nonzero(first: int, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, sums) of the non-zero sums of keys first, first + 1, ..."""
+    # A boolean mask first: numpy's nonzero on a float or integer array is several times slower.
     present = np.flatnonzero(sums != 0)
-    return present + lowest, sums[present].astype(np.uint64)
+    return present + first, sums[present]
 
 
 # Port-hour keys: hour slot * PORT_CODES + port code, where the code is the lower port for TCP,
@@ -732,7 +725,7 @@ def attribute_chunk(flows: pl.DataFrame, lookup: AssignmentLookup) -> ChunkTotal
         by_hour[:, 2] + by_hour[:, 3],
         by_hour.sum(axis=1, dtype=np.uint64),
         by_hour[:, 3].copy(),
-        _sparse_sums(port_key, volume, exact),
+        _nonzero(*_sum_by_index(port_key, volume, exact)),
         flows.height,
     )
 
@@ -776,9 +769,9 @@ def port_hour_volumes(lookup: AssignmentLookup, totals: Totals) -> pl.DataFrame:
     """Rows (protocol, port, day_index, hour, bytes) of the days with traffic; port is null for
     protocols without ports."""
     slots = lookup.days * 24  # the slot after them holds flows outside the days
-    key = np.flatnonzero(totals.ports[: slots * PORT_CODES] != 0)
+    key, sums = _nonzero(0, totals.ports[: slots * PORT_CODES])
     slot, code = pl.col("key") // PORT_CODES, pl.col("key") % PORT_CODES
-    return pl.DataFrame({"key": key, "bytes": totals.ports[key]}).select(
+    return pl.DataFrame({"key": key, "bytes": sums}).select(
         pl.when(code < UDP_CODE)
         .then(6)
         .when(code < PORTLESS_CODE)
