@@ -139,6 +139,12 @@ def run_checks(
         {"table": "run", "check": "every exporter delivered flows", "success": not empty, "detail": json.dumps(empty)},
         {
             "table": "run",
+            "check": "no input delivered by two exporters (same file content or the same flow records)",
+            "success": not ingest.get("duplicate_inputs"),
+            "detail": json.dumps(ingest.get("duplicate_inputs", [])[:10]),
+        },
+        {
+            "table": "run",
             "check": "every exporter has flows on every day of the week",
             "success": not silent_days,
             "detail": json.dumps(silent_days),

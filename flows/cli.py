@@ -20,12 +20,18 @@ def _date(text: str) -> dt.date:
 
 
 def _open_catalog(warehouse: Any) -> Any:
-    """The warehouse's catalog.duckdb opened read-only (downloaded first from S3)."""
-    import duckdb
+    """The warehouse's catalog.duckdb opened for analysts' SQL (downloaded first from S3): read-only,
+    nothing outside it reachable, settings locked (flows.publish.ANALYST_CONFIG)."""
+    from flows.failures import UsageError
+    from flows.publish import local_catalog, open_analyst_catalog
 
-    from flows.publish import local_catalog
-
-    return duckdb.connect(str(local_catalog(warehouse)), read_only=True)
+    try:
+        path = local_catalog(warehouse)
+    except FileNotFoundError:
+        path = None
+    if path is None or not path.exists():
+        raise UsageError(f"{warehouse}: no catalog.duckdb; `trafficreport rebuild-catalog` builds it from the manifest")
+    return open_analyst_catalog(path)
 
 
 def _print_tables(warehouse: Any, week: dt.date) -> None:
@@ -95,6 +101,9 @@ def cmd_weekly(args: argparse.Namespace) -> int:
         )
     if run.get("published"):
         _print_tables(settings.warehouse, args.week)
+        print(f"\nweek {args.week} published by run {run['run_id']}; report: {run.get('report')}")
+    elif run.get("skipped"):
+        print(f"week {args.week} is already published: nothing done (--skip-published)")
     return 0
 
 
@@ -228,11 +237,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_held_locks(settings: Any) -> None:
+    """The weeks and months a run holds right now: file locks here, and Prefect slots when a
+    persistent server is configured."""
+    from flows import locks, prefect_api
+
+    held = locks.held_locks(settings.lock_dir)
+    if prefect_api.configured_api_url():
+        held += locks.held_prefect_slots()
+    for row in held:
+        print(f"running: {row['period']} ({row['kind']}, {row['holder']})")
+    if any(row["kind"] == "Prefect slot" for row in held):
+        print("a slot whose run is gone (killed, server restarted) is freed by `trafficreport release --week W`")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Frees the Prefect concurrency slot of a week or month whose run is gone."""
+    from flows import locks, prefect_api
+    from flows.failures import UsageError
+
+    period = args.week or args.month
+    if not prefect_api.configured_api_url():
+        raise UsageError(
+            "release frees a slot of a persistent Prefect server: set PREFECT_API_URL (without one, "
+            "runs hold only file locks, which the kernel frees when their process ends)"
+        )
+    alive = [r for r in locks.held_locks(_settings(args).lock_dir) if r["period"] == str(period)]
+    if alive:
+        raise UsageError(f"{period} is held by a running run here ({alive[0]['holder']}): not releasing it")
+    held = locks.release_prefect_slot(str(period))
+    print(f"{period}: released {held} Prefect slot(s)" if held else f"{period}: no slot was held")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from flows.publish import read_manifest
+    from flows.publish import describe_catalog, read_manifest_versioned
 
     settings = _settings(args)
-    manifest = read_manifest(settings.warehouse)
+    _print_held_locks(settings)
+    manifest, manifest_version = read_manifest_versioned(settings.warehouse)
     periods: dict[str, str] = {}
     for parts in manifest["tables"].values():
         for period, entry in parts.items():
@@ -253,6 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         tables = sum(1 for parts in manifest["tables"].values() if period in parts)
         kept = len(manifest["retained"].get(period, []))
         print(f"{period:12}  {audit:24}  {record.get('published_at', '?'):25}  {tables:>6}  {kept:>10}  {run_id}")
+    print(describe_catalog(settings.warehouse, manifest_version))
     return 0
 
 
@@ -276,17 +320,27 @@ def cmd_check_calibration(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
     import polars as pl
 
-    from flows.publish import query_frame
+    from flows.publish import built_from, catalog_lag, query_frame, query_refused, read_manifest_versioned
 
     if (args.sql is None) == (args.file is None):
         raise SystemExit("query: give either SQL text or --file")
     sql = args.file.read_text() if args.file else args.sql
-    con = _open_catalog(_settings(args).warehouse)
+    params = dict(_parameter(p) for p in args.param)
+    warehouse = _settings(args).warehouse
+    con = _open_catalog(warehouse)
     try:
+        lag = catalog_lag(built_from(con), read_manifest_versioned(warehouse)[1])
+        if lag:
+            print(f"note: {lag}", file=sys.stderr)
+        try:
+            frame = query_frame(con, sql, params)
+        except duckdb.Error as exc:
+            raise query_refused(exc) from exc
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
-            print(query_frame(con, sql, dict(_parameter(p) for p in args.param)))
+            print(frame)
     finally:
         con.close()
     return 0
@@ -310,11 +364,15 @@ def cmd_shell(args: argparse.Namespace) -> int:
     import duckdb
     import polars as pl
 
-    from flows.publish import query_frame
+    from flows.publish import built_from, catalog_lag, query_frame, query_refused, read_manifest_versioned
 
-    con = _open_catalog(_settings(args).warehouse)
+    warehouse = _settings(args).warehouse
+    con = _open_catalog(warehouse)
     tables = [r[0] for r in con.execute("select table_name from information_schema.tables order by 1").fetchall()]
     print("read-only catalog; tables and views:", ", ".join(tables))
+    lag = catalog_lag(built_from(con), read_manifest_versioned(warehouse)[1])
+    if lag:
+        print(f"note: {lag}", file=sys.stderr)
     buffer: list[str] = []
     try:
         while True:
@@ -332,7 +390,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
                     with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
                         print(query_frame(con, statement))
                 except duckdb.Error as exc:
-                    print(f"error: {exc}")
+                    print(query_refused(exc))
     finally:
         con.close()
     return 0
@@ -345,6 +403,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(warehouse, args.week)
     page = write_report(warehouse, report)
     print(f"report of week {args.week}: {page} ({len(report.html) / 1e6:.1f} MB, rendered in {report.seconds:.1f} s)")
+    return 0
+
+
+def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
+    from flows.publish import build_catalog, catalog_version, short_version
+
+    warehouse = _settings(args).warehouse
+    build_catalog(warehouse)
+    print(f"{warehouse}: catalog rebuilt from manifest version {short_version(catalog_version(warehouse))}")
     return 0
 
 
@@ -428,6 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="published weeks and months, their audit and run")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser(
+        "release", parents=[common], help="free the Prefect concurrency slot of a week or month whose run is gone"
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--week", type=_date, help="Monday of the week")
+    which.add_argument("--month", help="YYYY-MM")
+    p.set_defaults(func=cmd_release)
+
     p = sub.add_parser("check-calibration", parents=[common], help="target vs ground truth vs published")
     p.add_argument("--week", type=_date, help="a generated week (default: the latest in the landing zone)")
     p.set_defaults(func=cmd_check_calibration)
@@ -447,15 +522,120 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_shell)
 
+    p = sub.add_parser("rebuild-catalog", parents=[common], help="rebuild catalog.duckdb from the current manifest")
+    p.set_defaults(func=cmd_rebuild_catalog)
+
     p = sub.add_parser("fit-calibration", help="refit the generator's mixtures to the reference tables")
     p.set_defaults(func=cmd_fit_calibration)
     return parser
 
 
+# Commands that run flows: their arguments and settings are checked first, then they get a
+# Prefect API (the configured server, or a temporary one that dies with this process).
+FLOW_COMMANDS = ("weekly", "backfill", "demo", "monthly", "lookback-demo")
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Settings, key, paths, week and directory checked before Prefect starts (flows.preflight)."""
+    from flows import preflight
+
+    settings = _settings(args)
+    if args.command == "weekly":
+        preflight.check_weekly_run(settings, args.week)
+    elif args.command == "monthly":
+        preflight.check_month(args.month, settings.timezone)
+        preflight.check_paths(settings)
+    elif args.command == "backfill":
+        preflight.check_key(settings)
+        preflight.check_paths(settings)
+        preflight.check_inventory(settings)
+
+
+def _quiet_prefect_console() -> None:
+    """Failures reach the terminal as our one line: Prefect's console copies of them (tracebacks
+    included) are dropped. Its API log handler still records them for the UI."""
+    import logging
+
+    def no_errors(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and no_errors not in handler.filters:
+                handler.addFilter(no_errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    return message if len(message) <= 2000 else message[:2000] + " ..."
+
+
+def _exit_code(exc: BaseException) -> tuple[int, str]:
+    """(exit code, the line to print) for a failure."""
+    from flows import failures
+
+    if isinstance(exc, failures.UsageError):
+        return failures.EXIT_USAGE, _one_line(exc)
+    if isinstance(exc, failures.Interrupted | KeyboardInterrupt):
+        return failures.EXIT_INTERRUPTED, _one_line(exc) or "interrupted: nothing was published"
+    known = (
+        "InputFormatError",
+        "AuditFailed",
+        "MissingFeed",
+        "WeekBusy",
+        "ConcurrentPublication",
+        "RunFailed",
+        "ConcurrentUpdate",
+    )
+    if type(exc).__name__ in known or isinstance(exc, OSError):
+        return failures.EXIT_FAILED, _one_line(exc)
+    return failures.EXIT_FAILED, f"{type(exc).__name__}: {_one_line(exc)} (--debug shows where)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `trafficreport` command: exit codes as documented in flows/failures.py."""
+    from flows import interrupts
+    from flows.prefect_api import prefect_api
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["TRAFFICREPORT_DEBUG"] = "1"
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    interrupts.install()
+    try:
+        if args.command not in FLOW_COMMANDS:
+            return int(args.func(args))
+        _preflight(args)
+        with prefect_api():
+            if not debug:
+                import prefect  # noqa: F401 - sets up Prefect's logging, which is then quietened
+
+                _quiet_prefect_console()
+            code = int(args.func(args))
+        if interrupts.requested():
+            print("trafficreport: interrupted after publication began: the run finished publishing", file=sys.stderr)
+            return 130
+        return code
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if debug:
+            import traceback
+
+            traceback.print_exception(exc)
+        code, line = _exit_code(exc)
+        print(f"trafficreport: {line}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code == 130:
+            # Worker threads of an interrupted run may still be decoding: do not wait for them.
+            os._exit(code)
+        return code
 
 
 if __name__ == "__main__":

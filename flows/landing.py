@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
-import gzip
 import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from flows import progress
 from flows.storage import AnyPath, entries
+from transforms import subscribers
 from transforms._records import FLOW_SCHEMA, ExporterState
+from transforms.compression import MAX_COMPRESSION_RATIO, MAX_DECOMPRESSED_BYTES, RATIO_FLOOR_BYTES, Limits, decompress
 from transforms.errors import InputFormatError
 from transforms.exports import decode_flow_file
 from transforms.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
 from transforms.radius import RECORD_SCHEMA, parse_detail
 from transforms.sampling import announcements_frame, resolve_sampling
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-GZIP_MAGIC = b"\x1f\x8b"
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
     "position": pl.String(),
@@ -32,18 +33,42 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def read_bytes(path: AnyPath) -> bytes:
-    """File content, gunzipped or zstd-decompressed when its magic number says so."""
+def read_input(
+    path: AnyPath,
+    *,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+    ratio_floor: int = RATIO_FLOOR_BYTES,
+    max_bytes: int = MAX_DECOMPRESSED_BYTES,
+) -> tuple[bytes, InputFormatError | None]:
+    """File content, gunzipped or zstd-decompressed (in bounded chunks) when its magic number says
+    so, and the problem of a compressed stream that could only be partly read (cut off, corrupt part
+    way, followed by other bytes): the content is then what came before it.
+
+    Raises InputFormatError for the whole file when nothing can be used: a decompression bomb
+    (output past `max_ratio` times the compressed bytes once beyond `ratio_floor`, or past
+    `max_bytes`: decompression stops there), content compressed twice, or no stream at all.
+    """
     data = path.read_bytes()
     try:
-        if data.startswith(GZIP_MAGIC):
-            return gzip.decompress(data)
-        if data.startswith(ZSTD_MAGIC):
-            import zstandard
-
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return decompress(data, str(path), Limits(max_ratio, ratio_floor, max_bytes))
+    except InputFormatError:
+        raise
     except Exception as exc:  # every codec has its own error types; all mean the same here
         raise InputFormatError(str(path), "byte 0", f"cannot decompress: {exc}", len(data)) from exc
+
+
+def read_bytes(
+    path: AnyPath,
+    *,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+    ratio_floor: int = RATIO_FLOOR_BYTES,
+    max_bytes: int = MAX_DECOMPRESSED_BYTES,
+) -> bytes:
+    """File content as read_input gives it, for whole-file readers (RADIUS detail, the directory):
+    a stream that could only be partly read raises too (a cut one from EOFError)."""
+    data, problem = read_input(path, max_ratio=max_ratio, ratio_floor=ratio_floor, max_bytes=max_bytes)
+    if problem is not None:
+        raise problem from problem.__cause__
     return data
 
 
@@ -78,6 +103,10 @@ class ExporterIngest:
     # Flow records per (where the sampling rate came from, rate): the data-quality section shows them.
     sampling: dict[tuple[str, int], int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
+    # (file, SHA-256 of its decompressed content) and (file, records, record-set fingerprint) of
+    # every file read: the weekly flow compares them across exporters.
+    digests: list[tuple[str, str]] = field(default_factory=list)
+    record_sets: list[tuple[str, int, int]] = field(default_factory=list)
 
     def flows(self) -> pl.DataFrame:
         """All staged flows (for tests and small weeks: a big week is read in chunks instead)."""
@@ -147,16 +176,21 @@ def ingest_exporter(
         if not path.is_file() or path.name.startswith("."):
             continue
         try:
-            data = read_bytes(path)
+            data, damage = read_input(path)
         except InputFormatError as exc:
             problems.append(_problem_row(exc))
+            result.input_bytes += exc.length
             continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             result.duplicate_files += 1
             continue
         seen.add(digest)
+        if damage is not None:  # a cut or corrupt compressed stream: what came before it is decoded
+            problems.append(_problem_row(damage))
+            result.input_bytes += damage.length
         result.files.append(str(path))
+        result.digests.append((str(path), digest))
         result.input_bytes += len(data)
         if is_nfdump_csv(data):
             try:
@@ -175,6 +209,8 @@ def ingest_exporter(
                 result.formats[kind] = result.formats.get(kind, 0) + count
             problems.extend(_problem_row(p) for p in decoded.problems)
         del data
+        if flows.height:
+            result.record_sets.append((str(path), flows.height, record_set_fingerprint(flows)))
         result.outside_window += flows.filter(~in_window).height
         raw = stage / f"raw-{len(raw_parts):05d}.parquet"
         flows.filter(in_window).write_parquet(raw)
@@ -216,6 +252,48 @@ def ingest_exporter(
     return result
 
 
+# What identifies a flow record whatever exporter name, message framing or encoding carried it.
+RECORD_IDENTITY = (
+    "first_ts",
+    "last_ts",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "packets",
+    "bytes",
+)
+
+
+def record_set_fingerprint(flows: pl.DataFrame) -> int:
+    """An order-independent 64-bit fingerprint of a file's flow records (the wrapped sum of their
+    row hashes): the same records re-framed, re-encoded or recompressed give the same number."""
+    hashes = flows.select(RECORD_IDENTITY).hash_rows(seed=0).to_numpy()
+    return int(hashes.sum(dtype=np.uint64))
+
+
+def duplicate_inputs(exporters: list[tuple[str, list[tuple[str, str]], list[tuple[str, int, int]]]]) -> list[str]:
+    """One line per file whose content (same digest) or records (same fingerprint and count) were
+    already read from another exporter: a copied folder or a file dropped into two folders would
+    otherwise count its traffic twice. Input: (exporter, digests, record sets) per exporter."""
+    by_digest: dict[str, tuple[str, str]] = {}
+    by_records: dict[tuple[int, int], tuple[str, str]] = {}
+    found = []
+    for exporter, digests, record_sets in exporters:
+        for path, digest in digests:
+            first = by_digest.setdefault(digest, (exporter, path))
+            if first[0] != exporter:
+                found.append(f"{path}: same content as {first[1]} (exporter {first[0]})")
+        for path, records, fingerprint in record_sets:
+            first = by_records.setdefault((records, fingerprint), (exporter, path))
+            if first[0] != exporter and not any(line.startswith(f"{path}:") for line in found):
+                found.append(f"{path}: the same {records} flow records as {first[1]} (exporter {first[0]})")
+    return found
+
+
 def line_problems(problems: pl.DataFrame) -> pl.DataFrame:
     """QUARANTINE_SCHEMA rows of (source, line, reason) problems, one record each."""
     return problems.select(
@@ -228,8 +306,13 @@ def line_problems(problems: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _radius_problem(source: str, line: int, reason: str) -> pl.DataFrame:
+    return pl.DataFrame({"source": [source], "line": [line], "reason": [reason]}, schema_overrides={"line": pl.Int64})
+
+
 def ingest_radius(landing: AnyPath, days: list[dt.date], timezone: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """All accounting records of every NAS for `days`, and the quarantined lines."""
+    """All accounting records of every NAS for `days`, and the quarantined lines (file, line, reason:
+    never the record's content). A file that cannot be read at all is one problem at line 0."""
     base = landing / "radius"
     frames: list[pl.DataFrame] = []
     problems: list[pl.DataFrame] = []
@@ -240,16 +323,23 @@ def ingest_radius(landing: AnyPath, days: list[dt.date], timezone: str) -> tuple
             for path in entries(folder):
                 if not path.is_file() or path.name.startswith("."):
                     continue
+                # Reasons name the file and the error's type, never its text: codec and polars
+                # messages may quote the record (identities).
                 try:
                     data = read_bytes(path)
                 except InputFormatError as exc:
-                    problems.append(pl.DataFrame({"source": [exc.source], "line": [0], "reason": [exc.reason]}))
+                    reason = f"cannot decompress ({type(exc.__cause__ or exc).__name__})"
+                    problems.append(_radius_problem(str(path), 0, reason))
                     continue
                 digest = hashlib.sha256(data).hexdigest()
                 if digest in seen:
                     continue
                 seen.add(digest)
-                records, bad = parse_detail(data.decode("utf-8", errors="replace"), str(path), timezone)
+                try:
+                    records, bad = parse_detail(data, str(path), timezone)
+                except Exception as exc:  # a parser bug or input it never met: the file, not the run
+                    problems.append(_radius_problem(str(path), 0, f"unreadable detail file ({type(exc).__name__})"))
+                    continue
                 frames.append(records)
                 problems.append(bad)
     records = pl.concat(frames) if frames else pl.DataFrame(schema=RECORD_SCHEMA)
@@ -287,20 +377,61 @@ def directory_file(landing: AnyPath, as_of: dt.date) -> AnyPath:
 
 
 def read_directory(landing: AnyPath, as_of: dt.date) -> pl.DataFrame:
-    """The subscriber directory as of a day: subscription_id, service, customer_type, login, phone_numbers."""
+    """The subscriber directory as of a day: subscription_id, service, customer_type, login, phone_numbers.
+    InputFormatError (file, line, reason; never a cell: cells are identities) when it cannot be used."""
     path = directory_file(landing, as_of)
-    frame = pl.read_csv(
-        io.BytesIO(read_bytes(path)),
-        schema_overrides={"subscription_id": pl.String, "login": pl.String, "phone_numbers": pl.String},
-    )
-    required = {"subscription_id", "service", "customer_type"}
-    missing = required - set(frame.columns)
+    return parse_directory(read_bytes(path), str(path))
+
+
+def parse_directory(data: bytes, source: str) -> pl.DataFrame:
+    """The directory's rows from the bytes of its CSV file, checked (transforms.subscribers.check_directory)."""
+    if not data.strip():
+        raise InputFormatError(source, "line 1", "empty file: no header, no subscriptions")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputFormatError(source, f"line {line}", "bytes that are not UTF-8") from None
+    # Checked with the csv module first: parser messages quote the rest of the file (identities),
+    # and a row with too few fields would be filled with nulls silently.
+    line, reason = _csv_structure_problem(text)
+    if line:
+        raise InputFormatError(source, f"line {line}", reason)
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)  # all text: ids and phones are not numbers
+    except Exception as exc:
+        raise InputFormatError(source, "line ?", f"unreadable CSV ({type(exc).__name__})") from None
+    missing = [c for c in subscribers.DIRECTORY_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: line 1: missing columns {sorted(missing)}")
-    for optional in ("login", "phone_numbers"):
-        if optional not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(optional))
-    return frame
+        expected = ", ".join(subscribers.DIRECTORY_COLUMNS)
+        raise InputFormatError(source, "line 1", f"missing columns {', '.join(missing)} (expected {expected})")
+    if frame.height == 0:
+        raise InputFormatError(source, "line 2", "no subscriptions: header only")
+    problems = subscribers.check_directory(frame)
+    if problems.height:
+        first = problems.row(0, named=True)
+        more = f" ({problems.height - 1} more problems)" if problems.height > 1 else ""
+        raise InputFormatError(source, f"line {first['line']}", f"{first['reason']}{more}")
+    return frame.select(subscribers.DIRECTORY_COLUMNS)
+
+
+def _csv_structure_problem(text: str) -> tuple[int, str]:
+    """(line, reason) of the first row whose field count differs from the header's, or of a quote
+    never closed; (0, "") when the CSV's structure is sound. Reasons name counts, never cells."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return 1, "unreadable header"
+    line = reader.line_num
+    try:
+        for row in reader:
+            if row and len(row) != len(header):
+                return line + 1, f"{len(row)} fields, the header has {len(header)}"
+            line = reader.line_num
+    except csv.Error:
+        return line + 1, "a quoted field is never closed (or a stray quote inside a field)"
+    return 0, ""
 
 
 class MissingFeed(FileNotFoundError):

@@ -93,7 +93,7 @@ def ingest_counters(settings: Settings, month: str) -> tuple[pl.DataFrame, pl.Da
 def monthly_traffic_report(month: str, settings: Settings | None = None, force: bool = True) -> dict[str, Any]:
     """Publishes one month's average traffic per service and direction from interface counters."""
     settings = settings or load_settings()
-    with locks.one_run_at_a_time(month, settings.one_run_per_week):
+    with locks.one_run_at_a_time(month, settings.one_run_per_week, settings.lock_dir):
         return _run_month(month, settings, force)
 
 

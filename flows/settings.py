@@ -6,12 +6,13 @@ import fnmatch
 import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from upath import UPath
 
+from flows.failures import UsageError
 from flows.storage import storage_path
 
 ENV_PREFIX = "TRAFFICREPORT_"
@@ -28,6 +29,9 @@ class Settings:
     timezone: str = "Asia/Tokyo"
     # Exporter name (glob) -> service whose traffic it meters; first match wins.
     exporter_services: tuple[tuple[str, str], ...] = (("mobile*", "mobile"), ("*", "broadband"))
+    # The exporters expected under <landing>/flows (empty: any folder is an exporter). With an
+    # inventory, a folder not in it (a copy such as `mobile-gw-1.bak`) is refused by name.
+    exporters: tuple[str, ...] = ()
     # Exporter name (glob) -> 1-in-N rate used only when the exporter announces none.
     default_sampling: tuple[tuple[str, int], ...] = ()
     # Exporter name (glob) -> 1-in-N rate that replaces whatever the exporter announces.
@@ -74,6 +78,11 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return self.state_dir or self.staging.parent / "state"
+
+    @property
+    def lock_dir(self) -> Path:
+        """Where a run's file lock of its week or month is held (flows.locks)."""
+        return self.state_path / "locks"
 
     @property
     def quarantine_path(self) -> Path:
@@ -127,7 +136,12 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then `config` (TOML), then TRAFFICREPORT_* variables, then explicit overrides."""
     values: dict[str, Any] = {}
     if config is not None:
-        values.update(tomllib.loads(config.read_text()))
+        try:
+            values.update(tomllib.loads(config.read_text()))
+        except OSError as exc:
+            raise UsageError(f"{config}: cannot read the settings file ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{config}: not TOML ({exc})") from None
     for name in (
         "landing",
         "warehouse",
@@ -158,4 +172,23 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     for name in ("exporter_services", "default_sampling", "sampling_override"):
         if isinstance(values.get(name), dict):
             values[name] = tuple(values[name].items())
-    return replace(Settings(), **values)
+    if isinstance(values.get("exporters"), list | str):
+        exporters = values["exporters"]
+        values["exporters"] = tuple(exporters.split(",") if isinstance(exporters, str) else exporters)
+    where = str(config) if config is not None else "settings"
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown settings {', '.join(unknown)}")
+    defaults = Settings()
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            raise UsageError(f"{where}: {name} = {value!r}: expected {type(default).__name__}")
+    return replace(defaults, **values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import attribute, failpoints, landing, locks, progress, publish, report, storage
+from flows import attribute, failpoints, interrupts, landing, locks, preflight, progress, publish, report, storage
+from flows.failures import RunFailed, UsageError
 from flows.settings import Settings, load_settings
+from flows.staging import remove_stale_runs, run_folder
 from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
+from transforms.errors import InputFormatError
 
 PUBLISHED_TABLES = (
     "user_day_usage",
@@ -148,12 +152,31 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         "raw_bytes": result.raw_bytes,
         "records_per_day": per_day,
         "unrated_records": unrated_records,
+        "digests": result.digests,
+        "record_sets": result.record_sets,
     }
 
 
 @task(cache_policy=NO_CACHE)
 def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, Any]:
     """Address assignments and the week's users from RADIUS accounting, plus mobile billing usage."""
+    try:
+        return _build_assignments(settings, window, stage)
+    except (InputFormatError, FileNotFoundError, UsageError):
+        raise  # their messages name files, lines and reasons only
+    except Exception as exc:
+        # Anything else may quote accounting or directory content (polars errors quote data):
+        # it must not reach the log, the Prefect database or the terminal. --debug keeps the cause.
+        error = RunFailed(
+            f"reading accounting or the subscriber directory failed ({type(exc).__name__}); the message is "
+            "withheld because these inputs hold subscriber identities (run with --debug on a trusted terminal)"
+        )
+        if os.environ.get("TRAFFICREPORT_DEBUG"):
+            raise error from exc
+        raise error from None
+
+
+def _build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, Any]:
     # The day before holds Starts of sessions open at the week's start; the day after holds the
     # Interim/Stop records that close the week's last hours.
     days = [window.week - dt.timedelta(days=1)] + window.days + [window.week + dt.timedelta(days=7)]
@@ -520,9 +543,10 @@ def weekly_report(
     A failed audit publishes nothing unless `accept_failed_audit`, which the manifest records. A
     late feed is waited for `feed_retries` times, `feed_retry_delay_seconds` apart, then fails."""
     settings = settings or load_settings()
-    if week.weekday() != 0:
-        raise ValueError(f"week must start on a Monday, got {week} ({week:%A})")
-    with locks.one_run_at_a_time(week, settings.one_run_per_week):
+    preflight.check_week(week, settings.timezone)
+    preflight.check_key(settings)
+    preflight.check_inventory(settings)
+    with locks.one_run_at_a_time(week, settings.one_run_per_week, settings.lock_dir):
         return _run_week(week, settings, force, accept_failed_audit, feed_retries, feed_retry_delay_seconds)
 
 
@@ -541,69 +565,106 @@ def _run_week(
         logger.info("week %s already published; skipping", week)
         return {"week": str(week), "published": False, "skipped": True}
     run_id = new_run_id()
-    stage = settings.staging / run_id
-    try:
-        started = time.monotonic()
-        stages = StageLog(logger, run_id, week)
-        exporters = wait_for_complete_feeds.with_options(
-            retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
-        )(settings, window)
-        stages.done("feeds", rows=len(exporters))
-        assignment_args = (settings, window, stage)
-        assignment_future = build_assignments.submit(*assignment_args)
-        ingest_args = [(settings, window, e, stage) for e in exporters]
-        flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
-        flow_info = [f.result() for f in flow_futures]
-        assignment_info = assignment_future.result()
-        stages.done(
-            "ingest",
-            rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
-            bytes_=sum(int(i["input_bytes"]) for i in flow_info),
+    removed = remove_stale_runs(settings.staging)
+    if removed:
+        logger.info("removed the staging folders of %d runs that are no longer running", len(removed))
+    # Decoded flows and partials of the run are removed when it ends: every table they fed is
+    # published (or the run failed and its summary and Data Docs are in the warehouse).
+    with run_folder(settings.staging, run_id, keep=settings.keep_staging) as stage:
+        return _run_stages(
+            window, settings, run_id, stage, base_run, accept_failed_audit, feed_retries, feed_retry_delay_seconds
         )
-        attribute_args = [
-            (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
-            for info in flow_info
-        ]
-        partials = [attribute_exporter.submit(*args) for args in attribute_args]
-        partial_paths = [p.result() for p in partials]
-        stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
-        # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
-        # and results only, paths and counts, never the flows themselves.
-        transfers = (
-            [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
-            + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
-            + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
-        )
-        flow_days = read_flow_user_days(partial_paths)
-        tables = combine_tables(window, stage, partial_paths, flow_days)
-        tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
-        stages.done("combine", rows=sum(t.height for t in tables.values()))
-        reconciliation = reconcile_with_radius(stage, flow_days, settings)
-        ingest: dict[str, Any] = {"exporters": flow_info, "radius": assignment_info, "reconciliation": reconciliation}
-        stages.done("reconcile", rows=int(reconciliation["users_compared"]))
-        audit = audit_tables(tables, ingest, settings, stage)
-        stages.done("audit", rows=len(audit["checks"]))
-        failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
-        run: dict[str, Any] = {
-            "run_id": run_id,
-            "week": str(week),
+
+
+def _run_stages(
+    window: WeekWindow,
+    settings: Settings,
+    run_id: str,
+    stage: Path,
+    base_run: str | None,
+    accept_failed_audit: bool,
+    feed_retries: int,
+    feed_retry_delay_seconds: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    week = window.week
+    started = time.monotonic()
+    stages = StageLog(logger, run_id, week)
+    exporters = wait_for_complete_feeds.with_options(
+        retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
+    )(settings, window)
+    stages.done("feeds", rows=len(exporters))
+    interrupts.check("ingest")
+    assignment_args = (settings, window, stage)
+    assignment_future = build_assignments.submit(*assignment_args)
+    ingest_args = [(settings, window, e, stage) for e in exporters]
+    flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
+    flow_info = [f.result() for f in flow_futures]
+    assignment_info = assignment_future.result()
+    # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
+    duplicates = landing.duplicate_inputs(
+        [(str(i["exporter"]), i.pop("digests"), i.pop("record_sets")) for i in flow_info]
+    )
+    stages.done(
+        "ingest",
+        rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
+        bytes_=sum(int(i["input_bytes"]) for i in flow_info),
+    )
+    interrupts.check("attribution")
+    attribute_args = [
+        (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
+        for info in flow_info
+    ]
+    partials = [attribute_exporter.submit(*args) for args in attribute_args]
+    partial_paths = [p.result() for p in partials]
+    stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
+    # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
+    # and results only, paths and counts, never the flows themselves.
+    transfers = (
+        [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
+        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
+        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
+    )
+    flow_days = read_flow_user_days(partial_paths)
+    tables = combine_tables(window, stage, partial_paths, flow_days)
+    tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
+    stages.done("combine", rows=sum(t.height for t in tables.values()))
+    reconciliation = reconcile_with_radius(stage, flow_days, settings)
+    ingest: dict[str, Any] = {
+        "exporters": flow_info,
+        "radius": assignment_info,
+        "reconciliation": reconciliation,
+        "duplicate_inputs": duplicates,
+    }
+    stages.done("reconcile", rows=int(reconciliation["users_compared"]))
+    interrupts.check("the audit")
+    audit = audit_tables(tables, ingest, settings, stage)
+    stages.done("audit", rows=len(audit["checks"]))
+    failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
+    run: dict[str, Any] = {
+        "run_id": run_id,
+        "week": str(week),
+        "audit_passed": audit["success"],
+        "accepted_failed_audit": bool(failed) and accept_failed_audit,
+        "audit": audit,
+        "ingest": ingest,
+        "published": False,
+        "seconds": 0.0,
+        "stages": stages.rows,
+        "transfers": transfers,
+    }
+    failpoints.reach("weekly:audited")
+    interrupts.check("publication")
+    if audit["success"] or accept_failed_audit:
+        record = {
             "audit_passed": audit["success"],
-            "accepted_failed_audit": bool(failed) and accept_failed_audit,
-            "audit": audit,
-            "ingest": ingest,
-            "published": False,
-            "seconds": 0.0,
-            "stages": stages.rows,
-            "transfers": transfers,
+            "accepted_failed_audit": run["accepted_failed_audit"],
+            "failed_checks": failed,
+            "replaced_run": base_run,
         }
-        failpoints.reach("weekly:audited")
-        if audit["success"] or accept_failed_audit:
-            record = {
-                "audit_passed": audit["success"],
-                "accepted_failed_audit": run["accepted_failed_audit"],
-                "failed_checks": failed,
-                "replaced_run": base_run,
-            }
+        # From here a signal no longer stops the run: its files and manifest swap take seconds, and
+        # a half-finished publication (catalog or report behind the manifest) helps nobody.
+        with interrupts.deferred():
             run["removed_runs"] = publish.publish_week(
                 settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
             )
@@ -614,32 +675,29 @@ def _run_week(
             rendered = report.build_report(settings.warehouse, week)
             run["report"] = str(report.write_report(settings.warehouse, rendered))
             stages.done("report", bytes_=len(rendered.html))
-            if failed:
-                logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
+        if interrupts.requested():
+            logger.warning("interrupted during publication: week %s was published, catalog and report finished", week)
         if failed:
-            # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
-            docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
-            storage.put_tree(stage / "data_docs", docs)
-            run["data_docs"] = f"{docs}/index.html"
-        run["seconds"] = round(time.monotonic() - started, 1)
-        summary = markdown_summary(window, tables, run)
-        summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
-        storage.write_bytes(summary_path, summary.encode())
-        create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
-        if not run["published"]:
-            raise AuditFailed(
-                f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
-                + "; ".join(failed[:8])
-                + f"; report: {summary_path}, data docs: {run['data_docs']}"
-            )
-        create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
-        logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
-        return run
-    finally:
-        if not settings.keep_staging:
-            # Decoded flows and partials of the run: large, and every table they fed is published
-            # (or the run failed and its summary and Data Docs are in the warehouse).
-            storage.remove_tree(stage)
+            logger.warning("week %s published with a FAILED audit, accepted by the operator: %s", week, failed)
+    if failed:
+        # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
+        docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
+        storage.put_tree(stage / "data_docs", docs)
+        run["data_docs"] = f"{docs}/index.html"
+    run["seconds"] = round(time.monotonic() - started, 1)
+    summary = markdown_summary(window, tables, run)
+    summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
+    storage.write_bytes(summary_path, summary.encode())
+    create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
+    if not run["published"]:
+        raise AuditFailed(
+            f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
+            + "; ".join(failed[:8])
+            + f"; report: {summary_path}, data docs: {run['data_docs']}"
+        )
+    create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
+    logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
+    return run
 
 
 def weekly_report_runner(settings: Settings) -> Any:

@@ -83,3 +83,58 @@ def identify_phones(billing: pl.DataFrame, directory: pl.DataFrame, key: bytes) 
         customer_type=pl.col("customer_type").fill_null("unknown"),
         known=pl.col("subscription_id").is_not_null(),
     ).drop("subscription_id", "calling_station_id")
+
+
+DIRECTORY_COLUMNS = ("subscription_id", "service", "customer_type", "login", "phone_numbers")
+SERVICES = ("broadband", "mobile")
+CUSTOMER_TYPES = ("personal", "enterprise")
+
+
+def check_directory(directory: pl.DataFrame) -> pl.DataFrame:
+    """Rows (line, reason) of directory rows that cannot be used as they are: empty or repeated
+    subscription ids, unknown service or customer type, a login or phone number held by two
+    subscriptions. `line` is the row's line in the file (header = line 1, one line per row).
+    Reasons never quote a cell: cells hold identities."""
+    rows = directory.with_row_index("line", offset=2)
+    sid = pl.col("subscription_id").str.strip_chars()
+    rows = rows.with_columns(_first=pl.col("line").min().over("subscription_id"))
+    first_line = pl.col("_first")
+    problems = [
+        rows.filter(sid.is_null() | (sid == "")).select("line", reason=pl.lit("empty subscription_id")),
+        rows.filter(sid.is_not_null() & (sid != "") & (pl.col("line") != first_line)).select(
+            "line", reason=pl.format("subscription_id repeats the one on line {}", first_line)
+        ),
+        rows.filter(~pl.col("service").is_in(SERVICES) | pl.col("service").is_null()).select(
+            "line", reason=pl.lit(f"service is not one of {', '.join(SERVICES)}")
+        ),
+        rows.filter(~pl.col("customer_type").is_in(CUSTOMER_TYPES) | pl.col("customer_type").is_null()).select(
+            "line", reason=pl.lit(f"customer_type is not one of {', '.join(CUSTOMER_TYPES)}")
+        ),
+    ]
+    logins = rows.filter(pl.col("login").is_not_null() & (pl.col("login").str.strip_chars() != ""))
+    logins = logins.with_columns(_first=pl.col("line").min().over("login"))
+    problems.append(
+        logins.filter(pl.col("line") != pl.col("_first")).select(
+            "line", reason=pl.format("login is also the login on line {}", "_first")
+        )
+        if logins.height
+        else pl.DataFrame(schema={"line": pl.UInt32, "reason": pl.String})
+    )
+    phones = (
+        rows.filter(pl.col("service") == "mobile")
+        .with_columns(phone=pl.col("phone_numbers").fill_null("").str.split(";"))
+        .explode("phone")
+        .with_columns(pl.col("phone").str.strip_chars())
+        .filter(pl.col("phone").str.len_chars() > 0)
+        .with_columns(_first=pl.col("line").min().over("phone"))
+    )
+    problems.append(
+        phones.filter(pl.col("line") != pl.col("_first")).select(
+            "line", reason=pl.format("a phone number is also listed on line {}", "_first")
+        )
+    )
+    return (
+        pl.concat([p.with_columns(pl.col("line").cast(pl.Int64)) for p in problems])
+        .unique(maintain_order=True)
+        .sort("line", maintain_order=True)
+    )

@@ -1,0 +1,93 @@
+"""Checks a run's arguments, settings, key, paths and subscriber directory before any work (and
+before Prefect starts, when run from the command line): a mistake costs a second, not an ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from flows import landing, storage
+from flows.failures import UsageError
+from flows.settings import Settings
+
+
+def check_week(week: dt.date, timezone: str, now: dt.datetime | None = None) -> None:
+    """UsageError unless `week` is a Monday whose week has ended in `timezone`."""
+    if week.weekday() != 0:
+        raise UsageError(f"--week {week}: a week starts on a Monday; {week} is a {week:%A}")
+    now = now or dt.datetime.now(dt.UTC)
+    end = dt.datetime.combine(week + dt.timedelta(days=7), dt.time(0), ZoneInfo(timezone))
+    if end > now:
+        raise UsageError(f"--week {week}: the week has not ended yet (it ends {end:%Y-%m-%d %H:%M %Z})")
+
+
+def check_month(month: str, timezone: str, now: dt.datetime | None = None) -> None:
+    """UsageError unless `month` is YYYY-MM (a month that has begun)."""
+    try:
+        first = dt.date.fromisoformat(f"{month}-01")
+    except ValueError:
+        raise UsageError(f"--month {month!r}: expected YYYY-MM") from None
+    now = now or dt.datetime.now(dt.UTC)
+    if dt.datetime.combine(first, dt.time(0), ZoneInfo(timezone)) > now:
+        raise UsageError(f"--month {month}: the month has not begun")
+
+
+def _writable(path: Path) -> bool:
+    """True if `path` exists writable, or could be created under its nearest existing parent."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def check_paths(settings: Settings) -> None:
+    """UsageError for a landing zone that is not there, or folders the run cannot write."""
+    landing_zone = settings.landing
+    if not landing_zone.exists():
+        raise UsageError(f"landing zone {landing_zone}: no such folder")
+    if not any((landing_zone / sub).is_dir() for sub in ("flows", "radius", "directory", "counters")):
+        raise UsageError(f"landing zone {landing_zone}: not a landing zone (no flows/, radius/, directory/ folder)")
+    local = [("staging", settings.staging), ("state", settings.state_path), ("quarantine", settings.quarantine_path)]
+    if storage.is_local(settings.warehouse):
+        local.append(("warehouse", storage.local_path(settings.warehouse)))
+    for name, path in local:
+        if not _writable(Path(path)):
+            raise UsageError(f"{name} folder {path}: cannot be written by this user")
+
+
+def check_inventory(settings: Settings) -> None:
+    """UsageError naming the exporter folders that are not in the configured inventory (if one is)."""
+    if not settings.exporters:
+        return
+    unknown = [e for e in landing.list_exporters(settings.landing) if e not in settings.exporters]
+    if unknown:
+        raise UsageError(
+            f"{settings.landing / 'flows'}: exporter folders not in the inventory (`exporters` in the settings): "
+            + ", ".join(unknown)
+        )
+
+
+def check_key(settings: Settings) -> None:
+    """UsageError when no pseudonym key can be had (a Prefect Secret block is checked in the run)."""
+    if settings.hmac_key_secret and not os.environ.get("TRAFFICREPORT_HMAC_KEY"):
+        return
+    try:
+        key = settings.hmac_key()
+    except (RuntimeError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if len(key) < 16:
+        raise UsageError("the pseudonym key is shorter than 16 bytes: pseudonyms from it could be guessed")
+
+
+def check_weekly_run(settings: Settings, week: dt.date) -> None:
+    """Everything a weekly run needs before it starts, cheapest first; the directory is read and
+    checked too (InputFormatError naming file, line and reason)."""
+    check_week(week, settings.timezone)
+    check_key(settings)
+    check_paths(settings)
+    check_inventory(settings)
+    landing.read_directory(settings.landing, week + dt.timedelta(days=6))

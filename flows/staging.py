@@ -1,0 +1,61 @@
+"""A run's staging folder (decoded flows, partial aggregates), and the removal of those whose run is gone.
+
+Each run holds a file lock (`flock`) on `<staging>/<run>/.running` while it works, which the kernel
+releases however the run ends. A later run removes every staging folder whose lock it can take
+(its run is no longer running), so a killed run's gigabytes of decoded flows do not stay forever.
+Folders kept on purpose (`keep_staging`) are marked `.kept` and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RUNNING = ".running"
+KEPT = ".kept"
+# A folder without a lock file is a run's only between its mkdir and its lock (or one of an older
+# version): left alone while younger than this.
+UNLOCKED_GRACE_SECONDS = 600.0
+
+
+def remove_stale_runs(staging: Path) -> list[str]:
+    """Removes the staging folders of runs that are no longer running; returns their names."""
+    removed = []
+    for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
+        if not folder.is_dir() or (folder / KEPT).exists():
+            continue
+        lock = folder / RUNNING
+        if not lock.exists():
+            if time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+            continue
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its run is working
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+@contextlib.contextmanager
+def run_folder(staging: Path, run_id: str, keep: bool = False) -> Iterator[Path]:
+    """`<staging>/<run_id>`, locked as running for the block, then removed (or marked kept)."""
+    folder = staging / run_id
+    folder.mkdir(parents=True, exist_ok=False)
+    handle = open(folder / RUNNING, "a")  # noqa: SIM115 - held for the whole block
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield folder
+    finally:
+        if keep:
+            (folder / KEPT).touch()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        handle.close()

@@ -1,0 +1,469 @@
+"""A careless or hostile operator: broken identity inputs never leak identities (terminal, logs,
+Prefect's database), mistakes are refused before any work in one line, a killed run frees its week
+and its staging folder, Ctrl-C stops a run before publication, and input delivered twice fails
+the audit."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from flows import failpoints, staging
+from flows.landing import directory_file
+from flows.publish import read_manifest
+from flows.weekly import AuditFailed, weekly_report
+from tests.conftest import TEST_KEY, WEEK
+from transforms.errors import InputFormatError
+
+CLI = [sys.executable, "-m", "flows.cli"]
+TOKEN = re.compile(r"[0-9A-Za-z@._+-]+")
+
+
+def _identities(landing: Path) -> set[str]:
+    directory = pl.read_csv(directory_file(landing, dt.date.max), infer_schema=False)
+    found = set(directory["subscription_id"].drop_nulls()) | set(directory["login"].drop_nulls())
+    found |= {p for cell in directory["phone_numbers"].drop_nulls() for p in cell.split(";") if p}
+    return found
+
+
+def _copy_landing(landing: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "landing"
+    shutil.copytree(landing, copy)
+    return copy
+
+
+def _unclose_a_quote(landing: Path) -> Path:
+    """The directory with one quote never closed on its line 3 (a login cell)."""
+    path = Path(str(directory_file(landing, dt.date.max)))
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[3] = '"' + cells[3]
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _env(api_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(TRAFFICREPORT_HMAC_KEY=TEST_KEY, **extra)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _place_args(settings: Any, landing: Path | None = None) -> list[str]:
+    return [
+        "--landing",
+        str(landing or settings.landing),
+        "--warehouse",
+        str(settings.warehouse),
+        "--staging",
+        str(settings.staging),
+    ]
+
+
+def _prefect_database_tokens() -> set[str]:
+    """Every token of every text cell of the Prefect test server's database (logs, states, events...)."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    url = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+    path = url.split(":///", 1)[1]
+    con = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        tokens: set[str] = set()
+        for table in tables:
+            for row in con.execute(f'select * from "{table}"'):
+                for cell in row:
+                    if isinstance(cell, str | bytes):
+                        text = cell.decode("latin-1") if isinstance(cell, bytes) else cell
+                        tokens |= set(TOKEN.findall(text))
+        return tokens
+    finally:
+        con.close()
+
+
+# 1, 12: the directory
+
+
+@pytest.mark.parametrize(
+    ("content", "position", "reason"),
+    [
+        (b"", "line 1", "empty file"),
+        (b"subscription_id,service,customer_type,login,phone_numbers\n", "line 2", "header only"),
+        (
+            b"subscription_id,service,customer_type,login,phone_numbers\nBB1,broadband,personal,u1@x,\nBB2,broadband,personal,u2@x,,x\n",
+            "line 3",
+            "6 fields, the header has 5",
+        ),
+        (
+            b'subscription_id,service,customer_type,login,phone_numbers\nBB1,broadband,personal,"u1@x,\nBB2,broadband,personal,u2@x,\n',
+            "line 2",
+            "quoted field is never closed",
+        ),
+        (
+            b"subscription_id,service,customer_type,login,phone_numbers\nBB1,broadband,personal,u1@x,\nBB1,broadband,personal,u2@x,\n",
+            "line 3",
+            "repeats the one on line 2",
+        ),
+        (
+            b"subscription_id,service,customer_type,login,phone_numbers\nBB1,broadband,vip,u1@x,\n",
+            "line 2",
+            "customer_type is not one of",
+        ),
+        (
+            b"subscription_id,service,customer_type,phone_numbers\nBB1,broadband,personal,\n",
+            "line 1",
+            "missing columns login",
+        ),
+        (
+            b"subscription_id,service,customer_type,login,phone_numbers\nMB1,mobile,personal,,0901;0902\nMB2,mobile,personal,,0902\n",
+            "line 3",
+            "phone number is also listed on line 2",
+        ),
+        (
+            b"subscription_id,service,customer_type,login,phone_numbers\nBB1,broadband,personal,u\xe91@x,\n",
+            "line 2",
+            "not UTF-8",
+        ),
+    ],
+    ids=[
+        "empty",
+        "header-only",
+        "extra-field",
+        "unclosed-quote",
+        "duplicate-id",
+        "unknown-type",
+        "no-login-column",
+        "shared-phone",
+        "latin-1",
+    ],
+)
+def test_a_directory_that_cannot_be_used_is_refused_naming_file_line_and_reason(
+    content: bytes, position: str, reason: str
+) -> None:
+    from flows.landing import parse_directory
+
+    with pytest.raises(InputFormatError) as caught:
+        parse_directory(content, "directory/2024-06-01/subscribers.csv")
+    message = str(caught.value)
+    assert message.startswith(f"directory/2024-06-01/subscribers.csv: {position}: ")
+    assert reason in message
+    # No cell of the file is quoted: logins, ids and phone numbers are identities.
+    for cell in ("u1@x", "u2@x", "BB1", "BB2", "0901", "0902", "MB2"):
+        assert cell not in message
+
+
+def test_a_broken_directory_ends_the_command_in_one_line_before_prefect_starts(
+    small_settings: Any, tmp_path: Path
+) -> None:
+    landing = _copy_landing(small_settings.landing, tmp_path)
+    path = _unclose_a_quote(landing)
+    identities = _identities(small_landing_of(small_settings))
+    started = time.monotonic()
+    result = _cli(["weekly", "--week", str(WEEK), *_place_args(small_settings, landing)], _env(None), timeout=120)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"trafficreport: {path}: line 3: a quoted field is never closed (or a stray quote inside a field)"
+    ]
+    assert time.monotonic() - started < 30  # refused before any ingest, and before a Prefect server started
+    assert not set(TOKEN.findall(result.stderr)) & identities
+
+
+def small_landing_of(settings: Any) -> Path:
+    return Path(str(settings.landing))
+
+
+def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_database(
+    small_settings: Any, prefect_server: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    identities = _identities(small_landing_of(small_settings))
+    assert len(identities) > 500
+    # A directory broken in three ways the flow meets (the preflight of the command is bypassed),
+    # and a RADIUS file with a record of Latin-1 bytes, CRLF lines and garbage.
+    landing = _copy_landing(small_settings.landing, tmp_path)
+    _unclose_a_quote(landing)
+    settings = dataclasses.replace(small_settings, landing=landing)
+    with pytest.raises(InputFormatError, match=r"subscribers\.csv: line 3: a quoted field is never closed"):
+        weekly_report(WEEK, settings)
+    directory = Path(str(directory_file(landing, dt.date.max)))
+    text = directory.read_text().replace('"', "")
+    directory.write_text(text + text.splitlines()[1] + ",extra,fields\n")
+    with pytest.raises(InputFormatError, match=r"fields, the header has 5"):
+        weekly_report(WEEK, settings)
+    directory.write_text(text + text.splitlines()[1] + "\n")
+    with pytest.raises(InputFormatError, match=r"subscription_id repeats the one on line 2"):
+        weekly_report(WEEK, settings)
+    out, err = capfd.readouterr()
+    leaked = (set(TOKEN.findall(out)) | set(TOKEN.findall(err))) & identities
+    assert not leaked, sorted(leaked)[:5]
+    time.sleep(2)  # events and logs reach the database asynchronously
+    leaked = _prefect_database_tokens() & identities
+    assert not leaked, sorted(leaked)[:5]
+
+
+# 13: checked before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "env_change", "line"),
+    [
+        (
+            ["--week", "2024-06-04"],
+            {},
+            "trafficreport: --week 2024-06-04: a week starts on a Monday; 2024-06-04 is a Tuesday",
+        ),
+        (["--week", "2030-01-07"], {}, "trafficreport: --week 2030-01-07: the week has not ended yet"),
+        (["--week", str(WEEK)], {"TRAFFICREPORT_HMAC_KEY": ""}, "trafficreport: no pseudonym key"),
+        (
+            ["--week", str(WEEK), "--landing", "/nonexistent/landing"],
+            {},
+            "trafficreport: landing zone /nonexistent/landing: no such folder",
+        ),
+    ],
+    ids=["tuesday", "future", "no-key", "no-landing"],
+)
+def test_a_mistake_is_refused_in_one_line_with_exit_2_before_any_work(
+    small_settings: Any, tmp_path: Path, args: list[str], env_change: dict[str, str], line: str
+) -> None:
+    env = _env(None, TRAFFICREPORT_HMAC_KEY_FILE=str(tmp_path / "absent.key"))
+    env.update(env_change)
+    started = time.monotonic()
+    result = _cli(["weekly", *_place_args(small_settings), *args], env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line)
+    assert time.monotonic() - started < 20  # no ingest, no Prefect server
+    assert not Path(str(small_settings.warehouse)).exists()
+
+
+def test_a_setting_of_the_wrong_type_is_refused_when_loaded(tmp_path: Path) -> None:
+    from flows.failures import UsageError
+    from flows.settings import load_settings
+
+    config = tmp_path / "settings.toml"
+    config.write_text('max_unattributed_share = "five percent"\n')
+    with pytest.raises(UsageError, match=r"max_unattributed_share = 'five percent': expected float"):
+        load_settings(config)
+    config.write_text("max_unatributed_share = 0.05\n")
+    with pytest.raises(UsageError, match=r"unknown settings max_unatributed_share"):
+        load_settings(config)
+
+
+# 5, 7: a killed run
+
+
+def _processes_with_env(name: str, value: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"{name}={value}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_staging(
+    small_settings: Any, tmp_path: Path
+) -> None:
+    home = tmp_path / "prefect-home"
+    env = _env(None, PREFECT_HOME=str(home), **{failpoints.VARIABLE: "weekly:audited"})
+    killed = _cli(["weekly", "--week", str(WEEK), *_place_args(small_settings)], env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # The temporary Prefect server went with it (the kernel sends it SIGTERM).
+    deadline = time.monotonic() + 20
+    while _processes_with_env("PREFECT_HOME", str(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with_env("PREFECT_HOME", str(home)) == []
+    leftover = [p.name for p in Path(small_settings.staging).iterdir()]
+    assert len(leftover) == 1  # the killed run's decoded flows and partials
+    # The week is free at once (no lease to wait for) and the next run removes the leftover staging.
+    env.pop(failpoints.VARIABLE)
+    started = time.monotonic()
+    rerun = _cli(["weekly", "--week", str(WEEK), *_place_args(small_settings)], env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert time.monotonic() - started < 240
+    assert str(WEEK) in read_manifest(small_settings.warehouse)["tables"]["usage_summary"]
+    assert list(Path(small_settings.staging).iterdir()) == []
+
+
+def test_status_shows_a_week_a_run_holds_and_forgets_it_when_the_run_is_killed(
+    small_settings: Any, tmp_path: Path
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from flows.locks import _file_lock\n"
+            "with _file_lock(Path(sys.argv[1]) / '2024-06-03.lock', '2024-06-03', 1):\n"
+            "    print('held', flush=True); time.sleep(120)",
+            str(small_settings.lock_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        status = _cli(["status", *_place_args(small_settings)], _env(None), timeout=60)
+        assert f"running: 2024-06-03 (file lock, pid {holder.pid} on" in status.stdout
+    finally:
+        holder.kill()
+        holder.communicate()
+    status = _cli(["status", *_place_args(small_settings)], _env(None), timeout=60)
+    assert status.returncode == 0 and "running:" not in status.stdout
+
+
+def test_staging_folders_of_runs_that_are_gone_are_removed_and_others_kept(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    with staging.run_folder(root, "live") as live:
+        (live / "flows.parquet").write_bytes(b"x")
+        with staging.run_folder(root, "kept", keep=True):
+            pass
+        killed = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from pathlib import Path; from flows.staging import run_folder\n"
+                "with run_folder(Path(sys.argv[1]), 'killed'):\n"
+                "    print('in', flush=True); time.sleep(120)",
+                str(root),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert killed.stdout is not None and killed.stdout.readline().strip() == "in"
+        assert staging.remove_stale_runs(root) == []  # the killed run is still running
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate()
+        assert staging.remove_stale_runs(root) == ["killed"]
+        assert sorted(p.name for p in root.iterdir()) == ["kept", "live"]
+    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+
+
+# 6: Ctrl-C
+
+
+def _interrupt_when(settings: Any, api_url: str, marker: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Runs the weekly command, sends SIGINT when its log shows `marker`; (result, seconds to end)."""
+    env = _env(api_url, PREFECT_LOGGING_LEVEL="INFO")
+    process = subprocess.Popen(
+        CLI + ["weekly", "--week", str(WEEK), *_place_args(settings)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line:
+            break
+    else:
+        raise AssertionError("never saw " + marker + ": " + "".join(seen[-20:]))
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, "".join(seen) + err), (
+        time.monotonic() - sent
+    )
+
+
+def test_ctrl_c_during_the_audit_stops_the_run_before_publication_with_exit_130(
+    small_settings: Any, prefect_server: str
+) -> None:
+    result, _ = _interrupt_when(small_settings, prefect_server, "stage=reconcile")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert result.stderr.rstrip().splitlines()[-1].startswith("trafficreport: interrupted")
+    assert "Traceback" not in result.stderr
+    assert read_manifest(small_settings.warehouse)["tables"] == {}
+
+
+def test_ctrl_c_after_the_manifest_swap_finishes_the_publication_and_says_so(
+    small_settings: Any, prefect_server: str
+) -> None:
+    result, _ = _interrupt_when(small_settings, prefect_server, "stage=publish")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        "trafficreport: interrupted after publication began: the run finished publishing"
+    )
+    assert str(WEEK) in read_manifest(small_settings.warehouse)["tables"]["usage_summary"]
+    assert (Path(small_settings.warehouse) / "reports" / str(WEEK) / "report.html").exists()
+
+
+# 8: input delivered twice
+
+
+def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by_name(
+    small_settings: Any, prefect_server: str, tmp_path: Path
+) -> None:
+    from flows.failures import UsageError
+
+    landing = _copy_landing(small_settings.landing, tmp_path)
+    shutil.copytree(landing / "flows" / "mobile-gw-1", landing / "flows" / "mobile-gw-1.bak")
+    settings = dataclasses.replace(small_settings, landing=landing)
+    with pytest.raises(AuditFailed, match=r"no input delivered by two exporters") as caught:
+        weekly_report(WEEK, settings)
+    assert "mobile-gw-1.bak" in str(caught.value) and "same content as" in str(caught.value)
+    assert read_manifest(settings.warehouse)["tables"] == {}
+    inventory = dataclasses.replace(settings, exporters=("bb-osaka-1", "bb-tokyo-1", "mobile-gw-1"))
+    with pytest.raises(UsageError, match=r"exporter folders not in the inventory .*: mobile-gw-1\.bak$"):
+        weekly_report(WEEK, inventory)
+
+
+def test_the_same_records_from_two_exporters_are_found_whatever_their_order_or_file() -> None:
+    from flows.landing import duplicate_inputs, record_set_fingerprint
+
+    flows = pl.DataFrame(
+        {
+            "first_ts": [1, 2, 3],
+            "last_ts": [1, 2, 4],
+            "src_hi": [0, 0, 0],
+            "src_lo": [10, 11, 12],
+            "dst_hi": [0, 0, 0],
+            "dst_lo": [20, 21, 22],
+            "src_port": [443, 53, 80],
+            "dst_port": [50000, 50001, 50002],
+            "protocol": [6, 17, 6],
+            "packets": [2, 1, 3],
+            "bytes": [3000, 80, 4500],
+            "exporter": ["a", "a", "a"],
+        }
+    )
+    shuffled = flows.reverse().with_columns(exporter=pl.lit("b"))
+    one_more_byte = flows.with_columns(pl.col("bytes") + pl.Series([0, 0, 1]))
+    assert record_set_fingerprint(flows) == record_set_fingerprint(shuffled)
+    assert record_set_fingerprint(flows) != record_set_fingerprint(one_more_byte)
+    found = duplicate_inputs(
+        [
+            ("bb-1", [("bb-1/day/a.ipfix", "d1")], [("bb-1/day/a.ipfix", 3, record_set_fingerprint(flows))]),
+            ("bb-2", [("bb-2/day/b.pcap", "d2")], [("bb-2/day/b.pcap", 3, record_set_fingerprint(shuffled))]),
+            ("bb-3", [("bb-3/day/c.ipfix", "d3")], [("bb-3/day/c.ipfix", 3, record_set_fingerprint(one_more_byte))]),
+            ("bb-4", [("bb-4/day/a.ipfix", "d1")], []),
+        ]
+    )
+    assert found == [
+        "bb-2/day/b.pcap: the same 3 flow records as bb-1/day/a.ipfix (exporter bb-1)",
+        "bb-4/day/a.ipfix: same content as bb-1/day/a.ipfix (exporter bb-1)",
+    ]
