@@ -12,6 +12,7 @@ fails with ConcurrentPublication.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import duckdb
 import polars as pl
 
 from flows import failpoints, storage
+from flows.failures import RunFailed, UsageError
 from flows.storage import AnyPath
 
 MANIFEST = "_manifest.json"
@@ -35,6 +37,28 @@ MANIFEST_ATTEMPTS = 20
 
 class ConcurrentPublication(RuntimeError):
     """Another run published this week after this run started: this run does not overwrite it."""
+
+
+# DuckDB settings of connections that run analysts' SQL (`query`, `shell`): it reads the catalog and
+# nothing else. No file is read or written outside it (COPY, EXPORT, read_csv, glob), no database
+# attached, no extension installed or loaded, and no setting changed back: after lock_configuration
+# every SET / RESET / PRAGMA of a setting is refused. The catalog's tables are loaded at build time,
+# so no analyst query needs to read a file (no allowed_directories).
+ANALYST_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,  # last: the settings above are applied first
+}
+
+# S3 object metadata of an uploaded catalog: the manifest version it was built from.
+CATALOG_VERSION_KEY = "manifest-version"
+
+
+class QueryRefused(UsageError, duckdb.Error):
+    """DuckDB refused an analyst's SQL (the sandbox, read-only, a syntax or binding error): one line,
+    exit 2. Also a duckdb.Error, so code that catches DuckDB's errors still catches it."""
 
 
 def empty_manifest() -> dict[str, Any]:
@@ -188,45 +212,187 @@ def _remove_unlisted_runs(
 
 def build_catalog(warehouse: AnyPath) -> AnyPath:
     """Rebuilds catalog.duckdb from the manifest: one table per published table (the listed files
-    only), one view per sql/ file, and `_catalog` naming the manifest version it was built from."""
-    manifest, version = read_manifest_versioned(warehouse)
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(scratch) / CATALOG
-        con = duckdb.connect(str(local))
+    only), one view per sql/ file, and `_catalog` naming the manifest version it was built from.
+
+    Locally the new catalog is written to a hidden file beside the old one and renamed over it (same
+    folder, so same filesystem); on S3 it is built in a local temporary folder and uploaded in one
+    PUT. Either way the old catalog stays as it was until a new one is whole: a failed build (a full
+    disk, a bad file) raises RunFailed saying which manifest version the kept catalog shows, and
+    `status` / `query` say the catalog is behind until a build succeeds."""
+    target = warehouse / CATALOG
+    if not storage.is_local(warehouse):
+        with tempfile.TemporaryDirectory(prefix="trafficreport-catalog-") as scratch:
+            manifest, version = read_manifest_versioned(warehouse)
+            local = Path(scratch) / CATALOG
+            try:
+                _write_catalog(local, warehouse, manifest, version)
+                # The manifest version it shows travels as object metadata, so `status` need not download it.
+                target.fs.put_file(str(local), target.path, Metadata={CATALOG_VERSION_KEY: version or ""})  # type: ignore[union-attr]
+            except Exception as exc:
+                raise _not_rebuilt(warehouse, exc) from exc
+        return target
+    folder = storage.local_path(warehouse)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / CATALOG
+    # One build at a time per warehouse, each from the manifest as it is once it holds the lock: the
+    # last build to finish shows the newest manifest (concurrent backfill runs each build one).
+    with open(folder / f".{CATALOG}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in folder.glob(f".{CATALOG}.*.tmp*"):
+            stale.unlink(missing_ok=True)  # a build killed midway (no other build runs: we hold the lock)
+        manifest, version = read_manifest_versioned(warehouse)
+        building = storage.scratch_name(final)
         try:
-            if not storage.is_local(warehouse):
-                # DuckDB reads S3 through the same fsspec filesystem (its httpfs extension is not assumed).
-                con.register_filesystem(warehouse.fs)  # type: ignore[union-attr]
-            for name, weeks in sorted(manifest["tables"].items()):
-                # Table names come from our own manifest keys, checked against a fixed pattern.
-                if not name.replace("_", "").isalnum():
-                    raise ValueError(f"unexpected table name in manifest: {name!r}")
-                files = [_reader_path(warehouse / f) for entry in weeks.values() for f in entry["files"]]
-                if not files:
-                    continue
-                con.execute(
-                    f"create table {name} as select * from "
-                    "read_parquet($files, union_by_name = true, hive_partitioning = true)",
-                    {"files": files},
-                )
-            for sql_file in sorted(SQL_DIR.glob("*.sql")):
-                try:
-                    con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
-                except duckdb.CatalogException:
-                    continue  # its tables are not published yet (e.g. only months so far): no view until they are
+            _write_catalog(building, warehouse, manifest, version)
+            fd = os.open(building, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(building, final)
+            storage.fsync_folder(folder)
+        except Exception as exc:
+            raise _not_rebuilt(warehouse, exc) from exc
+        finally:
+            building.unlink(missing_ok=True)
+            _wal(building).unlink(missing_ok=True)
+    return target
+
+
+def _wal(database: Path) -> Path:
+    return database.with_name(database.name + ".wal")
+
+
+def _write_catalog(local: Path, warehouse: AnyPath, manifest: dict[str, Any], version: str | None) -> None:
+    """Writes a new catalog database at `local` and checks it holds every listed row."""
+    expected_rows: dict[str, int] = {}
+    con = duckdb.connect(str(local))
+    try:
+        if not storage.is_local(warehouse):
+            # DuckDB reads S3 through the same fsspec filesystem (its httpfs extension is not assumed).
+            con.register_filesystem(warehouse.fs)  # type: ignore[union-attr]
+        for name, weeks in sorted(manifest["tables"].items()):
+            # Table names come from our own manifest keys, checked against a fixed pattern.
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"unexpected table name in manifest: {name!r}")
+            files = [_reader_path(warehouse / f) for entry in weeks.values() for f in entry["files"]]
+            if not files:
+                continue
             con.execute(
-                "create table _catalog as select $version as manifest_version, now() as built_at",
-                {"version": version or ""},
+                f"create table {name} as select * from "
+                "read_parquet($files, union_by_name = true, hive_partitioning = true)",
+                {"files": files},
             )
+            if all("rows" in entry for entry in weeks.values()):
+                expected_rows[name] = sum(int(entry["rows"]) for entry in weeks.values())
+        for sql_file in sorted(SQL_DIR.glob("*.sql")):
+            try:
+                con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
+            except duckdb.CatalogException:
+                continue  # its tables are not published yet (e.g. only months so far): no view until they are
+        con.execute(
+            "create table _catalog as select $version as manifest_version, now() as built_at",
+            {"version": version or ""},
+        )
+        # An explicit checkpoint fails loudly on a full disk; one left to close() may fail silently and
+        # leave the rows in a WAL file that the rename would not carry along (an empty catalog).
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    if _wal(local).exists():
+        raise RuntimeError("the new catalog was not checkpointed (its write-ahead log is still there)")
+    check = duckdb.connect(str(local), read_only=True)
+    try:
+        built = check.execute("select manifest_version from _catalog").fetchone()
+        if built is None or built[0] != (version or ""):
+            raise RuntimeError("the new catalog does not name the manifest version it was built from")
+        for name, rows in expected_rows.items():
+            found = check.execute(f"select count(*) from {name}").fetchone()
+            if found is None or found[0] != rows:
+                raise RuntimeError(
+                    f"the new catalog's {name} holds {found and found[0]} rows, the manifest lists {rows}"
+                )
+    finally:
+        check.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (DuckDB's carry the SQL and a caret below it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _not_rebuilt(warehouse: AnyPath, exc: BaseException) -> RunFailed:
+    try:
+        kept = catalog_version(warehouse)
+    except Exception:
+        kept = "?"
+    remedy = "the next run or `trafficreport rebuild-catalog` rebuilds it"
+    if kept is None:
+        return RunFailed(f"catalog not rebuilt: {_one_line(exc)}; there is no previous catalog; {remedy}")
+    return RunFailed(
+        f"catalog not rebuilt: {_one_line(exc)}; the previous catalog (manifest version {short_version(kept)}) "
+        f"is kept; {remedy}"
+    )
+
+
+def short_version(version: str | None) -> str:
+    """A manifest version as people read it: the first 12 characters of its hash or ETag."""
+    return (version or "").strip('"')[:12] or "?"
+
+
+def catalog_version(warehouse: AnyPath) -> str | None:
+    """The manifest version the warehouse's catalog was built from; None when there is no catalog
+    ("" when it does not say: an S3 catalog uploaded before the version was recorded with it)."""
+    target = warehouse / CATALOG
+    if storage.is_local(warehouse):
+        if not storage.local_path(target).exists():
+            return None
+        con = open_analyst_catalog(storage.local_path(target))
+        try:
+            return built_from(con)
         finally:
             con.close()
-        target = warehouse / CATALOG
-        if storage.is_local(warehouse):
-            storage.local_path(target).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local, storage.local_path(target))
-        else:
-            target.write_bytes(local.read_bytes())
-    return target
+    try:
+        metadata = target.fs.metadata(target.path, refresh=True)  # type: ignore[union-attr]
+    except FileNotFoundError:
+        return None
+    return str({k.lower(): v for k, v in metadata.items()}.get(CATALOG_VERSION_KEY, ""))
+
+
+def built_from(con: duckdb.DuckDBPyConnection) -> str:
+    """The manifest version an open catalog was built from."""
+    rows = con.execute("select manifest_version from _catalog").fetchall()
+    return str(rows[0][0]) if rows else ""
+
+
+def describe_catalog(warehouse: AnyPath, manifest: str | None) -> str:
+    """`status`'s line on the catalog: up to date, behind the manifest, missing or unreadable."""
+    try:
+        catalog = catalog_version(warehouse)
+    except duckdb.Error as exc:
+        return f"catalog unreadable: {_one_line(exc)}; `trafficreport rebuild-catalog` rebuilds it"
+    return catalog_lag(catalog, manifest) or f"catalog: up to date (manifest version {short_version(manifest)})"
+
+
+def catalog_lag(catalog: str | None, manifest: str | None) -> str | None:
+    """One line when the catalog does not show the manifest's current version; None when it does
+    (or nothing is published)."""
+    if manifest is None:
+        return None
+    if catalog is None:
+        return (
+            f"catalog missing: the manifest is at version {short_version(manifest)}; "
+            "the next run or `trafficreport rebuild-catalog` builds it"
+        )
+    if catalog != manifest:
+        return (
+            f"catalog is behind the manifest: it shows manifest version {short_version(catalog)}, "
+            f"the manifest is at {short_version(manifest)}; the next run or `trafficreport rebuild-catalog` rebuilds it"
+        )
+    return None
 
 
 def _reader_path(path: AnyPath) -> str:
@@ -242,12 +408,33 @@ def local_catalog(warehouse: AnyPath) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trafficreport" / digest
     cache.mkdir(parents=True, exist_ok=True)
     local = cache / CATALOG
-    local.write_bytes(target.read_bytes())
+    # Written beside and renamed: a `query` running on the previous download keeps reading it whole.
+    fd, scratch = storage.create_beside(local)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(target.read_bytes())
+        os.replace(scratch, local)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
     return local
 
 
+def open_analyst_catalog(path: Path) -> duckdb.DuckDBPyConnection:
+    """A catalog file opened for analysts' SQL: read-only, and sandboxed (ANALYST_CONFIG)."""
+    return duckdb.connect(str(path), read_only=True, config=ANALYST_CONFIG)
+
+
+def query_refused(exc: duckdb.Error) -> QueryRefused:
+    """The one-line refusal of an analyst's SQL that DuckDB did not run."""
+    return QueryRefused(f"query refused: {_one_line(exc)}")
+
+
 def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
-    """Rows of a query with bound parameters, as a polars frame."""
-    result = pl.from_arrow(con.sql(sql, params=params or {}).to_arrow_table())
+    """Rows of a query with bound parameters, as a polars frame (empty for a statement without rows)."""
+    relation = con.sql(sql, params=params or {})
+    if relation is None:
+        return pl.DataFrame()
+    result = pl.from_arrow(relation.to_arrow_table())
     assert isinstance(result, pl.DataFrame)
     return result

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -125,12 +125,43 @@ def _local_write_if_unchanged(path: Path, data: bytes, expected: str | None) -> 
         current = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
         if current != expected:
             raise ConcurrentUpdate(f"{path}: changed by another writer since it was read")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        fd, tmp = create_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_folder(path.parent)
+
+
+def scratch_name(path: Path) -> Path:
+    """A new hidden name beside `path` (same folder, so same filesystem: os.replace can rename it)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+def create_beside(path: Path) -> tuple[int, Path]:
+    """Creates a new empty hidden file beside `path`; returns its descriptor (open for writing) and path.
+    Created like any file (mode 0666 less the umask), not 0600 as mkstemp would, so the file that
+    replaces `path` is readable by whoever the umask lets read the warehouse's data files."""
+    while True:
+        tmp = scratch_name(path)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def fsync_folder(folder: Path) -> None:
+    """Makes a rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: AnyPath, data: bytes) -> None:
