@@ -2,6 +2,9 @@ import datetime as dt
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from transforms.radius import (
     billing_usage_by_day,
@@ -193,3 +196,84 @@ def test_written_detail_parses_back_to_the_same_records() -> None:
     assert records["delegated_prefix"].to_list() == ["2400:4050::/56"] * 2
     assert records["in_octets"].to_list() == [None, 5 * 2**32 + 7]
     assert [int(t.timestamp() * 1000) for t in records["event_ts"]] == [1717340400000, 1717344000000]
+
+
+def _line_ends(text: str, ends: list[str]) -> str:
+    """`text` with its line ends taken from `ends` in turn."""
+    lines = text.split("\n")
+    return "".join(line + ends[i % len(ends)] for i, line in enumerate(lines[:-1])) + lines[-1]
+
+
+@pytest.mark.parametrize("ends", [["\r\n"], ["\r\n", "\n"], ["\n", "\n", "\r\n"]], ids=["crlf", "mixed", "some-crlf"])
+def test_crlf_line_ends_give_the_same_records_as_lf(ends: list[str]) -> None:
+    expected, none = parse_detail(DETAIL, "d", TZ)
+    assert none.height == 0 and expected.height == 3
+    for detail in (_line_ends(DETAIL, ends), _line_ends(DETAIL, ends).encode()):
+        records, problems = parse_detail(detail, "d", TZ)
+        assert problems.height == 0
+        assert_frame_equal(records, expected)
+
+
+# The third record (S2, lines 27-37) with Latin-1 bytes where FreeRADIUS would write UTF-8.
+LATIN1_CASES = {
+    "user-name": ('\tUser-Name = "u2@bb.example.jp"', '\tUser-Name = "jos\xe9.u2@bb.example.jp"', 30),
+    "calling-station-id": (
+        "\tFramed-IP-Address = 203.0.113.9\n\tAcct-Session-Time = 60",
+        '\tFramed-IP-Address = 203.0.113.9\n\tCalling-Station-Id = "+81\xa0901234\xa05678"\n\tAcct-Session-Time = 60',
+        34,
+    ),
+    "header": ("Mon Jun  3 02:00:00 2024", "Mon Jun\xa0 3 02:00:00 2024", 27),
+}
+
+
+@pytest.mark.parametrize("case", list(LATIN1_CASES))
+def test_a_record_with_bytes_that_are_not_utf8_is_set_aside_at_that_line(case: str) -> None:
+    old, new, line = LATIN1_CASES[case]
+    detail = DETAIL.replace(old, new).encode("latin-1")
+    with pytest.raises(UnicodeDecodeError):
+        detail.decode("utf-8")
+    records, problems = parse_detail(detail, "detail-x", TZ)
+    # The record is set aside whole (not kept with U+FFFD as an unknown user); the others are kept.
+    assert records["session_id"].to_list() == ["S1", "S1"]
+    assert problems.to_dicts() == [{"source": "detail-x", "line": line, "reason": "bytes that are not UTF-8"}]
+    quoted = " ".join(str(v) for row in problems.iter_rows() for v in row)
+    for identity in ("u2@", "jos", "1234", "5678", "\ufffd"):
+        assert identity not in quoted
+
+
+def test_bytes_that_are_not_utf8_set_aside_each_record_once_and_crlf_still_reads() -> None:
+    detail = _line_ends(DETAIL.replace('"u1@bb.example.jp"', '"\xfc1@bb"', 1), ["\r\n"]).encode("latin-1")
+    records, problems = parse_detail(detail + b'\xff\xfe\r\n\tUser-Name = "\xe9"\r\n', "d", TZ)
+    assert records["session_id"].to_list() == ["S1", "S2"]
+    # The stray line is a record header of its own (no status either): one problem per record.
+    assert problems.select("line", "reason").rows() == [
+        (4, "bytes that are not UTF-8"),
+        (39, "bytes that are not UTF-8"),
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, len(DETAIL)))
+def test_any_bytes_in_a_detail_file_never_become_a_replacement_character_in_a_record(junk: bytes, at: int) -> None:
+    data = DETAIL.encode()
+    records, problems = parse_detail(data[:at] + junk + data[at:], "fuzz", TZ)
+    assert set(problems.columns) == {"source", "line", "reason"}
+    for column in ("user_name", "calling_station_id", "session_id", "nas"):
+        assert not records[column].str.contains("\ufffd", literal=True).any()
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ("Tunnel-Start", "unknown Acct-Status-Type Tunnel-Start"),
+        ("15", "unknown Acct-Status-Type 15"),
+        ('"u9@bb.example.jp"', "unknown Acct-Status-Type (value not shown)"),
+    ],
+)
+def test_an_unknown_status_is_named_only_when_it_is_an_rfc_value(status: str, reason: str) -> None:
+    detail = DETAIL.replace(
+        'Acct-Status-Type = Interim-Update\n\tUser-Name = "u2', f'Acct-Status-Type = {status}\n\tUser-Name = "u2'
+    )
+    records, problems = parse_detail(detail, "d", TZ)
+    assert records["session_id"].to_list() == ["S1", "S1"]
+    assert problems.rows() == [("d", 27, reason)]
