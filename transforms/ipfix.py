@@ -84,15 +84,27 @@ def parse_template_set(payload: memoryview, options: bool, offset: int) -> list[
 
 def decode_message(view: memoryview, pos: int, acc: Accumulator, origin: str) -> int:
     """Decodes the IPFIX message at `pos`; returns its length, or 0 when the stream cannot go on."""
+    left = len(view) - pos
     if pos + HEADER.size > len(view):
-        acc.problem(pos, f"truncated message header ({len(view) - pos} bytes left)", len(view) - pos)
+        acc.problem(
+            pos, f"truncated: message header at byte {pos} needs {HEADER.size} bytes, the data ends after {left}", left
+        )
         return 0
     version, length, export_time, sequence, domain = HEADER.unpack_from(view, pos)
     if version != IPFIX_VERSION:
-        acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", len(view) - pos)
+        acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", left)
         return 0
-    if length < HEADER.size or pos + length > len(view):
-        acc.problem(pos, f"message length {length} runs past the end of the data or is too short", len(view) - pos)
+    if length < HEADER.size:
+        acc.problem(pos, f"message length {length} is shorter than its header; rest of the data skipped", left)
+        return 0
+    if pos + length > len(view):
+        # A file cut off mid-message: the bytes after the last whole message are what was not read.
+        acc.problem(
+            pos,
+            f"truncated: message at byte {pos} declares {length} bytes, the data ends after {left} "
+            "(runs past the end); rest of the data skipped",
+            left,
+        )
         return 0
     acc.messages += 1
     acc.formats["ipfix"] = acc.formats.get("ipfix", 0) + 1

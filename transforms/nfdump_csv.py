@@ -109,8 +109,15 @@ def decode_nfdump_csv(
     text = data.decode("utf-8", errors="replace")
     lines = text.split("\n")
     end = next((i for i, line in enumerate(lines) if line.strip() in ("Summary", "No matching flows")), len(lines))
-    body = "\n".join(line for line in lines[:end] if line.strip())
     problems: list[InputFormatError] = []
+    if end == len(lines) > 1 and lines[-1]:
+        # nfdump ends every line: a last line without one was cut off, and its last field may read
+        # as a smaller number (98765 bytes cut to 98). Before a Summary trailer nothing is cut.
+        start = data.rindex(b"\n") + 1
+        reason = f"truncated: the line at byte {start} has no line end, the file ends after {len(data)}"
+        problems.append(InputFormatError(source, f"line {len(lines)}", reason, len(data) - start))
+        end -= 1
+    body = "\n".join(line for line in lines[:end] if line.strip())
     frame = pl.read_csv(io.StringIO(body), infer_schema=False, truncate_ragged_lines=True).with_row_index(
         "_line", offset=2
     )

@@ -95,21 +95,31 @@ def udp_datagrams(data: bytes, source: str, problems: list[InputFormatError]) ->
     if data[:4] == PCAPNG_MAGIC:
         yield from _pcapng(view, source, problems)
         return
-    if data[:4] not in PCAP_MAGICS or len(data) < 24:
-        raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture")
+    if data[:4] not in PCAP_MAGICS:
+        raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture", len(data))
+    if len(data) < 24:
+        reason = f"truncated: the pcap file header needs 24 bytes, the file ends after {len(data)}"
+        problems.append(InputFormatError(source, "byte 0", reason, len(data)))
+        return
     endian, _ = PCAP_MAGICS[data[:4]]
     link = struct.unpack_from(endian + "I", view, 20)[0] & 0x0FFFFFFF
     pos = 24
     record = struct.Struct(endian + "IIII")
     while pos < len(view):
+        # A cut capture: the bytes after the last whole packet are what was not read.
         if pos + 16 > len(view):
-            problems.append(InputFormatError(source, f"byte {pos}", "truncated packet record header"))
+            left = len(view) - pos
+            reason = f"truncated: packet record header at byte {pos} needs 16 bytes, the file ends after {left}"
+            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
             return
         _s, _frac, captured, _original = record.unpack_from(view, pos)
         if pos + 16 + captured > len(view):
-            problems.append(
-                InputFormatError(source, f"byte {pos}", f"packet of {captured} bytes runs past the end of the file")
+            left = len(view) - pos
+            reason = (
+                f"truncated: packet at byte {pos} declares {captured} captured bytes (and a 16-byte record "
+                f"header), the file ends after {left} (runs past the end)"
             )
+            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
             return
         yield from _frame(view[pos + 16 : pos + 16 + captured], link, pos, source, problems)
         pos += 16 + captured
@@ -132,13 +142,27 @@ def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> 
     pos = 0
     endian = "<"
     links: list[int] = []
-    while pos + 12 <= len(view):
+    while pos < len(view):
+        if pos + 12 > len(view):
+            left = len(view) - pos
+            reason = f"truncated: block header at byte {pos} needs 12 bytes, the file ends after {left}"
+            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
+            return
         if bytes(view[pos : pos + 4]) == PCAPNG_MAGIC:
             endian = "<" if bytes(view[pos + 8 : pos + 12]) == b"\x4d\x3c\x2b\x1a" else ">"
             links = []
         block_type, length = struct.unpack_from(endian + "II", view, pos)
-        if length < 12 or length % 4 or pos + length > len(view):
-            problems.append(InputFormatError(source, f"byte {pos}", f"pcapng block length {length} invalid"))
+        if length < 12 or length % 4:
+            reason = f"pcapng block length {length} invalid; rest of the file skipped"
+            problems.append(InputFormatError(source, f"byte {pos}", reason, len(view) - pos))
+            return
+        if pos + length > len(view):
+            left = len(view) - pos
+            reason = (
+                f"truncated: block at byte {pos} declares {length} bytes, the file ends after {left} "
+                "(runs past the end)"
+            )
+            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
             return
         body = view[pos + 8 : pos + length - 4]
         if block_type == 1 and len(body) >= 2:
