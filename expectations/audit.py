@@ -139,6 +139,12 @@ def run_checks(
         {"table": "run", "check": "every exporter delivered flows", "success": not empty, "detail": json.dumps(empty)},
         {
             "table": "run",
+            "check": "every accounting file could be read",
+            "success": not int(radius.get("unreadable_files", 0)),
+            "detail": f"{int(radius.get('unreadable_files', 0))} files unreadable or cut short",
+        },
+        {
+            "table": "run",
             "check": "no input delivered by two exporters (same file content or the same flow records)",
             "success": not ingest.get("duplicate_inputs"),
             "detail": json.dumps(ingest.get("duplicate_inputs", [])[:10]),

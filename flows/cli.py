@@ -597,7 +597,6 @@ def _exit_code(exc: BaseException) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     """The `trafficreport` command: exit codes as documented in flows/failures.py."""
     from flows import interrupts
-    from flows.prefect_api import prefect_api
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -606,7 +605,14 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         os.environ["TRAFFICREPORT_DEBUG"] = "1"
     args = build_parser().parse_args(argv)
-    interrupts.install()
+    with interrupts.handled():
+        return _run_command(args, debug)
+
+
+def _run_command(args: argparse.Namespace, debug: bool) -> int:
+    from flows import interrupts
+    from flows.prefect_api import prefect_api
+
     try:
         if args.command not in FLOW_COMMANDS:
             return int(args.func(args))

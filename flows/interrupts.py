@@ -30,11 +30,17 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Handles SIGINT and SIGTERM in this (the main) thread from now on."""
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """SIGINT and SIGTERM handled here (in the main thread) for the block; the previous handlers after."""
     _requested.clear()
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    _signal_name.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def requested() -> bool:

@@ -26,8 +26,14 @@ STARTUP_SECONDS = 90.0
 
 
 def configured_api_url() -> str | None:
-    """The persistent Prefect server named by the environment, if any."""
-    return os.environ.get("PREFECT_API_URL") or None
+    """The Prefect server named by the environment (or by Prefect's settings, once it is imported),
+    unless it is the temporary one started here."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url and "prefect" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+    return url if url and url != _started_url else None
 
 
 def is_temporary() -> bool:

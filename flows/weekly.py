@@ -225,6 +225,8 @@ def _build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> d
         "sessions_closed_by_nas_reset": int((sessions["closed_by"] == "nas_reset").sum()),
         "sessions_without_stop": int((sessions["closed_by"] == "open").sum()),
         "quarantined_records": quarantine.height,
+        # A file read not at all (or cut short) holds an unknown number of records: the audit fails.
+        "unreadable_files": int((quarantine["position"] == "line 0").sum()),
         "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in quarantine.head(20).to_dicts()],
     }
 

@@ -216,7 +216,10 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     leaked = (set(TOKEN.findall(out)) | set(TOKEN.findall(err))) & identities
     assert not leaked, sorted(leaked)[:5]
     time.sleep(2)  # events and logs reach the database asynchronously
-    leaked = _prefect_database_tokens() & identities
+    stored = _prefect_database_tokens()
+    # The scan reads what the runs stored: their flow and the failures' messages (file and reason).
+    assert {"weekly_report", "subscribers.csv", "InputFormatError"} <= stored
+    leaked = stored & identities
     assert not leaked, sorted(leaked)[:5]
 
 
@@ -467,3 +470,39 @@ def test_the_same_records_from_two_exporters_are_found_whatever_their_order_or_f
         "bb-2/day/b.pcap: the same 3 flow records as bb-1/day/a.ipfix (exporter bb-1)",
         "bb-4/day/a.ipfix: same content as bb-1/day/a.ipfix (exporter bb-1)",
     ]
+
+
+def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_landing: Path, tmp_path: Path) -> None:
+    import gzip
+
+    from expectations.audit import run_checks
+    from flows.landing import ingest_radius
+
+    landing = tmp_path / "landing"
+    detail = next(p for p in sorted((small_landing / "radius").rglob("detail-*")) if p.is_file())
+    target = landing / detail.relative_to(small_landing)
+    target.parent.mkdir(parents=True)
+    packed = gzip.compress(detail.read_bytes())
+    target.with_suffix(".gz").write_bytes(packed[: len(packed) // 2])
+    records, problems = ingest_radius(landing, [dt.date.fromisoformat(target.parent.name)], "Asia/Tokyo")
+    assert records.height == 0
+    assert problems.select("position", "records").rows() == [("line 0", 1)]
+    assert not set(TOKEN.findall(" ".join(problems["reason"]))) & _identities(small_landing)
+    hours = pl.DataFrame({"in_bytes": [1.0], "out_bytes": [1.0], "unattributed_bytes": [0.0]})
+    exporter = {
+        "exporter": "bb-1",
+        "raw_bytes": 1,
+        "quarantined_bytes": 0,
+        "input_bytes": 1,
+        "unreadable_input_bytes": 0,
+        "records": 1,
+        "records_per_day": {},
+        "sampling": [{"source": "options", "rate": 1, "records": 1}],
+    }
+    radius = {"accounting_records": 10_000, "quarantined_records": 1, "unreadable_files": 1}
+    checks = run_checks({"exporters": [exporter], "radius": radius}, {"traffic_hour": hours}, 0.001, 0.05)
+    [gate] = [c for c in checks if c["check"] == "every accounting file could be read"]
+    assert gate["success"] is False and gate["detail"] == "1 files unreadable or cut short"
+    radius["unreadable_files"] = 0
+    checks = run_checks({"exporters": [exporter], "radius": radius}, {"traffic_hour": hours}, 0.001, 0.05)
+    assert all(c["success"] for c in checks)
