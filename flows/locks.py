@@ -149,7 +149,7 @@ def held_prefect_slots() -> list[dict[str, Any]]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        limits = client.read_global_concurrency_limits(limit=1000)
+        limits = client.read_global_concurrency_limits(limit=200)
     return [
         {"period": limit.name[len(LIMIT_PREFIX) :], "kind": "Prefect slot", "holder": f"{limit.active_slots} active"}
         for limit in limits

@@ -506,3 +506,38 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
     radius["unreadable_files"] = 0
     checks = run_checks({"exporters": [exporter], "radius": radius}, {"traffic_hour": hours}, 0.001, 0.05)
     assert all(c["success"] for c in checks)
+
+
+def test_a_prefect_slot_left_by_a_killed_run_is_shown_and_released(
+    small_settings: Any, prefect_server: str, tmp_path: Path
+) -> None:
+    from flows.locks import WeekBusy, one_run_at_a_time
+
+    period = "2024-06-10"
+    env = _env(prefect_server)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from flows.locks import one_run_at_a_time\n"
+            "with one_run_at_a_time(sys.argv[1]):\n"
+            "    print('held', flush=True); time.sleep(120)",
+            period,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: the slot stays taken until its lease expires
+    holder.communicate()
+    status = _cli(["status", *_place_args(small_settings)], env, timeout=120)
+    assert f"running: {period} (Prefect slot, 1 active)" in status.stdout
+    with pytest.raises(WeekBusy, match="trafficreport release --week"), one_run_at_a_time(period, timeout_seconds=1):
+        pass
+    released = _cli(["release", "--week", period, *_place_args(small_settings)], env, timeout=120)
+    assert released.returncode == 0 and released.stdout.strip() == f"{period}: released 1 Prefect slot(s)"
+    with one_run_at_a_time(period, timeout_seconds=1):
+        pass  # free at once
+    without_server = _cli(["release", "--week", period, *_place_args(small_settings)], _env(None), timeout=60)
+    assert without_server.returncode == 2 and "set PREFECT_API_URL" in without_server.stderr
