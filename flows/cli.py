@@ -244,7 +244,10 @@ def _print_held_locks(settings: Any) -> None:
 
     held = locks.held_locks(settings.lock_dir)
     if prefect_api.configured_api_url():
-        held += locks.held_prefect_slots()
+        try:
+            held += locks.held_prefect_slots()
+        except Exception as exc:  # the server may be down: the rest of the status still helps
+            print(f"Prefect slots: not known ({type(exc).__name__} from {prefect_api.configured_api_url()})")
     for row in held:
         print(f"running: {row['period']} ({row['kind']}, {row['holder']})")
     if any(row["kind"] == "Prefect slot" for row in held):
@@ -572,14 +575,29 @@ def _one_line(exc: BaseException) -> str:
     return message if len(message) <= 2000 else message[:2000] + " ..."
 
 
-def _exit_code(exc: BaseException) -> tuple[int, str]:
-    """(exit code, the line to print) for a failure."""
+INTERRUPTED_AFTER_SWAP = "interrupted after publication began: the run finished publishing"
+
+
+def _interrupted_line(command: str) -> str:
+    from flows import interrupts
+
+    if interrupts.publication_began():
+        return INTERRUPTED_AFTER_SWAP
+    if command == "backfill":
+        return "interrupted: weeks and months published before stay published; the same backfill finishes the rest"
+    if command in FLOW_COMMANDS:
+        return "interrupted: nothing was published"
+    return "interrupted"
+
+
+def _exit_code(exc: BaseException, command: str) -> tuple[int, str]:
+    """(exit code, the line to print) for a failure of `command`."""
     from flows import failures
 
     if isinstance(exc, failures.UsageError):
         return failures.EXIT_USAGE, _one_line(exc)
     if isinstance(exc, failures.Interrupted | KeyboardInterrupt):
-        return failures.EXIT_INTERRUPTED, _one_line(exc) or "interrupted: nothing was published"
+        return failures.EXIT_INTERRUPTED, _one_line(exc) or _interrupted_line(command)
     known = (
         "InputFormatError",
         "AuditFailed",
@@ -611,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace, debug: bool) -> int:
     from flows import interrupts
-    from flows.prefect_api import prefect_api
+    from flows.prefect_api import drain_prefect_clients, prefect_api
 
     try:
         if args.command not in FLOW_COMMANDS:
@@ -624,7 +642,7 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
                 _quiet_prefect_console()
             code = int(args.func(args))
         if interrupts.requested():
-            print("trafficreport: interrupted after publication began: the run finished publishing", file=sys.stderr)
+            print(f"trafficreport: {_interrupted_line(args.command)}", file=sys.stderr)
             return 130
         return code
     except BaseException as exc:
@@ -634,12 +652,14 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
             import traceback
 
             traceback.print_exception(exc)
-        code, line = _exit_code(exc)
+        code, line = _exit_code(exc, args.command)
         print(f"trafficreport: {line}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        if code == 130:
-            # Worker threads of an interrupted run may still be decoding: do not wait for them.
+        if code == 130 and args.command in FLOW_COMMANDS:
+            # Threads a library left running (a Dask client, a GX or Prefect service) must not keep
+            # an interrupted command alive; what the run logged goes to the server first.
+            drain_prefect_clients()
             os._exit(code)
         return code
 

@@ -3,8 +3,9 @@
 Libraries on the way (Prefect's engine, Great Expectations, thread pools) may catch the
 KeyboardInterrupt a signal raises, so a signal is also remembered here, and the weekly flow
 checks it between stages: an interrupt seen before the manifest swap ends the run with
-`Interrupted` and nothing published. After the swap the run is published whatever happens, so
-signals are deferred while it builds the catalog and the report, and it then ends saying so.
+`Interrupted` and nothing published. Once a run in the main thread begins to publish, signals no
+longer raise: it finishes (files, swap, catalog, report) and the command then says so. Runs in
+other threads (a backfill's weeks) are not concerned: there the main thread stops the backfill.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from types import FrameType
 from flows.failures import Interrupted
 
 _requested = threading.Event()
-_deferred = threading.Event()
+_publication_began = threading.Event()
 _signal_name: list[str] = []
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    first = not _requested.is_set()
     _requested.set()
     _signal_name.append(signal.Signals(signum).name)
-    if first and not _deferred.is_set():
+    if not _publication_began.is_set():
         raise KeyboardInterrupt
 
 
@@ -34,6 +34,7 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 def handled() -> Iterator[None]:
     """SIGINT and SIGTERM handled here (in the main thread) for the block; the previous handlers after."""
     _requested.clear()
+    _publication_began.clear()
     _signal_name.clear()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -47,6 +48,11 @@ def requested() -> bool:
     return _requested.is_set()
 
 
+def publication_began() -> bool:
+    """True once a run in the main thread has started to publish (signals are then only noted)."""
+    return _publication_began.is_set()
+
+
 def check(before: str) -> None:
     """Raises Interrupted if a signal came in (named in the message): nothing after `before` runs."""
     if _requested.is_set():
@@ -55,10 +61,8 @@ def check(before: str) -> None:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Signals only mark the run as interrupted inside this block; it runs to its end."""
-    _deferred.set()
-    try:
-        yield
-    finally:
-        _deferred.clear()
+def publishing() -> Iterator[None]:
+    """From here on, signals only mark the (main-thread) run as interrupted: it runs to its end."""
+    if threading.current_thread() is threading.main_thread():
+        _publication_began.set()
+    yield

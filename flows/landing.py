@@ -190,7 +190,6 @@ def ingest_exporter(
             problems.append(_problem_row(damage))
             result.input_bytes += damage.length
         result.files.append(str(path))
-        result.digests.append((str(path), digest))
         result.input_bytes += len(data)
         if is_nfdump_csv(data):
             try:
@@ -210,6 +209,8 @@ def ingest_exporter(
             problems.extend(_problem_row(p) for p in decoded.problems)
         del data
         if flows.height:
+            # Only files with records: two idle exporters' empty files are not one delivered twice.
+            result.digests.append((str(path), digest))
             result.record_sets.append((str(path), flows.height, record_set_fingerprint(flows)))
         result.outside_window += flows.filter(~in_window).height
         raw = stage / f"raw-{len(raw_parts):05d}.parquet"
@@ -405,8 +406,13 @@ def parse_directory(data: bytes, source: str) -> pl.DataFrame:
     if missing:
         expected = ", ".join(subscribers.DIRECTORY_COLUMNS)
         raise InputFormatError(source, "line 1", f"missing columns {', '.join(missing)} (expected {expected})")
+    # Blank lines (a trailing one is common) are no rows; the others keep their line in the file.
+    frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))
     if frame.height == 0:
         raise InputFormatError(source, "line 2", "no subscriptions: header only")
+    lines = [number for number, line in enumerate(text.splitlines(), start=1) if number > 1 and line.strip()]
+    if len(lines) == frame.height:  # else a quoted field spans lines: rows are numbered as lines
+        frame = frame.with_columns(line=pl.Series(lines, dtype=pl.Int64))
     problems = subscribers.check_directory(frame)
     if problems.height:
         first = problems.row(0, named=True)

@@ -108,8 +108,9 @@ def _prefect_slot(period: dt.date | str, timeout_seconds: float) -> Iterator[Non
 
 
 def uses_prefect_slots() -> bool:
-    """Prefect slots only with a server that outlives this process (see the module's docstring)."""
-    return not prefect_api.is_temporary()
+    """Prefect slots only with a configured server, which outlives this process (see the module's
+    docstring); never with a temporary one, Prefect's own ephemeral server included."""
+    return prefect_api.configured_api_url() is not None
 
 
 @contextlib.contextmanager
@@ -134,9 +135,14 @@ def held_locks(lock_dir: Path) -> list[dict[str, Any]]:
     """Rows (period, kind, holder) of the file locks under `lock_dir` held right now."""
     rows = []
     for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
-        with open(path, "a+") as handle:
+        try:
+            handle = open(path)  # noqa: SIM115 - read-only is enough for flock: another account can look too
+        except OSError:
+            rows.append({"period": path.stem, "kind": "file lock", "holder": "unknown (cannot open the lock)"})
+            continue
+        with handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 rows.append({"period": path.stem, "kind": "file lock", "holder": _holder_text(path)})
             else:

@@ -17,9 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 _started_url: str | None = None
 STARTUP_SECONDS = 90.0
@@ -33,7 +35,23 @@ def configured_api_url() -> str | None:
         from prefect.settings import PREFECT_API_URL
 
         url = PREFECT_API_URL.value()
+    elif not url:
+        url = _profile_api_url()
     return url if url and url != _started_url else None
+
+
+def _profile_api_url() -> str | None:
+    """PREFECT_API_URL of the active Prefect profile (`prefect config set PREFECT_API_URL=...`),
+    read from the profiles file without importing Prefect."""
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    value = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(value) if value else None
 
 
 def is_temporary() -> bool:
@@ -102,7 +120,7 @@ def prefect_api() -> Iterator[str]:
         _started_url = url
         yield url
     finally:
-        _drain_prefect_clients()
+        drain_prefect_clients()
         if _started_url == url:
             os.environ.pop("PREFECT_API_URL", None)
             _started_url = None
@@ -114,7 +132,7 @@ def prefect_api() -> Iterator[str]:
             server.wait()
 
 
-def _drain_prefect_clients() -> None:
+def drain_prefect_clients() -> None:
     """Sends the logs and events still queued in this process to the server while it still runs
     (otherwise their workers retry against a stopped server at exit, for a minute)."""
     if "prefect" not in sys.modules:

@@ -174,7 +174,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             values[name] = tuple(values[name].items())
     if isinstance(values.get("exporters"), list | str):
         exporters = values["exporters"]
-        values["exporters"] = tuple(exporters.split(",") if isinstance(exporters, str) else exporters)
+        names = exporters.split(",") if isinstance(exporters, str) else exporters
+        values["exporters"] = tuple(str(name).strip() for name in names if str(name).strip())
     where = str(config) if config is not None else "settings"
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(values) - known)

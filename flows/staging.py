@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,11 +23,16 @@ KEPT = ".kept"
 UNLOCKED_GRACE_SECONDS = 600.0
 
 
+# Run ids (flows.weekly.new_run_id): nothing else in a staging folder is ever removed, in case the
+# staging setting points at a folder that holds other things too.
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
 def remove_stale_runs(staging: Path) -> list[str]:
     """Removes the staging folders of runs that are no longer running; returns their names."""
     removed = []
     for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
-        if not folder.is_dir() or (folder / KEPT).exists():
+        if not folder.is_dir() or not RUN_ID.match(folder.name) or (folder / KEPT).exists():
             continue
         lock = folder / RUNNING
         if not lock.exists():

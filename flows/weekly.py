@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -573,9 +574,25 @@ def _run_week(
     # Decoded flows and partials of the run are removed when it ends: every table they fed is
     # published (or the run failed and its summary and Data Docs are in the warehouse).
     with run_folder(settings.staging, run_id, keep=settings.keep_staging) as stage:
-        return _run_stages(
-            window, settings, run_id, stage, base_run, accept_failed_audit, feed_retries, feed_retry_delay_seconds
-        )
+        submitted: list[Any] = []
+        try:
+            return _run_stages(
+                window,
+                settings,
+                run_id,
+                stage,
+                base_run,
+                accept_failed_audit,
+                feed_retries,
+                feed_retry_delay_seconds,
+                submitted,
+            )
+        except BaseException:
+            # Tasks still running write into the staging folder: it is removed only once they end.
+            for future in submitted:
+                with contextlib.suppress(BaseException):
+                    future.wait()
+            raise
 
 
 def _run_stages(
@@ -587,6 +604,7 @@ def _run_stages(
     accept_failed_audit: bool,
     feed_retries: int,
     feed_retry_delay_seconds: float,
+    submitted: list[Any],
 ) -> dict[str, Any]:
     logger = get_run_logger()
     week = window.week
@@ -601,6 +619,7 @@ def _run_stages(
     assignment_future = build_assignments.submit(*assignment_args)
     ingest_args = [(settings, window, e, stage) for e in exporters]
     flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
+    submitted += [assignment_future, *flow_futures]
     flow_info = [f.result() for f in flow_futures]
     assignment_info = assignment_future.result()
     # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
@@ -618,6 +637,7 @@ def _run_stages(
         for info in flow_info
     ]
     partials = [attribute_exporter.submit(*args) for args in attribute_args]
+    submitted += partials
     partial_paths = [p.result() for p in partials]
     stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
     # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
@@ -666,7 +686,7 @@ def _run_stages(
         }
         # From here a signal no longer stops the run: its files and manifest swap take seconds, and
         # a half-finished publication (catalog or report behind the manifest) helps nobody.
-        with interrupts.deferred():
+        with interrupts.publishing():
             run["removed_runs"] = publish.publish_week(
                 settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
             )

@@ -12,3 +12,7 @@ class InputFormatError(ValueError):
         self.position = position
         self.reason = reason
         self.length = length
+
+    def __reduce__(self) -> tuple[type[InputFormatError], tuple[str, str, str, int]]:
+        # Pickled across processes (Dask workers) with all four fields, not only the message.
+        return (InputFormatError, (self.source, self.position, self.reason, self.length))

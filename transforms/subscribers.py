@@ -94,8 +94,9 @@ def check_directory(directory: pl.DataFrame) -> pl.DataFrame:
     """Rows (line, reason) of directory rows that cannot be used as they are: empty or repeated
     subscription ids, unknown service or customer type, a login or phone number held by two
     subscriptions. `line` is the row's line in the file (header = line 1, one line per row).
-    Reasons never quote a cell: cells hold identities."""
-    rows = directory.with_row_index("line", offset=2)
+    Reasons never quote a cell: cells hold identities. A `line` column, when given, numbers the rows."""
+    rows = directory if "line" in directory.columns else directory.with_row_index("line", offset=2)
+    rows = rows.with_columns(pl.col("line").cast(pl.Int64))
     sid = pl.col("subscription_id").str.strip_chars()
     rows = rows.with_columns(_first=pl.col("line").min().over("subscription_id"))
     first_line = pl.col("_first")

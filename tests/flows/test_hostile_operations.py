@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from flows.failures import RunFailed
 from flows.landing import directory_file
 from flows.publish import read_manifest
 from flows.weekly import AuditFailed, weekly_report
@@ -192,12 +193,16 @@ def small_landing_of(settings: Any) -> Path:
 
 
 def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_database(
-    small_settings: Any, prefect_server: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    small_settings: Any,
+    prefect_server: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     identities = _identities(small_landing_of(small_settings))
     assert len(identities) > 500
     # A directory broken in three ways the flow meets (the preflight of the command is bypassed),
-    # and a RADIUS file with a record of Latin-1 bytes, CRLF lines and garbage.
+    # an unforeseen error quoting an identity, then RADIUS files with CRLF lines and Latin-1 bytes.
     landing = _copy_landing(small_settings.landing, tmp_path)
     _unclose_a_quote(landing)
     settings = dataclasses.replace(small_settings, landing=landing)
@@ -211,13 +216,36 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     directory.write_text(text + text.splitlines()[1] + "\n")
     with pytest.raises(InputFormatError, match=r"subscription_id repeats the one on line 2"):
         weekly_report(WEEK, settings)
+    directory.write_text(text)
+    # An error no one foresaw, whose text quotes an identity (as polars' messages quote data).
+    login = next(i for i in identities if "@" in i)
+    with monkeypatch.context() as patch:
+
+        def fails_quoting(*_args: Any, **_kwargs: Any) -> None:
+            raise pl.exceptions.ComputeError(f"could not convert value {login!r}")
+
+        patch.setattr("flows.weekly.radius.build_sessions", fails_quoting)
+        with pytest.raises(RunFailed, match=r"failed \(ComputeError\); the message is withheld") as caught:
+            weekly_report(WEEK, settings)
+        assert caught.value.__cause__ is None and login not in str(caught.value)
+    # RADIUS: a CRLF copy of a day file, and a record whose User-Name carries a Latin-1 byte.
+    detail = sorted((landing / "radius").rglob("detail-*"))[3]
+    raw = detail.read_bytes()
+    (detail.parent / "detail-crlf").write_bytes(raw.replace(b"\n", b"\r\n"))
+    name = re.search(rb'User-Name = "([^"]+)"', raw)
+    assert name is not None
+    detail.write_bytes(raw.replace(name.group(0), b'User-Name = "' + name.group(1) + b'\xe9"', 1))
+    run = weekly_report(WEEK, settings)
+    assert run["published"] and run["ingest"]["radius"]["quarantined_records"] == 1
+    [problem] = run["ingest"]["radius"]["problems"]
+    assert problem.endswith(": bytes that are not UTF-8") and name.group(1).decode() not in problem
     out, err = capfd.readouterr()
     leaked = (set(TOKEN.findall(out)) | set(TOKEN.findall(err))) & identities
     assert not leaked, sorted(leaked)[:5]
     time.sleep(2)  # events and logs reach the database asynchronously
     stored = _prefect_database_tokens()
     # The scan reads what the runs stored: their flow and the failures' messages (file and reason).
-    assert {"weekly_report", "subscribers.csv", "InputFormatError"} <= stored
+    assert {"weekly_report", "subscribers.csv", "InputFormatError", "ComputeError", "withheld"} <= stored
     leaked = stored & identities
     assert not leaked, sorted(leaked)[:5]
 
@@ -303,7 +331,8 @@ def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_stag
         if "stage=feeds" in line:  # the week is held and its staging folder made: ingest starts
             break
     run.kill()  # SIGKILL: no handler, no cleanup
-    run.communicate()
+    run.wait()
+    run.stderr.close()  # not read to its end: a server left behind would hold it open
     assert run.returncode == -signal.SIGKILL
     # The temporary Prefect server went with it (the kernel sends it SIGTERM).
     deadline = time.monotonic() + 20
@@ -352,29 +381,35 @@ def test_staging_folders_of_runs_that_are_gone_are_removed_and_others_kept(tmp_p
     from flows import staging
 
     root = tmp_path / "staging"
-    with staging.run_folder(root, "live") as live:
-        (live / "flows.parquet").write_bytes(b"x")
-        with staging.run_folder(root, "kept", keep=True):
+    live, kept, killed_run = "20240610T000000Z-aaaaaa", "20240610T000000Z-bbbbbb", "20240610T000000Z-cccccc"
+    # Not a run's folder (the staging setting may point at a folder holding other things): never removed.
+    (root / "landing").mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(root / "landing", (old, old))
+    with staging.run_folder(root, live) as folder:
+        (folder / "flows.parquet").write_bytes(b"x")
+        with staging.run_folder(root, kept, keep=True):
             pass
         killed = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 "import sys, time; from pathlib import Path; from flows.staging import run_folder\n"
-                "with run_folder(Path(sys.argv[1]), 'killed'):\n"
+                "with run_folder(Path(sys.argv[1]), sys.argv[2]):\n"
                 "    print('in', flush=True); time.sleep(120)",
                 str(root),
+                killed_run,
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
         assert killed.stdout is not None and killed.stdout.readline().strip() == "in"
-        assert staging.remove_stale_runs(root) == []  # the killed run is still running
+        assert staging.remove_stale_runs(root) == []  # the other run is still running
         killed.send_signal(signal.SIGKILL)
         killed.communicate()
-        assert staging.remove_stale_runs(root) == ["killed"]
-        assert sorted(p.name for p in root.iterdir()) == ["kept", "live"]
-    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+        assert staging.remove_stale_runs(root) == [killed_run]
+        assert sorted(p.name for p in root.iterdir()) == [live, kept, "landing"]
+    assert sorted(p.name for p in root.iterdir()) == [kept, "landing"]
 
 
 # 6: Ctrl-C
@@ -554,3 +589,41 @@ def test_a_prefect_slot_left_by_a_killed_run_is_shown_and_released(
         pass  # free at once
     without_server = _cli(["release", "--week", period, *_place_args(small_settings)], _env(None), timeout=60)
     assert without_server.returncode == 2 and "set PREFECT_API_URL" in without_server.stderr
+
+
+def test_blank_lines_in_the_directory_are_no_rows_and_problems_keep_their_line() -> None:
+    from flows.landing import parse_directory
+
+    header = b"subscription_id,service,customer_type,login,phone_numbers\r\n"
+    good = header + b"\r\nBB1,broadband,personal,u1@x,\r\nMB2,mobile,enterprise,,0901\r\n\r\n"
+    assert parse_directory(good, "subscribers.csv")["subscription_id"].to_list() == ["BB1", "MB2"]
+    with pytest.raises(
+        InputFormatError, match=r"^subscribers\.csv: line 5: subscription_id repeats the one on line 3$"
+    ):
+        parse_directory(header + b"\nBB1,broadband,personal,u1@x,\n\nBB1,broadband,personal,u2@x,\n", "subscribers.csv")
+
+
+def test_empty_files_of_two_idle_exporters_are_not_one_file_delivered_twice(tmp_path: Path) -> None:
+    from flows.landing import duplicate_inputs, ingest_exporter
+
+    start = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
+    found = []
+    for exporter in ("bb-1", "bb-2"):
+        day = tmp_path / "landing" / "flows" / exporter / "2024-06-03"
+        day.mkdir(parents=True)
+        (day / "idle.ipfix").write_bytes(b"")
+        result = ingest_exporter(
+            tmp_path / "landing",
+            exporter,
+            [dt.date(2024, 6, 3)],
+            start,
+            start + dt.timedelta(days=7),
+            None,
+            None,
+            "Asia/Tokyo",
+            tmp_path / "state",
+            tmp_path / "stage" / exporter,
+        )
+        assert result.records == 0
+        found.append((exporter, result.digests, result.record_sets))
+    assert duplicate_inputs(found) == []
