@@ -16,5 +16,14 @@ def pseudonym(key: bytes, identity: str) -> str:
 
 
 def pseudonymize(identities: pl.Expr, key: bytes) -> pl.Expr:
-    """user_key for each identity string (e.g. 'broadband|BB0000001|pppoe', 'mobile|8190...')."""
-    return identities.map_elements(lambda v: pseudonym(key, v), return_dtype=pl.String, skip_nulls=True)
+    """user_key for each identity string (e.g. 'broadband|BB0000001|pppoe', 'mobile|8190...'), null
+    for null. Each distinct identity is hashed once (accounting repeats one per session record)."""
+
+    def by_distinct(column: pl.Series) -> pl.Series:
+        distinct = column.drop_nulls().unique()
+        keys = pl.Series([pseudonym(key, value) for value in distinct], dtype=pl.String)
+        table = pl.DataFrame({"identity": distinct, "user_key": keys})
+        joined = column.to_frame("identity").join(table, on="identity", how="left", maintain_order="left")
+        return joined["user_key"]
+
+    return identities.map_batches(by_distinct, return_dtype=pl.String)
