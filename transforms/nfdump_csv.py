@@ -79,10 +79,31 @@ def _address_halves(text: str) -> list[int] | None:
     return [value >> 64, value & ((1 << 64) - 1)]
 
 
+# Octets without leading zeros (as Python's ipaddress, which reads "01.2.3.4" as ambiguous).
+DOTTED_QUAD = r"^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$"
+
+
+def _ipv4_value() -> pl.Expr:
+    """The 32-bit value of a dotted-quad `_addr` (null if not one, or an octet above 255), in columns."""
+    text = pl.col("_addr").str.strip_chars()
+    octets = text.str.split(".")
+    parts = [octets.list.get(i, null_on_oob=True).cast(pl.UInt64, strict=False) for i in range(4)]
+    valid = text.str.contains(DOTTED_QUAD) & pl.all_horizontal(p <= 255 for p in parts)
+    value = parts[0] * 16_777_216 + parts[1] * 65_536 + parts[2] * 256 + parts[3]
+    return pl.when(valid).then(value).otherwise(None)
+
+
 def _addresses(frame: pl.DataFrame, column: str, prefix: str) -> pl.DataFrame:
-    lookup = (
-        frame.select(pl.col(column).alias("_addr"))
-        .unique()
+    """`<prefix>_hi` / `<prefix>_lo` of each row's address: IPv4 parsed in columns, the rest (IPv6,
+    unusual forms) by Python's ipaddress once per distinct text."""
+    distinct = frame.select(pl.col(column).alias("_addr")).unique().with_columns(_v4=_ipv4_value())
+    v4 = distinct.filter(pl.col("_v4").is_not_null()).select(
+        "_addr",
+        pl.lit(0, dtype=pl.UInt64).alias(f"{prefix}_hi"),
+        (pl.col("_v4") | V4_MAPPED).alias(f"{prefix}_lo"),
+    )
+    other = (
+        distinct.filter(pl.col("_v4").is_null() & pl.col("_addr").is_not_null())
         .with_columns(_halves=_split_address())
         .select(
             "_addr",
@@ -90,6 +111,7 @@ def _addresses(frame: pl.DataFrame, column: str, prefix: str) -> pl.DataFrame:
             pl.col("_halves").list.get(1, null_on_oob=True).alias(f"{prefix}_lo"),
         )
     )
+    lookup = pl.concat([v4, other])
     return frame.join(lookup, left_on=column, right_on="_addr", how="left")
 
 

@@ -147,3 +147,27 @@ def test_generator_flows_through_its_ipfix_writer_decode_back_exactly() -> None:
     expected = flows.select(columns).cast(decoded.schema).sort(pl.all())  # type: ignore[arg-type]
     assert decoded.equals(expected)
     assert [(a.rate, a.source) for a in result.sampling] == [(exporter.sampling_rate, "ipfix:305/306")]
+
+
+def test_nfdump_csv_addresses_read_in_columns_agree_with_pythons_ipaddress() -> None:
+    import ipaddress
+
+    import numpy as np
+    import polars as pl
+
+    from transforms.addresses import V4_MAPPED
+    from transforms.nfdump_csv import _addresses
+
+    rng = np.random.default_rng(7)
+    texts = [str(ipaddress.IPv4Address(int(v))) for v in rng.integers(0, 2**32, 2000, dtype=np.uint64)]
+    texts += ["0.0.0.0", "255.255.255.255", " 10.0.0.1 ", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "a.b.c.d"]
+    texts += ["2001:db8::1", "::ffff:10.0.0.1", "fe80::1", "not an address", ""]
+    out = _addresses(pl.DataFrame({"a": texts}), "a", "src")
+    for text, hi, lo in out.select("a", "src_hi", "src_lo").iter_rows():
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            assert (hi, lo) == (None, None), text
+            continue
+        value = V4_MAPPED | int(address) if address.version == 4 else int(address)
+        assert (hi, lo) == ((0, value) if address.version == 4 else (value >> 64, value & (2**64 - 1))), text
