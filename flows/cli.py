@@ -606,6 +606,7 @@ def _exit_code(exc: BaseException, command: str) -> tuple[int, str]:
         "ConcurrentPublication",
         "RunFailed",
         "ConcurrentUpdate",
+        "LookupError",
     )
     if type(exc).__name__ in known or isinstance(exc, OSError):
         return failures.EXIT_FAILED, _one_line(exc)
