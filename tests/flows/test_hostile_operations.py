@@ -33,7 +33,7 @@ TOKEN = re.compile(r"[0-9A-Za-z@._+-]+")
 
 
 def _identities(landing: Path) -> set[str]:
-    directory = pl.read_csv(directory_file(landing, dt.date.max), infer_schema=False)
+    directory = pl.read_csv(Path(str(directory_file(landing, dt.date.max))), infer_schema=False)
     found = set(directory["subscription_id"].drop_nulls()) | set(directory["login"].drop_nulls())
     found |= {p for cell in directory["phone_numbers"].drop_nulls() for p in cell.split(";") if p}
     return found
