@@ -630,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace, debug: bool) -> int:
     from flows import interrupts
+    from flows.failures import Interrupted, UsageError
     from flows.prefect_api import drain_prefect_clients, prefect_api
 
     try:
@@ -638,7 +639,9 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
         _preflight(args)
         with prefect_api():
             if not debug:
-                import prefect  # noqa: F401 - sets up Prefect's logging, which is then quietened
+                # Prefect's logging handlers exist once prefect.main has run setup_logging (later
+                # setups are incremental: they keep the handlers, and the filter on them).
+                import prefect.main  # noqa: F401
 
                 _quiet_prefect_console()
             code = int(args.func(args))
@@ -654,6 +657,10 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
 
             traceback.print_exception(exc)
         code, line = _exit_code(exc, args.command)
+        if interrupts.requested() and not isinstance(exc, UsageError):
+            # The KeyboardInterrupt may have surfaced as another error (Prefect's engine raises
+            # "Task run is not set" when it lands inside a task's start): it was still the operator.
+            code, line = 130, (_one_line(exc) if isinstance(exc, Interrupted) else _interrupted_line(args.command))
         print(f"trafficreport: {line}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

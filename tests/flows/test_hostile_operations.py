@@ -24,7 +24,7 @@ import pytest
 from flows.failures import RunFailed
 from flows.landing import directory_file
 from flows.publish import read_manifest
-from flows.weekly import AuditFailed, weekly_report
+from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.errors import InputFormatError
 
@@ -474,9 +474,15 @@ def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by
     landing = _copy_landing(small_settings.landing, tmp_path)
     shutil.copytree(landing / "flows" / "mobile-gw-1", landing / "flows" / "mobile-gw-1.bak")
     settings = dataclasses.replace(small_settings, landing=landing)
-    with pytest.raises(AuditFailed, match=r"no input delivered by two exporters") as caught:
-        weekly_report(WEEK, settings)
-    assert "mobile-gw-1.bak" in str(caught.value) and "same content as" in str(caught.value)
+    # Through the command: a run failing inside the flow ends in one line, no traceback, exit 1.
+    result = _cli(["weekly", "--week", str(WEEK), *_place_args(settings, landing)], _env(prefect_server))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(
+        f"trafficreport: week {WEEK}: audit failed, nothing published; 1 failed checks: run: no input"
+    )
+    assert "mobile-gw-1.bak" in last and "same content as" in last
     assert read_manifest(settings.warehouse)["tables"] == {}
     inventory = dataclasses.replace(settings, exporters=("bb-osaka-1", "bb-tokyo-1", "mobile-gw-1"))
     with pytest.raises(UsageError, match=r"exporter folders not in the inventory .*: mobile-gw-1\.bak$"):
