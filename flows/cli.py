@@ -592,12 +592,16 @@ def _interrupted_line(command: str) -> str:
 
 def _exit_code(exc: BaseException, command: str) -> tuple[int, str]:
     """(exit code, the line to print) for a failure of `command`."""
-    from flows import failures
+    from flows import failures, interrupts
 
     if isinstance(exc, failures.UsageError):
         return failures.EXIT_USAGE, _one_line(exc)
-    if isinstance(exc, failures.Interrupted | KeyboardInterrupt):
-        return failures.EXIT_INTERRUPTED, _one_line(exc) or _interrupted_line(command)
+    if isinstance(exc, failures.Interrupted):
+        return failures.EXIT_INTERRUPTED, _one_line(exc)
+    # After a signal any error is the interrupt's: a KeyboardInterrupt may surface as another error
+    # (Prefect's engine raises "Task run is not set" when it lands inside a task's start).
+    if isinstance(exc, KeyboardInterrupt) or interrupts.requested():
+        return failures.EXIT_INTERRUPTED, _interrupted_line(command)
     known = (
         "InputFormatError",
         "AuditFailed",
@@ -630,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace, debug: bool) -> int:
     from flows import interrupts
-    from flows.failures import Interrupted, UsageError
+    from flows.failures import EXIT_INTERRUPTED
     from flows.prefect_api import drain_prefect_clients, prefect_api
 
     try:
@@ -647,7 +651,7 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
             code = int(args.func(args))
         if interrupts.requested():
             print(f"trafficreport: {_interrupted_line(args.command)}", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         return code
     except BaseException as exc:
         if isinstance(exc, SystemExit):
@@ -657,14 +661,10 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
 
             traceback.print_exception(exc)
         code, line = _exit_code(exc, args.command)
-        if interrupts.requested() and not isinstance(exc, UsageError):
-            # The KeyboardInterrupt may have surfaced as another error (Prefect's engine raises
-            # "Task run is not set" when it lands inside a task's start): it was still the operator.
-            code, line = 130, (_one_line(exc) if isinstance(exc, Interrupted) else _interrupted_line(args.command))
         print(f"trafficreport: {line}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        if code == 130 and args.command in FLOW_COMMANDS:
+        if code == EXIT_INTERRUPTED and args.command in FLOW_COMMANDS:
             # Threads a library left running (a Dask client, a GX or Prefect service) must not keep
             # an interrupted command alive; what the run logged goes to the server first.
             drain_prefect_clients()

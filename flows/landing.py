@@ -282,17 +282,17 @@ def duplicate_inputs(exporters: list[tuple[str, list[tuple[str, str]], list[tupl
     otherwise count its traffic twice. Input: (exporter, digests, record sets) per exporter."""
     by_digest: dict[str, tuple[str, str]] = {}
     by_records: dict[tuple[int, int], tuple[str, str]] = {}
-    found = []
+    found: dict[str, str] = {}  # file -> why, the first reason only
     for exporter, digests, record_sets in exporters:
         for path, digest in digests:
             first = by_digest.setdefault(digest, (exporter, path))
             if first[0] != exporter:
-                found.append(f"{path}: same content as {first[1]} (exporter {first[0]})")
+                found.setdefault(path, f"{path}: same content as {first[1]} (exporter {first[0]})")
         for path, records, fingerprint in record_sets:
             first = by_records.setdefault((records, fingerprint), (exporter, path))
-            if first[0] != exporter and not any(line.startswith(f"{path}:") for line in found):
-                found.append(f"{path}: the same {records} flow records as {first[1]} (exporter {first[0]})")
-    return found
+            if first[0] != exporter:
+                found.setdefault(path, f"{path}: the same {records} flow records as {first[1]} (exporter {first[0]})")
+    return list(found.values())
 
 
 def line_problems(problems: pl.DataFrame) -> pl.DataFrame:

@@ -54,12 +54,6 @@ def _profile_api_url() -> str | None:
     return str(value) if value else None
 
 
-def is_temporary() -> bool:
-    """True when this process's Prefect API is the temporary server it started itself: its
-    database outlives it, but nothing it holds in memory (concurrency leases) does."""
-    return _started_url is not None and os.environ.get("PREFECT_API_URL") == _started_url
-
-
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the parent dies, whatever killed it."""
     pr_set_pdeathsig = 1

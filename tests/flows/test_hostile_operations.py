@@ -319,20 +319,13 @@ def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_stag
 ) -> None:
     home = tmp_path / "prefect-home"
     env = _env(None, PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
-    run = subprocess.Popen(
-        CLI + ["weekly", "--week", str(WEEK), *_place_args(small_settings)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert run.stderr is not None
-    for line in run.stderr:
-        if "stage=feeds" in line:  # the week is held and its staging folder made: ingest starts
-            break
+    # At stage=feeds the week is held and its staging folder made: ingest starts.
+    run, _ = _weekly_until(small_settings, env, "stage=feeds")
     run.kill()  # SIGKILL: no handler, no cleanup
     run.wait()
-    run.stderr.close()  # not read to its end: a server left behind would hold it open
+    for pipe in (run.stdout, run.stderr):  # not read to their end: a server left behind would hold them open
+        assert pipe is not None
+        pipe.close()
     assert run.returncode == -signal.SIGKILL
     # The temporary Prefect server went with it (the kernel sends it SIGTERM).
     deadline = time.monotonic() + 20
@@ -415,9 +408,8 @@ def test_staging_folders_of_runs_that_are_gone_are_removed_and_others_kept(tmp_p
 # 6: Ctrl-C
 
 
-def _interrupt_when(settings: Any, api_url: str, marker: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Runs the weekly command, sends SIGINT when its log shows `marker`; (result, seconds to end)."""
-    env = _env(api_url, PREFECT_LOGGING_LEVEL="INFO")
+def _weekly_until(settings: Any, env: dict[str, str], marker: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """The weekly command started with `env`, once its log shows `marker`; with the lines read so far."""
     process = subprocess.Popen(
         CLI + ["weekly", "--week", str(WEEK), *_place_args(settings)],
         env=env,
@@ -430,21 +422,22 @@ def _interrupt_when(settings: Any, api_url: str, marker: str) -> tuple[subproces
     for line in process.stderr:
         seen.append(line)
         if marker in line:
-            break
-    else:
-        raise AssertionError("never saw " + marker + ": " + "".join(seen[-20:]))
+            return process, seen
+    raise AssertionError("never saw " + marker + ": " + "".join(seen[-20:]))
+
+
+def _interrupt_when(settings: Any, api_url: str, marker: str) -> subprocess.CompletedProcess[str]:
+    """Runs the weekly command and sends SIGINT when its log shows `marker`."""
+    process, seen = _weekly_until(settings, _env(api_url, PREFECT_LOGGING_LEVEL="INFO"), marker)
     process.send_signal(signal.SIGINT)
-    sent = time.monotonic()
     out, err = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, "".join(seen) + err), (
-        time.monotonic() - sent
-    )
+    return subprocess.CompletedProcess(process.args, process.returncode, out, "".join(seen) + err)
 
 
 def test_ctrl_c_during_the_audit_stops_the_run_before_publication_with_exit_130(
     small_settings: Any, prefect_server: str
 ) -> None:
-    result, _ = _interrupt_when(small_settings, prefect_server, "stage=reconcile")
+    result = _interrupt_when(small_settings, prefect_server, "stage=reconcile")
     assert result.returncode == 130, result.stderr[-3000:]
     assert result.stderr.rstrip().splitlines()[-1].startswith("trafficreport: interrupted")
     assert "Traceback" not in result.stderr
@@ -454,7 +447,7 @@ def test_ctrl_c_during_the_audit_stops_the_run_before_publication_with_exit_130(
 def test_ctrl_c_after_the_manifest_swap_finishes_the_publication_and_says_so(
     small_settings: Any, prefect_server: str
 ) -> None:
-    result, _ = _interrupt_when(small_settings, prefect_server, "stage=publish")
+    result = _interrupt_when(small_settings, prefect_server, "stage=publish")
     assert result.returncode == 130, result.stderr[-3000:]
     assert result.stderr.rstrip().splitlines()[-1] == (
         "trafficreport: interrupted after publication began: the run finished publishing"
