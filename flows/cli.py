@@ -66,7 +66,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from flows.generate import generate_to
 
     started = time.monotonic()
-    counts = generate_to(args.out, args.week, args.year, args.users, args.phones, args.seed)
+    counts = generate_to(
+        args.out, args.week, args.year, args.users, args.phones, args.seed, message_size=args.message_size
+    )
     print(f"generated week {args.week} into {args.out} in {time.monotonic() - started:.1f} s: {counts}")
     return 0
 
@@ -444,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=3000, help="broadband users (subscription x access)")
     p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--message-size",
+        type=int,
+        default=1400,
+        help="largest IPFIX message in bytes: 1400 (default) is one UDP datagram as exporters send it; "
+        "65535 packs records into few big messages",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("weekly", parents=[common], help="run the weekly report flow for one week")

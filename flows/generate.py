@@ -7,65 +7,14 @@ import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import polars as pl
 
 from flows.storage import AnyPath
-from transforms import ipfix
 from transforms.radius import format_detail
-from transforms.synth.week import ExporterSpec, SyntheticWeek, WeekSpec, generate_week
+from transforms.synth.exporter import ExportShape, encode_export_stream
+from transforms.synth.week import SyntheticWeek, WeekSpec, generate_week
 
 TRUTH_DIR = "_truth"
-
-
-def _ipfix_for_day(flows: pl.DataFrame, exporter: ExporterSpec, sequence: int) -> tuple[bytes, int]:
-    """One day's IPFIX file: templates + sampling options first, then data by hour, v4 and v6."""
-    options = ipfix.sampling_options_template(exporter.sampling_style)
-    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4, ipfix.FLOW_TEMPLATE_V6, options])
-    if exporter.sampling_style == "interval":
-        option_values = {
-            ipfix.IE_SELECTOR_ID: np.array([1]),
-            ipfix.IE_SAMPLING_INTERVAL: np.array([exporter.sampling_rate]),
-        }
-    else:
-        option_values = {
-            ipfix.IE_SELECTOR_ID: np.array([1]),
-            ipfix.IE_SAMPLING_PACKET_INTERVAL: np.array([1]),
-            ipfix.IE_SAMPLING_PACKET_SPACE: np.array([exporter.sampling_rate - 1]),
-        }
-    first_ts = int(flows["first_ts"].to_numpy().min()) // 1000
-    out = bytearray()
-    chunk, sequence = ipfix.encode_messages(
-        exporter.domain_id, first_ts, sequence, header, options, ipfix.pack_records(options, option_values)
-    )
-    out += chunk
-    hours = flows.with_columns(hour_bin=pl.col("first_ts") // 3_600_000).partition_by("hour_bin", maintain_order=True)
-    for hour in hours:
-        export_time = int(hour["last_ts"].to_numpy().max()) // 1000
-        for template, is_v6 in ((ipfix.FLOW_TEMPLATE_V4, False), (ipfix.FLOW_TEMPLATE_V6, True)):
-            part = hour.filter(pl.col("is_v6") == is_v6)
-            if part.is_empty():
-                continue
-            columns: dict[int, np.ndarray] = {
-                ipfix.IE_START_MS: part["first_ts"].to_numpy(),
-                ipfix.IE_END_MS: part["last_ts"].to_numpy(),
-                ipfix.IE_SRC_PORT: part["src_port"].to_numpy(),
-                ipfix.IE_DST_PORT: part["dst_port"].to_numpy(),
-                ipfix.IE_PROTOCOL: part["protocol"].to_numpy(),
-                ipfix.IE_PACKETS: part["packets"].to_numpy(),
-                ipfix.IE_OCTETS: part["bytes"].to_numpy(),
-            }
-            if is_v6:
-                columns[ipfix.IE_SRC_V6] = np.stack([part["src_hi"].to_numpy(), part["src_lo"].to_numpy()], axis=1)
-                columns[ipfix.IE_DST_V6] = np.stack([part["dst_hi"].to_numpy(), part["dst_lo"].to_numpy()], axis=1)
-            else:
-                columns[ipfix.IE_SRC_V4] = part["src_lo"].to_numpy() & np.uint64(0xFFFF_FFFF)
-                columns[ipfix.IE_DST_V4] = part["dst_lo"].to_numpy() & np.uint64(0xFFFF_FFFF)
-            chunk, sequence = ipfix.encode_messages(
-                exporter.domain_id, export_time, sequence, b"", template, ipfix.pack_records(template, columns)
-            )
-            out += chunk
-    return bytes(out), sequence
 
 
 def truth_dir(landing: AnyPath, week: dt.date) -> AnyPath:
@@ -79,8 +28,12 @@ def generated_weeks(landing: AnyPath) -> list[dt.date]:
     return sorted(dt.date.fromisoformat(p.name) for p in root.glob("????-??-??") if (p / "spec.json").exists())
 
 
-def write_week(week: SyntheticWeek, out: Path) -> dict[str, int]:
-    """Writes flows/, radius/, directory/ and _truth/ under `out`; returns file and record counts."""
+def write_week(week: SyntheticWeek, out: Path, shape: ExportShape | None = None) -> dict[str, int]:
+    """Writes flows/, radius/, directory/ and _truth/ under `out`; returns file and record counts.
+
+    Flow files are one day of stored datagrams per exporter, framed as `shape` says (by default as
+    exporters send them: MTU-sized messages flushed by a timer, two observation domains)."""
+    shape = shape or ExportShape()
     spec = week.spec
     tz = ZoneInfo(spec.timezone)
     counts = {"ipfix_files": 0, "flow_records": 0, "detail_files": 0, "accounting_records": 0}
@@ -91,9 +44,13 @@ def write_week(week: SyntheticWeek, out: Path) -> dict[str, int]:
             .dt.convert_time_zone(spec.timezone)
             .dt.date()
         )
-        sequence = 0
+        sequences: dict[int, int] = {}
         for (day,), part in sorted(flows.partition_by("day", as_dict=True).items()):
-            data, sequence = _ipfix_for_day(part, exporter, sequence)
+            # Domains of different exporters never share an id: domain ids are scoped per exporter
+            # by the pipeline anyway, but distinct ids keep a mixed capture readable.
+            data = encode_export_stream(
+                part, shape, exporter.domain_id * 16, exporter.sampling_style, exporter.sampling_rate, sequences
+            )
             path = out / "flows" / exporter.name / day.isoformat() / f"{exporter.name}-{day:%Y%m%d}.ipfix"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -147,6 +104,7 @@ def generate_to(
     mobile_phones: int = 3000,
     seed: int = 1,
     timezone: str = "Asia/Tokyo",
+    message_size: int = 1400,
 ) -> dict[str, int]:
     """Generates and writes one week; `year` (calibration) defaults to the week's year."""
     if week.weekday() != 0:
@@ -159,4 +117,4 @@ def generate_to(
         seed=seed,
         timezone=timezone,
     )
-    return write_week(generate_week(spec), out)
+    return write_week(generate_week(spec), out, ExportShape(message_size=message_size))

@@ -21,7 +21,13 @@ from transforms.errors import InputFormatError
 from transforms.exports import decode_flow_file
 from transforms.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
 from transforms.radius import RECORD_SCHEMA, parse_detail
-from transforms.sampling import announcements_frame, resolve_sampling
+from transforms.sampling import (
+    SAMPLING_KEY,
+    announcements_frame,
+    keys_needing_announcements,
+    rates_of_keys,
+    resolve_sampling,
+)
 
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
@@ -107,6 +113,8 @@ class ExporterIngest:
     # every file read: the weekly flow compares them across exporters.
     digests: list[tuple[str, str]] = field(default_factory=list)
     record_sets: list[tuple[str, int, int]] = field(default_factory=list)
+    # Parts written again because the exporter announced another rate after they were staged.
+    revisited_parts: int = 0
 
     def flows(self) -> pl.DataFrame:
         """All staged flows (for tests and small weeks: a big week is read in chunks instead)."""
@@ -168,7 +176,7 @@ def ingest_exporter(
     lo = pl.lit(start).cast(pl.Datetime("ms", "UTC"))
     hi = pl.lit(end).cast(pl.Datetime("ms", "UTC"))
     in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
-    raw_parts: list[Path] = []
+    written: list[_StagedPart] = []
     seen: set[str] = set()
     candidates = [path for folder in day_dirs(landing / "flows" / exporter, days) for path in entries(folder)]
     for done, path in enumerate(candidates, start=1):
@@ -213,31 +221,40 @@ def ingest_exporter(
             result.digests.append((str(path), digest))
             result.record_sets.append((str(path), flows.height, record_set_fingerprint(flows)))
         result.outside_window += flows.filter(~in_window).height
-        raw = stage / f"raw-{len(raw_parts):05d}.parquet"
-        flows.filter(in_window).write_parquet(raw)
-        raw_parts.append(raw)
+        # Written once, with the rates known so far; the few parts whose rates a later
+        # announcement changes are rewritten below.
+        announcements = announcements_frame(state.sampling)
+        keys = keys_needing_announcements(flows)
+        index = len(written)
+        staged = _StagedPart(
+            stage / f"part-{index:05d}.parquet",
+            stage / f"unrated-{index:05d}.parquet",
+            rates_of_keys(keys, announcements, default_rate, override_rate),
+        )
+        _stage_flows(flows.filter(in_window), staged, announcements, default_rate, override_rate)
+        written.append(staged)
     save_exporter_state(state_dir, exporter, state)
     announcements = announcements_frame(state.sampling)
+    used = [staged.rates.select(SAMPLING_KEY) for staged in written]
+    final_rates = rates_of_keys(pl.concat(used).unique(), announcements, default_rate, override_rate) if used else None
     unknown_records = unknown_bytes = 0
     reason = ""
-    for index, raw in enumerate(raw_parts):
-        known, unknown = resolve_sampling(pl.read_parquet(raw), announcements, default_rate, override_rate)
-        raw.unlink()
-        part = stage / f"part-{index:05d}.parquet"
-        # Staged for attribution: LZ4 decodes fastest, and row groups of 1 M rows are its chunks.
-        known.write_parquet(part, compression="lz4", row_group_size=1_000_000)
-        result.parts.append(part)
-        result.records += known.height
-        result.raw_bytes += int(known["bytes"].sum() or 0)
-        for source, rate, count in known.group_by("sampling_source", "sampling_rate").len().iter_rows():
-            result.sampling[(str(source), int(rate))] = result.sampling.get((str(source), int(rate)), 0) + int(count)
-        if unknown.height:
-            unrated = stage / f"unrated-{index:05d}.parquet"
-            unknown.write_parquet(unrated)
-            result.unrated.append(unrated)
-            unknown_records += unknown.height
-            unknown_bytes += int(unknown["bytes"].sum() or 0)
-            reason = str(unknown["reason"][0])
+    for staged in written:
+        if final_rates is not None and not staged.rates.equals(
+            staged.rates.select(SAMPLING_KEY).join(final_rates, on=list(SAMPLING_KEY), how="left", nulls_equal=True)
+        ):
+            result.revisited_parts += 1
+            _restage(staged, announcements, default_rate, override_rate)
+        result.parts.append(staged.part)
+        result.records += staged.records
+        result.raw_bytes += staged.raw_bytes
+        for key, count in staged.sampling.items():
+            result.sampling[key] = result.sampling.get(key, 0) + count
+        if staged.unrated_records:
+            result.unrated.append(staged.unrated)
+            unknown_records += staged.unrated_records
+            unknown_bytes += staged.unrated_bytes
+            reason = staged.unrated_reason
     if unknown_records:
         problems.append(
             {
@@ -251,6 +268,63 @@ def ingest_exporter(
         )
     result.quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA)
     return result
+
+
+@dataclass
+class _StagedPart:
+    """One input file's flows as staged: sampled flows with a known rate, and those without one."""
+
+    part: Path
+    unrated: Path
+    # The rate each (origin, domain, selector) got when the part was written.
+    rates: pl.DataFrame
+    records: int = 0
+    raw_bytes: int = 0
+    sampling: dict[tuple[str, int], int] = field(default_factory=dict)
+    unrated_records: int = 0
+    unrated_bytes: int = 0
+    unrated_reason: str = ""
+
+
+# The rate a decoder read from the record or header, kept in the staged part so that a part can
+# be resolved again when the exporter announces another rate later in the week.
+RECORD_RATE_KEPT = {"record_rate": "decoded_rate", "record_rate_source": "decoded_rate_source"}
+
+
+def _stage_flows(
+    flows: pl.DataFrame, staged: _StagedPart, announcements: pl.DataFrame, default: int | None, override: int | None
+) -> None:
+    kept = flows.with_columns(pl.col(name).alias(alias) for name, alias in RECORD_RATE_KEPT.items())
+    known, unknown = resolve_sampling(kept, announcements, default, override)
+    # Staged for attribution: LZ4 decodes fastest, and row groups of 1 M rows are its chunks.
+    known.write_parquet(staged.part, compression="lz4", row_group_size=1_000_000)
+    staged.records = known.height
+    staged.raw_bytes = int(known["bytes"].sum() or 0)
+    staged.sampling = {
+        (str(source), int(rate)): int(count)
+        for source, rate, count in known.group_by("sampling_source", "sampling_rate").len().iter_rows()
+    }
+    staged.unrated_records = unknown.height
+    if unknown.height:
+        unknown.write_parquet(staged.unrated)
+        staged.unrated_bytes = int(unknown["bytes"].sum() or 0)
+        staged.unrated_reason = str(unknown["reason"][0])
+    else:
+        staged.unrated.unlink(missing_ok=True)
+        staged.unrated_bytes, staged.unrated_reason = 0, ""
+
+
+def _restage(staged: _StagedPart, announcements: pl.DataFrame, default: int | None, override: int | None) -> None:
+    """Resolves a staged part (and its unrated flows) again with the week's final announcements."""
+    frames = [pl.read_parquet(staged.part).drop("sampling_rate", "sampling_source")]
+    if staged.unrated_records:
+        frames.append(pl.read_parquet(staged.unrated).drop("sampling_rate", "sampling_source", "reason"))
+    flows = (
+        pl.concat(frames, how="vertical_relaxed")
+        .with_columns(pl.col(alias).alias(name) for name, alias in RECORD_RATE_KEPT.items())
+        .drop(list(RECORD_RATE_KEPT.values()))
+    )
+    _stage_flows(flows, staged, announcements, default, override)
 
 
 # What identifies a flow record whatever exporter name, message framing or encoding carried it.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +20,19 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import attribute, failpoints, interrupts, landing, locks, preflight, progress, publish, report, storage
+from flows import (
+    attribute,
+    failpoints,
+    interrupts,
+    landing,
+    locks,
+    preflight,
+    processes,
+    progress,
+    publish,
+    report,
+    storage,
+)
 from flows.failures import RunFailed, UsageError
 from flows.settings import Settings, load_settings
 from flows.staging import remove_stale_runs, run_folder
@@ -99,13 +113,31 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
+def _preload_audit_library() -> None:
+    """Imports Great Expectations in the background (seconds of CPU) while the week is ingested,
+    so that the audit does not wait for it; the audit's own import then finds it loaded."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the audit's own import reports any real problem
+            importlib.import_module("great_expectations.checkpoint")
+
+    threading.Thread(target=load, name="preload-great-expectations", daemon=True).start()
+
+
+def _call(function: Any, *args: Any) -> Any:
+    return function(*args)
+
+
 @task(cache_policy=NO_CACHE)
 def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: str, stage: Path) -> dict[str, Any]:
     """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
     parts_dir = stage / "flows" / exporter
-    result = landing.ingest_exporter(
+    # Each exporter in a process of its own (when running locally): decoding is CPU-bound.
+    run: Any = processes.run_in_process if processes.processes_allowed() and not settings.dask_address else _call
+    result = run(
+        landing.ingest_exporter,
         settings.landing,
         exporter,
         days,
@@ -610,6 +642,7 @@ def _run_stages(
     week = window.week
     started = time.monotonic()
     stages = StageLog(logger, run_id, week)
+    _preload_audit_library()
     exporters = wait_for_complete_feeds.with_options(
         retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
     )(settings, window)

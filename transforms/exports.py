@@ -3,38 +3,85 @@ NetFlow v5, v9 or IPFIX datagrams. The kind is told by content, not by file name
 
 from __future__ import annotations
 
+import numpy as np
+
 from transforms import ipfix, netflow
+from transforms._messages import MessageTable, be16, be32, decode_table
 from transforms._records import Accumulator, DecodeResult, ExporterState
 from transforms.errors import InputFormatError
-from transforms.pcap import is_capture, udp_datagrams
+from transforms.pcap import Datagrams, capture_frames, is_capture, udp_payloads
 
 
 def decode_capture(data: bytes, exporter: str, source: str, state: ExporterState) -> DecodeResult:
     """Flows of every NetFlow/IPFIX datagram in a capture; the datagram's source address scopes templates."""
     acc = Accumulator(exporter, source, state)
-    for datagram in udp_datagrams(data, source, acc.problems):
-        payload = datagram.payload
-        if len(payload) < 2:
-            acc.problem(datagram.offset, "UDP datagram too short for a flow export header", len(payload))
-            continue
-        version = int.from_bytes(payload[:2], "big")
-        if version == 9:
-            netflow.decode_v9_packet(payload, acc, datagram.source, datagram.offset)
-        elif version == 5:
-            netflow.decode_v5_packet(payload, acc, datagram.source, datagram.offset)
-        elif version == ipfix.IPFIX_VERSION:
-            pos = 0
-            while pos < len(payload):
-                consumed = ipfix.decode_message(payload, pos, acc, datagram.source)
-                if consumed == 0:
-                    break
-                pos += consumed
-        else:
-            acc.problem(
-                datagram.offset,
-                f"UDP datagram from {datagram.source} is not NetFlow v5/v9 or IPFIX (version {version})",
-            )
+    datagrams = udp_payloads(data, capture_frames(data, source, acc.problems), source, acc.problems)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    size = datagrams.end - datagrams.start
+    short = size < 2
+    for index in np.flatnonzero(short).tolist():
+        acc.problem(int(datagrams.offset[index]), "UDP datagram too short for a flow export header", int(size[index]))
+    version = np.where(short, -1, be16(buf, np.where(short, 0, datagrams.start)))
+    for index in np.flatnonzero(~short & ~np.isin(version, (5, 9, ipfix.IPFIX_VERSION))).tolist():
+        acc.problem(
+            int(datagrams.offset[index]),
+            f"UDP datagram from {datagrams.origins[datagrams.origin[index]]} is not NetFlow v5/v9 or IPFIX "
+            f"(version {version[index]})",
+        )
+    _decode_v9(data, buf, datagrams, np.flatnonzero(version == 9), acc)
+    netflow.decode_v5_datagrams(buf, datagrams, np.flatnonzero(version == 5), acc)
+    _decode_ipfix(data, buf, datagrams, np.flatnonzero(version == ipfix.IPFIX_VERSION), acc)
     return acc.result()
+
+
+def _decode_v9(data: bytes, buf: np.ndarray, datagrams: Datagrams, chosen: np.ndarray, acc: Accumulator) -> None:
+    size = datagrams.end[chosen] - datagrams.start[chosen]
+    for index in chosen[size < netflow.V9_HEADER.size].tolist():
+        length = int(datagrams.end[index] - datagrams.start[index])
+        acc.problem(int(datagrams.offset[index]), f"NetFlow v9 header truncated ({length} bytes)", length)
+    chosen = chosen[size >= netflow.V9_HEADER.size]
+    if not chosen.size:
+        return
+    acc.messages += int(chosen.size)
+    acc.formats["netflow_v9"] = acc.formats.get("netflow_v9", 0) + int(chosen.size)
+    start = datagrams.start[chosen]
+    unix_ms = be32(buf, start + 8) * 1000
+    table = MessageTable(
+        version=9,
+        body=start + netflow.V9_HEADER.size,
+        end=datagrams.end[chosen],
+        domain=be32(buf, start + 16),
+        sequence=be32(buf, start + 12),
+        export_ms=unix_ms,
+        origin=datagrams.origin[chosen],
+        origins=datagrams.origins,
+        init_ms=unix_ms - be32(buf, start + 4),
+    )
+    decode_table(data, buf, table, acc, netflow.v9_template_sets)
+
+
+def _decode_ipfix(data: bytes, buf: np.ndarray, datagrams: Datagrams, chosen: np.ndarray, acc: Accumulator) -> None:
+    """IPFIX datagrams: one message each as RFC 7011 sends them, else walked message by message."""
+    start = datagrams.start[chosen]
+    end = datagrams.end[chosen]
+    size = end - start
+    whole = np.zeros(chosen.size, dtype=bool)
+    enough = size >= ipfix.HEADER.size
+    whole[enough] = be16(buf, start[enough] + 2) == size[enough]
+    starts = [start[whole]]
+    origins = [datagrams.origin[chosen][whole]]
+    for index in np.flatnonzero(~whole).tolist():
+        found = np.array(ipfix.walk_messages(data, int(start[index]), int(end[index]), acc), dtype=np.int64)
+        starts.append(found)
+        origins.append(np.full(found.size, datagrams.origin[chosen[index]], dtype=np.int64))
+    message_starts = np.concatenate(starts)
+    order = np.argsort(message_starts, kind="stable")
+    message_starts = message_starts[order]
+    acc.messages += int(message_starts.size)
+    if message_starts.size:
+        acc.formats["ipfix"] = acc.formats.get("ipfix", 0) + int(message_starts.size)
+    table = ipfix.message_table(buf, message_starts, np.concatenate(origins)[order], datagrams.origins)
+    decode_table(data, buf, table, acc, ipfix.parse_template_set)
 
 
 def decode_flow_file(data: bytes, exporter: str, source: str, state: ExporterState) -> DecodeResult:

@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 
+from transforms._messages import MessageTable, decode_table, fields
 from transforms._records import (
     IE_DST_PORT,
     IE_DST_V4,
@@ -39,6 +40,10 @@ from transforms._records import (
 IPFIX_VERSION = 10
 HEADER = struct.Struct("!HHIII")
 SET_HEADER = struct.Struct("!HH")
+VERSION_LENGTH = struct.Struct("!HH")
+HEADER_DTYPE = np.dtype(
+    [("version", ">u2"), ("length", ">u2"), ("export_time", ">u4"), ("sequence", ">u4"), ("domain", ">u4")]
+)
 TEMPLATE_SET_ID = 2
 OPTIONS_TEMPLATE_SET_ID = 3
 MAX_MESSAGE = 65535
@@ -148,16 +153,69 @@ def decode_message(view: memoryview, pos: int, acc: Accumulator, origin: str) ->
     return length
 
 
+def walk_messages(data: bytes | memoryview, pos: int, end: int, acc: Accumulator) -> list[int]:
+    """Start offsets of the whole IPFIX messages back to back in data[pos:end]; what follows the
+    last one (a cut message, another format) is one problem."""
+    starts: list[int] = []
+    append = starts.append
+    unpack = VERSION_LENGTH.unpack_from
+    last_header = end - HEADER.size
+    # The common case in one tight loop; the checks below only run where it stopped.
+    while pos <= last_header:
+        version, length = unpack(data, pos)
+        if version != IPFIX_VERSION or length < HEADER.size or pos + length > end:
+            break
+        append(pos)
+        pos += length
+    if pos >= end:
+        return starts
+    left = end - pos
+    if pos + HEADER.size > end:
+        acc.problem(
+            pos, f"truncated: message header at byte {pos} needs {HEADER.size} bytes, the data ends after {left}", left
+        )
+        return starts
+    version, length = unpack(data, pos)
+    if version != IPFIX_VERSION:
+        acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", left)
+    elif length < HEADER.size:
+        acc.problem(pos, f"message length {length} is shorter than its header; rest of the data skipped", left)
+    else:
+        # A file cut off mid-message: the bytes after the last whole message are what was not read.
+        acc.problem(
+            pos,
+            f"truncated: message at byte {pos} declares {length} bytes, the data ends after {left} "
+            "(runs past the end); rest of the data skipped",
+            left,
+        )
+    return starts
+
+
+def message_table(buf: np.ndarray, starts: np.ndarray, origin: np.ndarray, origins: list[str]) -> MessageTable:
+    """Header fields of the IPFIX messages starting at `starts` (already checked by walk_messages)."""
+    header = fields(buf, starts, HEADER_DTYPE)
+    return MessageTable(
+        version=IPFIX_VERSION,
+        body=starts + HEADER.size,
+        end=starts + header["length"].astype(np.int64),
+        domain=header["domain"].astype(np.int64),
+        sequence=header["sequence"].astype(np.int64),
+        export_ms=header["export_time"].astype(np.int64) * 1000,
+        origin=origin,
+        origins=origins,
+    )
+
+
 def decode_ipfix(data: bytes, exporter: str, source: str, state: ExporterState | None = None) -> DecodeResult:
     """Flows of a file of back-to-back IPFIX messages; problems name the byte offset."""
     acc = Accumulator(exporter, source, state if state is not None else ExporterState())
-    view = memoryview(data)
-    pos = 0
-    while pos < len(view):
-        consumed = decode_message(view, pos, acc, "")
-        if consumed == 0:
-            break
-        pos += consumed
+    starts = np.array(walk_messages(data, 0, len(data), acc), dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    acc.messages += starts.size
+    if starts.size:
+        acc.formats["ipfix"] = acc.formats.get("ipfix", 0) + int(starts.size)
+    table = message_table(buf, starts, np.zeros(starts.size, dtype=np.int64), [""])
+    decode_table(data, buf, table, acc, parse_template_set)
     return acc.result()
 
 

@@ -10,6 +10,7 @@ import struct
 
 import numpy as np
 
+from transforms._messages import count_sequences, gather_records
 from transforms._records import (
     IE_DST_PORT,
     IE_DST_V4,
@@ -29,14 +30,26 @@ from transforms._records import (
     V4_MAPPED_PREFIX,
     Accumulator,
     Batch,
-    Clock,
     Template,
-    handle_data_set,
     record_dtype,
 )
+from transforms.pcap import Datagrams
 
 V9_HEADER = struct.Struct("!HHIIII")
 V5_HEADER = struct.Struct("!HHIIIIBBH")
+V5_HEADER_DTYPE = np.dtype(
+    [
+        ("version", ">u2"),
+        ("count", ">u2"),
+        ("uptime", ">u4"),
+        ("unix_secs", ">u4"),
+        ("unix_nsecs", ">u4"),
+        ("sequence", ">u4"),
+        ("engine_type", "u1"),
+        ("engine_id", "u1"),
+        ("sampling", ">u2"),
+    ]
+)
 V5_RECORD = np.dtype(
     [
         ("src", ">u4"),
@@ -100,67 +113,58 @@ def _v9_templates(payload: memoryview, options: bool, offset: int) -> list[Templ
     return out
 
 
-def decode_v9_packet(view: memoryview, acc: Accumulator, origin: str, base: int = 0) -> None:
-    """Decodes one NetFlow v9 export packet (a whole UDP payload)."""
-    if len(view) < V9_HEADER.size:
-        acc.problem(base, f"NetFlow v9 header truncated ({len(view)} bytes)", len(view))
-        return
-    _version, _count, uptime_ms, unix_secs, sequence, source_id = V9_HEADER.unpack_from(view, 0)
-    acc.messages += 1
-    acc.formats["netflow_v9"] = acc.formats.get("netflow_v9", 0) + 1
-    clock = Clock(unix_secs * 1000, unix_secs * 1000 - uptime_ms)
-    pos = V9_HEADER.size
-    while pos + 4 <= len(view):
-        set_id, length = struct.unpack_from("!HH", view, pos)
-        if length < 4 or pos + length > len(view):
-            acc.problem(base + pos, f"flowset length {length} invalid; rest of the packet skipped", len(view) - pos)
-            break
-        payload = view[pos + 4 : pos + length]
-        try:
-            if set_id in (0, 1):
-                for parsed in _v9_templates(payload, set_id == 1, base + pos):
-                    acc.state.templates[(origin, source_id, parsed.template_id)] = parsed
-            elif set_id >= 256:
-                template = acc.state.templates.get((origin, source_id, set_id))
-                if template is None:
-                    reason = f"data flowset for unknown template {set_id} of source id {source_id}; skipped"
-                    acc.problem(base + pos, reason, length)
-                else:
-                    handle_data_set(acc, payload, template, origin, source_id, clock, base + pos, "v9")
-            else:
-                acc.problem(base + pos, f"reserved flowset id {set_id}; skipped", length)
-        except (ValueError, struct.error) as exc:
-            acc.problem(base + pos, str(exc), length)
-        pos += length
-    # v9 sequence numbers count export packets, so a gap is a number of lost datagrams.
-    acc.count_sequence((origin, 9, source_id), sequence, 1, counts_datagrams=True)
+def v9_template_sets(payload: memoryview, options: bool, offset: int) -> list[tuple[int, Template | None]]:
+    """(template id, template) of one v9 template or options template flowset."""
+    return [(template.template_id, template) for template in _v9_templates(payload, options, offset)]
 
 
-def decode_v5_packet(view: memoryview, acc: Accumulator, origin: str, base: int = 0) -> None:
-    """Decodes one NetFlow v5 export packet; the header's sampling field gives the rate."""
-    if len(view) < V5_HEADER.size:
-        acc.problem(base, f"NetFlow v5 header truncated ({len(view)} bytes)", len(view))
+def decode_v5_datagrams(buf: np.ndarray, datagrams: Datagrams, chosen: np.ndarray, acc: Accumulator) -> None:
+    """Decodes the NetFlow v5 datagrams `chosen`; the header's sampling field gives the rate."""
+    size = datagrams.end[chosen] - datagrams.start[chosen]
+    for index in chosen[size < V5_HEADER.size].tolist():
+        length = int(datagrams.end[index] - datagrams.start[index])
+        acc.problem(int(datagrams.offset[index]), f"NetFlow v5 header truncated ({length} bytes)", length)
+    chosen = chosen[size >= V5_HEADER.size]
+    if not chosen.size:
         return
-    _v, count, uptime_ms, unix_secs, unix_nsecs, sequence, engine_type, engine_id, sampling = V5_HEADER.unpack_from(
-        view, 0
+    start = datagrams.start[chosen]
+    headers = gather_records(buf, start, np.ones(chosen.size, dtype=np.int64), V5_HEADER_DTYPE)
+    count = headers["count"].astype(np.int64)
+    available = (datagrams.end[chosen] - start - V5_HEADER.size) // V5_RECORD.itemsize
+    for slot in np.flatnonzero((count > available) | (count > 30)).tolist():
+        index = int(chosen[slot])
+        acc.problem(
+            int(datagrams.offset[index]),
+            f"NetFlow v5 header says {count[slot]} records, packet holds {available[slot]}",
+            int(datagrams.end[index] - datagrams.start[index]),
+        )
+    count = np.minimum(count, available)
+    acc.messages += int(chosen.size)
+    acc.formats["netflow_v5"] = acc.formats.get("netflow_v5", 0) + int(chosen.size)
+    origin = datagrams.origin[chosen]
+    engine = (headers["engine_type"].astype(np.int64) << 8) | headers["engine_id"]
+    interval = headers["sampling"].astype(np.int64) & 0x3FFF
+    init_ms = (
+        headers["unix_secs"].astype(np.int64) * 1000
+        + headers["unix_nsecs"].astype(np.int64) // 1_000_000
+        - headers["uptime"].astype(np.int64)
     )
-    available = (len(view) - V5_HEADER.size) // V5_RECORD.itemsize
-    if count > available or count > 30:
-        acc.problem(base, f"NetFlow v5 header says {count} records, packet holds {available}", len(view))
-        count = min(count, available)
-    acc.messages += 1
-    acc.formats["netflow_v5"] = acc.formats.get("netflow_v5", 0) + 1
-    records = np.frombuffer(view, dtype=V5_RECORD, count=count, offset=V5_HEADER.size)
-    engine = (engine_type << 8) | engine_id
-    init_ms = unix_secs * 1000 + unix_nsecs // 1_000_000 - uptime_ms
-    interval = sampling & 0x3FFF
-    n = records.size
-    if n:
+    # One batch per (origin, engine, announced interval): what to_frame needs per batch.
+    group = (origin.astype(np.int64) << 40) | (engine << 16) | interval
+    keys, inverse = np.unique(group, return_inverse=True)
+    for k, key in enumerate(keys.tolist()):
+        members = np.flatnonzero(inverse == k)
+        counts = count[members]
+        records = gather_records(buf, start[members] + V5_HEADER.size, counts, V5_RECORD)
+        n = records.size
+        if not n:
+            continue
+        init = np.repeat(init_ms[members], counts)
         columns = {
             "selector_id": np.full(n, NO_SELECTOR, dtype=np.uint64),
             "record_rate": np.zeros(n, dtype=np.uint64),
-            "first_ts": init_ms + records["first"].astype(np.int64),
-            "last_ts": init_ms + records["last"].astype(np.int64),
+            "first_ts": init + records["first"].astype(np.int64),
+            "last_ts": init + records["last"].astype(np.int64),
             "src_hi": np.zeros(n, dtype=np.uint64),
             "src_lo": records["src"].astype(np.uint64) | V4_MAPPED_PREFIX,
             "dst_hi": np.zeros(n, dtype=np.uint64),
@@ -171,8 +175,12 @@ def decode_v5_packet(view: memoryview, acc: Accumulator, origin: str, base: int 
             "packets": records["packets"].astype(np.uint64),
             "bytes": records["octets"].astype(np.uint64),
         }
-        acc.batches.append(Batch(columns, origin, engine, None, interval or None, "v5:header" if interval else None))
-    acc.count_sequence((origin, 5, engine), sequence, count)
+        rate = key & 0xFFFF
+        origin_name = datagrams.origins[key >> 40]
+        acc.batches.append(
+            Batch(columns, origin_name, (key >> 16) & 0xFFFF, None, rate or None, "v5:header" if rate else None)
+        )
+    count_sequences(5, origin, engine, headers["sequence"].astype(np.int64), count, datagrams.origins, acc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from transforms.errors import InputFormatError
 
 PCAP_MAGICS = {
@@ -89,42 +91,6 @@ def _udp(ip: memoryview) -> tuple[str, int, int, memoryview] | str | None:
     return source, sport, dport, segment[8:length]
 
 
-def udp_datagrams(data: bytes, source: str, problems: list[InputFormatError]) -> Iterator[Datagram]:
-    """Every UDP datagram of a pcap or pcapng capture; unusable frames are reported, not raised."""
-    view = memoryview(data)
-    if data[:4] == PCAPNG_MAGIC:
-        yield from _pcapng(view, source, problems)
-        return
-    if data[:4] not in PCAP_MAGICS:
-        raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture", len(data))
-    if len(data) < 24:
-        reason = f"truncated: the pcap file header needs 24 bytes, the file ends after {len(data)}"
-        problems.append(InputFormatError(source, "byte 0", reason, len(data)))
-        return
-    endian, _ = PCAP_MAGICS[data[:4]]
-    link = struct.unpack_from(endian + "I", view, 20)[0] & 0x0FFFFFFF
-    pos = 24
-    record = struct.Struct(endian + "IIII")
-    while pos < len(view):
-        # A cut capture: the bytes after the last whole packet are what was not read.
-        if pos + 16 > len(view):
-            left = len(view) - pos
-            reason = f"truncated: packet record header at byte {pos} needs 16 bytes, the file ends after {left}"
-            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
-            return
-        _s, _frac, captured, _original = record.unpack_from(view, pos)
-        if pos + 16 + captured > len(view):
-            left = len(view) - pos
-            reason = (
-                f"truncated: packet at byte {pos} declares {captured} captured bytes (and a 16-byte record "
-                f"header), the file ends after {left} (runs past the end)"
-            )
-            problems.append(InputFormatError(source, f"byte {pos}", reason, left))
-            return
-        yield from _frame(view[pos + 16 : pos + 16 + captured], link, pos, source, problems)
-        pos += 16 + captured
-
-
 def _frame(
     frame: memoryview, link: int, offset: int, source: str, problems: list[InputFormatError]
 ) -> Iterator[Datagram]:
@@ -138,7 +104,8 @@ def _frame(
         yield Datagram(offset, *udp)
 
 
-def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> Iterator[Datagram]:
+def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> Frames:
+    frames = Frames([], [], [], [])
     pos = 0
     endian = "<"
     links: list[int] = []
@@ -147,7 +114,7 @@ def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> 
             left = len(view) - pos
             reason = f"truncated: block header at byte {pos} needs 12 bytes, the file ends after {left}"
             problems.append(InputFormatError(source, f"byte {pos}", reason, left))
-            return
+            break
         if bytes(view[pos : pos + 4]) == PCAPNG_MAGIC:
             endian = "<" if bytes(view[pos + 8 : pos + 12]) == b"\x4d\x3c\x2b\x1a" else ">"
             links = []
@@ -155,7 +122,7 @@ def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> 
         if length < 12 or length % 4:
             reason = f"pcapng block length {length} invalid; rest of the file skipped"
             problems.append(InputFormatError(source, f"byte {pos}", reason, len(view) - pos))
-            return
+            break
         if pos + length > len(view):
             left = len(view) - pos
             reason = (
@@ -163,23 +130,164 @@ def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> 
                 "(runs past the end)"
             )
             problems.append(InputFormatError(source, f"byte {pos}", reason, left))
-            return
-        body = view[pos + 8 : pos + length - 4]
-        if block_type == 1 and len(body) >= 2:
-            links.append(struct.unpack_from(endian + "H", body, 0)[0])
-        elif block_type == 6 and len(body) >= 20:
-            interface, _hi, _lo, captured, _orig = struct.unpack_from(endian + "IIIII", body, 0)
-            if interface >= len(links) or 20 + captured > len(body):
+            break
+        body = pos + 8
+        body_length = length - 12
+        if block_type == 1 and body_length >= 2:
+            links.append(struct.unpack_from(endian + "H", view, body)[0])
+        elif block_type == 6 and body_length >= 20:
+            interface, _hi, _lo, captured, _orig = struct.unpack_from(endian + "IIIII", view, body)
+            if interface >= len(links) or 20 + captured > body_length:
                 problems.append(
                     InputFormatError(
                         source, f"byte {pos}", "enhanced packet block for an unknown interface or too short"
                     )
                 )
             else:
-                yield from _frame(body[20 : 20 + captured], links[interface], pos, source, problems)
-        elif block_type == 3 and len(body) >= 4 and links:
-            yield from _frame(body[4:], links[0], pos, source, problems)
+                frames.offset.append(pos)
+                frames.start.append(body + 20)
+                frames.length.append(captured)
+                frames.link.append(links[interface])
+        elif block_type == 3 and body_length >= 4 and links:
+            frames.offset.append(pos)
+            frames.start.append(body + 4)
+            frames.length.append(body_length - 4)
+            frames.link.append(links[0])
         pos += length
+    return frames
+
+
+@dataclass
+class Frames:
+    """Link-layer frames of a capture: where each record starts (for problems), its bytes, link type."""
+
+    offset: list[int]
+    start: list[int]
+    length: list[int]
+    link: list[int]
+
+
+@dataclass
+class Datagrams:
+    """UDP payloads of a capture, in file order: frame offset, payload [start, end), source address."""
+
+    offset: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    origin: np.ndarray
+    origins: list[str]
+
+
+def capture_frames(data: bytes, source: str, problems: list[InputFormatError]) -> Frames:
+    """Every frame of a pcap or pcapng capture; a cut or malformed record ends the walk with a problem."""
+    if data[:4] == PCAPNG_MAGIC:
+        return _pcapng(memoryview(data), source, problems)
+    if data[:4] not in PCAP_MAGICS:
+        raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture", len(data))
+    frames = Frames([], [], [], [])
+    if len(data) < 24:
+        reason = f"truncated: the pcap file header needs 24 bytes, the file ends after {len(data)}"
+        problems.append(InputFormatError(source, "byte 0", reason, len(data)))
+        return frames
+    endian, _ = PCAP_MAGICS[data[:4]]
+    link = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
+    captured_length = struct.Struct(endian + "I").unpack_from
+    pos = 24
+    end = len(data)
+    offsets, lengths = frames.offset, frames.length
+    while pos + 16 <= end:
+        captured = captured_length(data, pos + 8)[0]
+        if pos + 16 + captured > end:
+            break
+        offsets.append(pos)
+        lengths.append(captured)
+        pos += 16 + captured
+    frames.start = [offset + 16 for offset in offsets]
+    frames.link = [link] * len(offsets)
+    # A cut capture: the bytes after the last whole packet are what was not read.
+    left = end - pos
+    if 0 < left < 16:
+        reason = f"truncated: packet record header at byte {pos} needs 16 bytes, the file ends after {left}"
+        problems.append(InputFormatError(source, f"byte {pos}", reason, left))
+    elif left:
+        captured = captured_length(data, pos + 8)[0]
+        reason = (
+            f"truncated: packet at byte {pos} declares {captured} captured bytes (and a 16-byte record "
+            f"header), the file ends after {left} (runs past the end)"
+        )
+        problems.append(InputFormatError(source, f"byte {pos}", reason, left))
+    return frames
+
+
+def _be16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return (buf[at].astype(np.int64) << 8) | buf[at + 1]
+
+
+def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputFormatError]) -> Datagrams:
+    """The UDP payloads of `frames`. Ethernet/raw/SLL frames of plain IPv4 UDP are read for all
+    frames at once; any other frame (VLAN tags, IPv6, fragments, damage) goes through `_frame`."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    start = np.array(frames.start, dtype=np.int64)
+    length = np.array(frames.length, dtype=np.int64)
+    link = np.array(frames.link, dtype=np.int64)
+    header = np.full(start.size, -1, dtype=np.int64)  # link-layer header length, -1: not the simple case
+    header[np.isin(link, (LINK_RAW, LINK_IPV4))] = 0
+    header[link == LINK_NULL] = 4
+    ethernet = (link == LINK_ETHERNET) & (length >= 14)
+    header[ethernet] = np.where(_be16(buf, start[ethernet] + 12) == 0x0800, 14, -1)
+    sll = (link == LINK_SLL) & (length >= 16)
+    header[sll] = np.where(_be16(buf, start[sll] + 14) == 0x0800, 16, -1)
+    # Plain IPv4 + UDP that fits its frame: IHL >= 5, protocol 17, not a fragment, lengths consistent.
+    ip = start + np.maximum(header, 0)
+    room = length - np.maximum(header, 0)
+    simple = (header >= 0) & (room >= 28)
+    at = ip[simple]
+    first = buf[at]
+    ihl = (first & 0x0F).astype(np.int64) * 4
+    total = _be16(buf, at + 2)
+    captured = np.minimum(total, room[simple])
+    udp_at = at + ihl
+    fits = (first >> 4 == 4) & (ihl >= 20) & (buf[at + 9] == 17) & ((_be16(buf, at + 6) & 0x3FFF) == 0)
+    fits &= ihl + 8 <= captured
+    udp_length = _be16(buf, np.where(fits, udp_at + 4, at))
+    fits &= (udp_length >= 8) & (udp_length <= captured - ihl)
+    simple[np.flatnonzero(simple)[~fits]] = False
+    chosen = np.flatnonzero(simple)
+    at, udp_at, udp_length = at[fits], udp_at[fits], udp_length[fits]
+    address = (
+        (buf[at + 12].astype(np.uint32) << 24)
+        | (buf[at + 13].astype(np.uint32) << 16)
+        | (buf[at + 14].astype(np.uint32) << 8)
+        | buf[at + 15]
+    )
+    distinct, origin = np.unique(address, return_inverse=True)
+    origins = [str(ipaddress.IPv4Address(int(value))) for value in distinct]
+    offset = np.array(frames.offset, dtype=np.int64)
+    parts = [(offset[chosen], udp_at + 8, udp_at + udp_length, origin.astype(np.int64))]
+    view = memoryview(data)
+    other_origin: dict[str, int] = {}
+    slow: list[tuple[int, int, int, int]] = []
+    for index in np.flatnonzero(~simple).tolist():
+        frame = view[frames.start[index] : frames.start[index] + frames.length[index]]
+        for datagram in _frame(frame, frames.link[index], frames.offset[index], source, problems):
+            payload = datagram.payload
+            payload_start = _offset_in(payload, view) if len(payload) else frames.start[index]
+            code = other_origin.setdefault(datagram.source, len(origins) + len(other_origin))
+            slow.append((datagram.offset, payload_start, payload_start + len(payload), code))
+    origins += list(other_origin)
+    if slow:
+        columns = np.array(slow, dtype=np.int64).T
+        parts.append((columns[0], columns[1], columns[2], columns[3]))
+    merged = [np.concatenate(values) for values in zip(*parts, strict=True)]
+    order = np.argsort(merged[0], kind="stable")
+    offsets, starts, ends, origin_codes = (values[order] for values in merged)
+    return Datagrams(offsets, starts, ends, origin_codes, origins)
+
+
+def _offset_in(part: memoryview, whole: memoryview) -> int:
+    """Where a (non-empty) slice of `whole` starts within it."""
+    base = np.frombuffer(whole, dtype=np.uint8).__array_interface__["data"][0]
+    return int(np.frombuffer(part, dtype=np.uint8).__array_interface__["data"][0] - base)
 
 
 def write_pcap(packets: list[tuple[float, bytes]], link: int = LINK_ETHERNET) -> bytes:

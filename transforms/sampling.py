@@ -85,3 +85,32 @@ def resolve_sampling(
         reason=pl.lit("no sampling rate known for this exporter/domain/selector")
     )
     return known, unknown
+
+
+SAMPLING_KEY = ("origin", "domain_id", "selector_id")
+
+
+def keys_needing_announcements(flows: pl.DataFrame) -> pl.DataFrame:
+    """Distinct (origin, domain_id, selector_id) of the flows whose rate is not in the record itself."""
+    return flows.filter(pl.col("record_rate").is_null()).select(SAMPLING_KEY).unique()
+
+
+def rates_of_keys(
+    keys: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
+) -> pl.DataFrame:
+    """(origin, domain_id, selector_id, sampling_rate, sampling_source) for each key, as
+    resolve_sampling would give a flow without a rate of its own (nulls when none is known)."""
+    probe = keys.with_columns(
+        record_rate=pl.lit(None, dtype=pl.UInt32), record_rate_source=pl.lit(None, dtype=pl.String)
+    )
+    known, unknown = resolve_sampling(probe, announcements, default_rate, override_rate)
+    return pl.concat(
+        [
+            known.select(*SAMPLING_KEY, "sampling_rate", "sampling_source"),
+            unknown.select(
+                *SAMPLING_KEY,
+                pl.lit(None, dtype=pl.UInt32).alias("sampling_rate"),
+                pl.lit(None, dtype=pl.String).alias("sampling_source"),
+            ),
+        ]
+    ).sort(SAMPLING_KEY)

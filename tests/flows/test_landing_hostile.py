@@ -147,3 +147,53 @@ def test_the_audit_fails_the_week_when_too_much_input_is_unreadable(
     with pytest.raises(AuditFailed, match="could not be decoded"):
         weekly_report(WEEK, settings)
     assert not (settings.warehouse / "_manifest.json").exists()
+
+
+def _templates_only() -> bytes:
+    """A message with the flow template and no sampling announcement."""
+    header = ipfix.encode_template_set([ipfix.FLOW_TEMPLATE_V4])
+    return ipfix.HEADER.pack(ipfix.IPFIX_VERSION, ipfix.HEADER.size + len(header), 0, 0, 1) + header
+
+
+def test_parts_are_written_once_and_revisited_only_when_a_later_announcement_changes_their_rate(
+    tmp_path: Path,
+) -> None:
+    # Day 1 has data before any announcement (a default rate applies for now); day 2 announces
+    # 1-in-64; day 3 has data after it. Day 1's part must end with the week's announced rate.
+    days = [dt.date(2024, 6, 3), dt.date(2024, 6, 4), dt.date(2024, 6, 5)]
+    day1, seq = _data(10, 1_717_340_400_000, 0)
+    announce, _ = _announcement(64)
+    day3, _ = _data(4, 1_717_513_200_000, seq)
+    _write_day(tmp_path, "r1", days[0], "a.ipfix", _templates_only() + day1)
+    _write_day(tmp_path, "r1", days[1], "b.ipfix", announce)
+    _write_day(tmp_path, "r1", days[2], "c.ipfix", day3)
+    result = landing.ingest_exporter(
+        tmp_path, "r1", days, START, END, 1000, None, "UTC", tmp_path / "state", tmp_path / "stage"
+    )
+    assert result.revisited_parts == 1  # day 1 only: day 3 was written with the announced rate already
+    flows = result.flows()
+    assert flows.height == 14
+    assert flows["sampling_rate"].to_list() == [64] * 14
+    assert set(flows["sampling_source"].to_list()) == {"ipfix:34"}
+    assert result.sampling == {("ipfix:34", 64): 14}
+    assert result.unrated == []
+
+    # Without a default, day 1's flows wait in the unrated file, then join their part.
+    again = landing.ingest_exporter(
+        tmp_path, "r1", days, START, END, None, None, "UTC", tmp_path / "state2", tmp_path / "stage2"
+    )
+    assert again.revisited_parts == 1
+    assert again.records == 14 and again.unrated == [] and again.quarantine.height == 0
+    assert not list((tmp_path / "stage2").glob("unrated-*"))
+
+
+def test_a_part_whose_rate_nobody_ever_announces_stays_unrated_and_is_not_rewritten(tmp_path: Path) -> None:
+    day1, _ = _data(6, 1_717_340_400_000, 0)
+    _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", _templates_only() + day1)
+    result = landing.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, None, None, "UTC", tmp_path / "state", tmp_path / "s"
+    )
+    assert result.revisited_parts == 0
+    assert result.records == 0
+    assert [pl.read_parquet(p).height for p in result.unrated] == [6]
+    assert result.quarantine["records"].to_list() == [6]

@@ -9,12 +9,12 @@ import struct
 import numpy as np
 import polars as pl
 
-from flows.generate import _ipfix_for_day
 from transforms import ipfix, netflow
 from transforms._records import ExporterState
 from transforms.exports import decode_flow_file
 from transforms.nfdump_csv import decode_nfdump_csv
 from transforms.pcap import ethernet_ipv4_frame, udp_segment, write_pcap
+from transforms.synth.exporter import ExportShape, encode_export_stream
 from transforms.synth.week import WeekSpec, generate_week
 
 MODERN_CSV = b"""firstSeen,duration,proto,srcAddr,srcPort,dstAddr,dstPort,packets,bytes,flows
@@ -138,15 +138,28 @@ def test_generator_flows_through_its_ipfix_writer_decode_back_exactly() -> None:
     week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=60, mobile_phones=40, seed=9))
     exporter = week.spec.exporters[0]
     flows = week.flows[exporter.name]
-    data, _ = _ipfix_for_day(flows, exporter, 0)
+    shape = ExportShape(first_sequence=(1 << 32) - 500)  # the numbers wrap within this stream
+    data = encode_export_stream(flows, shape, 16, exporter.sampling_style, exporter.sampling_rate)
     result = ipfix.decode_ipfix(data, exporter.name, "gen.ipfix", ExporterState())
     assert result.problems == []
+    assert result.lost_records == 0
+    # Shaped as exporters send it: every message fits one datagram, records spread over domains.
+    pos, sizes = 0, []
+    while pos < len(data):
+        sizes.append(int.from_bytes(data[pos + 2 : pos + 4], "big"))
+        pos += sizes[-1]
+    assert max(sizes) <= 1400 and result.messages == len(sizes)
+    assert set(result.flows["domain_id"].unique()) == {16, 17}
     columns = ["first_ts", "last_ts", "src_hi", "src_lo", "dst_hi", "dst_lo"]
     columns += ["src_port", "dst_port", "protocol", "packets", "bytes"]
     decoded = result.flows.select(columns).with_columns(pl.col("first_ts", "last_ts").dt.epoch("ms")).sort(pl.all())
     expected = flows.select(columns).cast(decoded.schema).sort(pl.all())  # type: ignore[arg-type]
     assert decoded.equals(expected)
-    assert [(a.rate, a.source) for a in result.sampling] == [(exporter.sampling_rate, "ipfix:305/306")]
+    # Each domain announces its rate with its templates, again at every refresh.
+    assert {(a.domain_id, a.rate, a.source) for a in result.sampling} == {
+        (domain, exporter.sampling_rate, "ipfix:305/306") for domain in (16, 17)
+    }
+    assert len(result.sampling) > 2
 
 
 def test_nfdump_csv_addresses_read_in_columns_agree_with_pythons_ipaddress() -> None:

@@ -1,0 +1,61 @@
+"""Steps run in a child process: result, progress, exceptions and a dying child come back."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from flows import progress
+from flows.processes import ChildProcessDied, run_in_process
+from transforms.errors import InputFormatError
+
+
+def _counts_up(n: int) -> tuple[int, int]:
+    for done in range(1, n + 1):
+        progress.report("ingest", "r1", done, n)
+    return os.getpid(), n * 2
+
+
+def _raises_input_error() -> None:
+    raise InputFormatError("flows/r1/a.ipfix", "byte 16", "set length 2 invalid", 8)
+
+
+class _Unpicklable(Exception):
+    def __init__(self, secret: str, handle: object) -> None:
+        super().__init__(secret)
+        self.handle = handle
+
+
+def _raises_unpicklable() -> None:
+    raise _Unpicklable("user u1@bb.example.jp", lambda: None)
+
+
+def _dies() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_result_comes_from_another_process_and_its_progress_reaches_the_listeners() -> None:
+    seen: list[tuple[str, str, int, int]] = []
+    with progress.listening(lambda *event: seen.append(event)):
+        pid, doubled = run_in_process(_counts_up, 3)
+    assert pid != os.getpid() and doubled == 6
+    assert seen == [("ingest", "r1", 1, 3), ("ingest", "r1", 2, 3), ("ingest", "r1", 3, 3)]
+
+
+def test_an_input_error_is_raised_here_as_it_was_there() -> None:
+    with pytest.raises(InputFormatError) as caught:
+        run_in_process(_raises_input_error)
+    assert (caught.value.source, caught.value.position) == ("flows/r1/a.ipfix", "byte 16")
+
+
+def test_an_exception_that_cannot_travel_becomes_its_type_name_without_its_message() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        run_in_process(_raises_unpicklable)
+    assert "_Unpicklable" in str(caught.value) and "u1@" not in str(caught.value)
+
+
+def test_a_child_killed_mid_step_is_a_clear_failure() -> None:
+    with pytest.raises(ChildProcessDied, match="exit code -9"):
+        run_in_process(_dies)

@@ -1,0 +1,443 @@
+"""IPFIX and NetFlow v9 messages decoded in bulk: sets found for all messages at once, records of
+each template gathered from the whole buffer and converted in one vectorised pass.
+
+Exporters send small messages (one UDP datagram, often a few records), so per-message Python
+work would dominate. Here Python touches only what is rare (template sets, options records,
+variable-length records and problems); everything counted in records is numpy.
+Templates and options still take effect in stream order: a data set uses the template that the
+latest earlier template set defined for its (origin, domain, template id).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from transforms._records import (
+    CHUNK_RECORDS,
+    IE_END_UPTIME,
+    IE_START_UPTIME,
+    IE_SYSTEM_INIT_MS,
+    Accumulator,
+    Batch,
+    Clock,
+    Template,
+    decode_data_records,
+    flow_columns,
+    handle_data_set,
+    needs_clock,
+    options_values,
+    record_dtype,
+    sampling_from_options,
+)
+
+NO_INIT = np.iinfo(np.int64).min
+
+
+@dataclass
+class MessageTable:
+    """Messages located in one buffer, in stream order, with their header fields.
+
+    `origins[origin[i]]` is the export origin (a datagram's source address, "" in stored files);
+    `init_ms` is the sysUpTime origin from a v9 header (IPFIX takes it from options instead).
+    """
+
+    version: int
+    body: np.ndarray
+    end: np.ndarray
+    domain: np.ndarray
+    sequence: np.ndarray
+    export_ms: np.ndarray
+    origin: np.ndarray
+    origins: list[str]
+    init_ms: np.ndarray | None = None
+
+
+def be16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Big-endian 16-bit values at byte offsets `at`, as int64."""
+    return fields(buf, at, U16).astype(np.int64)
+
+
+def be32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Big-endian 32-bit values at byte offsets `at`, as int64."""
+    return fields(buf, at, U32).astype(np.int64)
+
+
+U16 = np.dtype(">u2")
+U32 = np.dtype(">u4")
+SET_HEADER = np.dtype([("set_id", ">u2"), ("length", ">u2")])
+
+
+def fields(buf: np.ndarray, at: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values of `dtype` (a fixed-size record) at byte offsets `at`, with one gather."""
+    if not at.size:
+        return np.zeros(0, dtype=dtype)
+    rows = np.lib.stride_tricks.sliding_window_view(buf, dtype.itemsize)
+    return np.ascontiguousarray(rows[at]).view(dtype).reshape(at.size)
+
+
+def groups_of(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(code, positions of that code in ascending order) for each distinct code, codes ascending.
+
+    Exporters have few (origin, domain, template) keys, so a comparison per key beats sorting a
+    million codes; many distinct keys fall back to one stable sort."""
+    if not codes.size:
+        return []
+    distinct = np.sort(pl.Series(codes).unique().to_numpy())
+    if distinct.size <= 64:
+        return [(int(code), np.flatnonzero(codes == code)) for code in distinct]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], distinct)
+    bounds = np.append(bounds, codes.size)
+    return [(int(code), order[bounds[k] : bounds[k + 1]]) for k, code in enumerate(distinct)]
+
+
+@dataclass
+class _Sets:
+    pos: np.ndarray
+    set_id: np.ndarray
+    length: np.ndarray
+    message: np.ndarray
+
+
+def _walk_sets(buf: np.ndarray, table: MessageTable, acc: Accumulator) -> _Sets:
+    """Every set of every message, in stream order; a bad set length ends its message."""
+    found: list[tuple[np.ndarray, ...]] = []
+    position = table.body.copy()
+    active = np.arange(table.body.size)
+    per_message = np.zeros(table.body.size, dtype=np.int64)
+    while active.size:
+        at = position[active]
+        room = at + 4 <= table.end[active]
+        active, at = active[room], at[room]
+        if not active.size:
+            break
+        header = fields(buf, at, SET_HEADER)
+        set_id = header["set_id"].astype(np.int64)
+        length = header["length"].astype(np.int64)
+        end = table.end[active]
+        bad = (length < 4) | (at + length > end)
+        for index in np.flatnonzero(bad).tolist():
+            if table.version == 9:
+                reason = f"flowset length {length[index]} invalid; rest of the packet skipped"
+            else:
+                reason = f"set length {length[index]} invalid; rest of the message skipped"
+            acc.problem(int(at[index]), reason, int(end[index] - at[index]))
+        good = ~bad
+        active, at, set_id, length = active[good], at[good], set_id[good], length[good]
+        found.append((at, set_id, length, active))
+        per_message[active] += 1
+        position[active] = at + length
+    # The d-th set of message m goes to slot first[m] + d: stream order without a sort.
+    first = np.cumsum(per_message) - per_message
+    total = int(per_message.sum())
+    out = [np.empty(total, dtype=np.int64) for _ in range(4)]
+    for depth, (at, set_id, length, message) in enumerate(found):
+        slot = first[message] + depth
+        for column, values in zip(out, (at, set_id, length, message), strict=True):
+            column[slot] = values
+    return _Sets(*out)
+
+
+def _uses_uptime(template: Template) -> bool:
+    ies = {ie for ie, _, enterprise in template.fields if enterprise == 0}
+    return bool(ies & {IE_START_UPTIME, IE_END_UPTIME}) and IE_SYSTEM_INIT_MS not in ies
+
+
+TemplateParser = Callable[[memoryview, bool, int], list[tuple[int, Template | None]]]
+
+
+def decode_table(
+    data: bytes | memoryview, buf: np.ndarray, table: MessageTable, acc: Accumulator, parse_templates: TemplateParser
+) -> None:
+    """Decodes every message of `table` into the accumulator (flows, options, sequence counts)."""
+    view = memoryview(data)
+    v9 = table.version == 9
+    prefix = "v9" if v9 else "ipfix"
+    template_ids = (0, 1) if v9 else (2, 3)
+    sets = _walk_sets(buf, table, acc)
+    origin_of = table.origin[sets.message]
+    domain_of = table.domain[sets.message]
+    records_of = np.zeros(sets.pos.size, dtype=np.int64)  # data records per set, for sequence numbers
+
+    for index in np.flatnonzero((sets.set_id < 256) & ~np.isin(sets.set_id, template_ids)).tolist():
+        kind = "flowset id" if v9 else "set id"
+        acc.problem(
+            int(sets.pos[index]),
+            f"reserved {kind} {sets.set_id[index]}; {'skipped' if v9 else 'set skipped'}",
+            int(sets.length[index]),
+        )
+
+    # Template sets take effect in order: remember, per key, where each definition came.
+    initial = dict(acc.state.templates)
+    current = dict(initial)
+    changes: dict[tuple[str, int, int], tuple[list[int], list[Template | None]]] = {}
+
+    def change(key: tuple[str, int, int], where: int, template: Template | None) -> None:
+        positions, templates = changes.setdefault(key, ([], []))
+        positions.append(where)
+        templates.append(template)
+        if template is None:
+            current.pop(key, None)
+        else:
+            current[key] = template
+
+    parsed_sets: dict[tuple[bool, bytes], list[tuple[int, Template | None]]] = {}
+    template_sets = np.flatnonzero(np.isin(sets.set_id, template_ids))
+    for index in template_sets.tolist():
+        pos, length = int(sets.pos[index]), int(sets.length[index])
+        origin, domain = table.origins[origin_of[index]], int(domain_of[index])
+        options = int(sets.set_id[index]) == template_ids[1]
+        # Exporters resend the same templates every few minutes: parse each distinct set once.
+        raw = (options, bytes(view[pos + 4 : pos + length]))
+        parsed = parsed_sets.get(raw)
+        if parsed is None:
+            try:
+                parsed = parse_templates(view[pos + 4 : pos + length], options, pos + 4)
+            except (ValueError, struct.error) as exc:
+                acc.problem(pos, str(exc), length)
+                continue
+            parsed_sets[raw] = parsed
+        for template_id, template in parsed:
+            if template is None and template_id in template_ids and not v9:
+                for key in [k for k in current if k[:2] == (origin, domain)]:
+                    change(key, pos, None)
+            else:
+                change((origin, domain, template_id), pos, template)
+    acc.state.templates.clear()
+    acc.state.templates.update(current)
+
+    # The template in force for each data set.
+    data_sets = np.flatnonzero(sets.set_id >= 256)
+    codes = (
+        (origin_of[data_sets].astype(np.uint64) << np.uint64(48))
+        | (domain_of[data_sets].astype(np.uint64) << np.uint64(16))
+        | sets.set_id[data_sets].astype(np.uint64)
+    )
+    templates: list[Template] = []
+    template_index: dict[Template, int] = {}
+    chosen = np.full(data_sets.size, -1, dtype=np.int64)
+    for code, members in groups_of(codes):
+        key = (table.origins[code >> 48], (code >> 16) & 0xFFFF_FFFF, code & 0xFFFF)
+        positions, versions = changes.get(key, ([], []))
+        slots = np.full(len(versions) + 1, -1, dtype=np.int64)
+        for slot, template in enumerate([initial.get(key), *versions]):
+            if template is not None:
+                if template not in template_index:
+                    template_index[template] = len(templates)
+                    templates.append(template)
+                slots[slot] = template_index[template]
+        picks = np.searchsorted(np.array(positions, dtype=np.int64), sets.pos[data_sets[members]])
+        chosen[members] = slots[picks]
+
+    for member in np.flatnonzero(chosen < 0).tolist():
+        index = int(data_sets[member])
+        set_id, domain = int(sets.set_id[index]), int(domain_of[index])
+        if v9:
+            reason = f"data flowset for unknown template {set_id} of source id {domain}; skipped"
+        else:
+            reason = f"data set for unknown template {set_id} in domain {domain}; set skipped"
+        acc.problem(int(sets.pos[index]), reason, int(sets.length[index]))
+
+    # Options records, in stream order: sampling announcements and (IPFIX) clock references.
+    is_options = np.array([t.scope_count > 0 for t in templates] + [False], dtype=bool)
+    known = chosen >= 0
+    options_members = np.flatnonzero(known & is_options[chosen])
+    init_changes: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+    initial_init = dict(acc.state.system_init_ms)
+    options_seen: dict[tuple[Template, bytes], tuple[int, list[dict[int, int]]]] = {}
+    for member in options_members.tolist():
+        index = int(data_sets[member])
+        pos, length = int(sets.pos[index]), int(sets.length[index])
+        origin_index, domain = int(origin_of[index]), int(domain_of[index])
+        origin = table.origins[origin_index]
+        template = templates[chosen[member]]
+        raw_options = (template, bytes(view[pos + 4 : pos + length]))
+        decoded = options_seen.get(raw_options)
+        if decoded is None:
+            try:
+                records, usable = decode_data_records(view[pos + 4 : pos + length], template)
+            except (ValueError, struct.error) as exc:
+                acc.problem(pos, str(exc), length)
+                continue
+            decoded = options_seen[raw_options] = (int(records.size), options_values(records, usable))
+        records_of[index] = decoded[0]
+        for values in decoded[1]:
+            if IE_SYSTEM_INIT_MS in values:
+                acc.state.system_init_ms[(origin, domain)] = values[IE_SYSTEM_INIT_MS]
+                where, value = init_changes.setdefault((origin_index, domain), ([], []))
+                where.append(pos)
+                value.append(values[IE_SYSTEM_INIT_MS])
+            announcement = sampling_from_options(values, origin, domain, prefix)
+            if announcement is not None:
+                acc.sampling.append(announcement)
+                acc.state.sampling.append(announcement)
+
+    # Flow records, one gather per (template, origin, domain).
+    flow_members = np.flatnonzero(known & ~is_options[chosen])
+    groups = (
+        (chosen[flow_members].astype(np.uint64) << np.uint64(48))
+        | (origin_of[data_sets[flow_members]].astype(np.uint64) << np.uint64(32))
+        | domain_of[data_sets[flow_members]].astype(np.uint64)
+    )
+    for code, in_group in groups_of(groups):
+        template = templates[code >> 48]
+        origin_index, domain = (code >> 32) & 0xFFFF, code & 0xFFFF_FFFF
+        origin = table.origins[origin_index]
+        indexes = data_sets[flow_members[in_group]]
+        set_pos = sets.pos[indexes]
+        lengths = sets.length[indexes]
+        messages = sets.message[indexes]
+        if v9 and table.init_ms is not None:
+            init = table.init_ms[messages]
+        else:
+            init = _init_at(set_pos, init_changes.get((origin_index, domain)), initial_init.get((origin, domain)))
+        export_ms = table.export_ms[messages]
+        record_length = template.fixed_length
+        if record_length is None:
+            for slot, index in enumerate(indexes.tolist()):
+                pos, length = int(set_pos[slot]), int(lengths[slot])
+                clock = Clock(int(export_ms[slot]), None if init[slot] == NO_INIT else int(init[slot]))
+                try:
+                    records_of[index] = handle_data_set(
+                        acc, view[pos + 4 : pos + length], template, origin, domain, clock, pos, prefix
+                    )
+                except (ValueError, struct.error) as exc:
+                    acc.problem(pos, str(exc), length)
+            continue
+        counts = (lengths - 4) // record_length
+        records_of[indexes] = counts
+        clocked = needs_clock(template)
+        records = gather_records(buf, set_pos + 4, counts, record_dtype(template))
+        unusable = _unusable(records, counts, template, clocked, export_ms, init)
+        if unusable is not None:
+            why, set_aside = unusable
+            for slot in np.flatnonzero(set_aside).tolist():
+                text = f"template {template.template_id}: {why}; {counts[slot]} records set aside"
+                acc.problem(int(set_pos[slot]), text, int(lengths[slot] - 4))
+            records = records[np.repeat(~set_aside, counts)]
+            export_ms, init, counts = export_ms[~set_aside], init[~set_aside], counts[~set_aside]
+        if not records.size:
+            continue
+        per_record_export = np.repeat(export_ms, counts) if clocked else None
+        per_record_init = np.repeat(init, counts) if clocked else None
+        columns, rate_source = _convert(records, template, per_record_export, per_record_init)
+        acc.batches.append(Batch(columns, origin, domain, rate_source))
+
+    n = table.body.size
+    advance = np.ones(n, dtype=np.int64) if v9 else np.bincount(sets.message, weights=records_of, minlength=n)
+    count_sequences(
+        table.version, table.origin, table.domain, table.sequence, advance.astype(np.int64), table.origins, acc
+    )
+
+
+def gather_records(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The `counts[i]` fixed-length records at `starts[i]`, all sets in one array (one gather)."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=dtype)
+    # Row i of the sliding window is the record that would start at byte i: one fancy index
+    # copies every record, whatever set it sits in, without a Python step per set.
+    rows = np.lib.stride_tricks.sliding_window_view(buf, dtype.itemsize)
+    set_first = np.cumsum(counts) - counts
+    record_starts = np.repeat(starts - set_first * dtype.itemsize, counts) + np.arange(total) * dtype.itemsize
+    return np.ascontiguousarray(rows[record_starts]).view(dtype).reshape(total)
+
+
+def _init_at(positions: np.ndarray, changes: tuple[list[int], list[int]] | None, initial: int | None) -> np.ndarray:
+    """The systemInitTimeMilliseconds in force at each set (NO_INIT when none was announced yet)."""
+    start = NO_INIT if initial is None else initial
+    if changes is None:
+        return np.full(positions.size, start, dtype=np.int64)
+    where, values = changes
+    picks = np.searchsorted(np.array(where, dtype=np.int64), positions)
+    return np.array([start, *values], dtype=np.int64)[picks]
+
+
+def _unusable(
+    records: np.ndarray,
+    counts: np.ndarray,
+    template: Template,
+    clocked: bool,
+    export_ms: np.ndarray,
+    init: np.ndarray,
+) -> tuple[str, np.ndarray] | None:
+    """(why, which sets) when some sets' records cannot become flows, checked on one record."""
+    if not records.size:
+        return None
+    probe = records[:1]
+    decoded = flow_columns(probe, template, Clock(int(export_ms[0]), 0 if clocked else None))
+    if isinstance(decoded, str):
+        return decoded, np.ones(counts.size, dtype=bool)
+    if clocked and _uses_uptime(template):
+        missing = init == NO_INIT
+        if missing.any():
+            return "sysUpTime-relative timestamps but no systemInitTimeMilliseconds announced", missing
+    return None
+
+
+def _convert(
+    records: np.ndarray, template: Template, export_ms: np.ndarray | None, init: np.ndarray | None
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """Canonical columns of `records`, a cache-sized chunk at a time (see Accumulator.flush)."""
+    out: dict[str, np.ndarray] = {}
+    rate_source: str | None = None
+    for start in range(0, records.size, CHUNK_RECORDS):
+        stop = min(start + CHUNK_RECORDS, records.size)
+        clock = Clock(
+            export_ms[start:stop] if export_ms is not None else 0,  # type: ignore[arg-type]
+            init[start:stop] if init is not None else None,  # type: ignore[arg-type]
+        )
+        decoded = flow_columns(records[start:stop], template, clock)
+        if isinstance(decoded, str):  # checked on the first record already
+            raise ValueError(decoded)
+        columns, rate_source = decoded
+        if not out:
+            out = {name: np.empty(records.size, dtype=values.dtype) for name, values in columns.items()}
+        for name, values in columns.items():
+            out[name][start:stop] = values
+    return out, rate_source
+
+
+def count_sequences(
+    version: int,
+    origin: np.ndarray,
+    domain: np.ndarray,
+    sequence: np.ndarray,
+    advance: np.ndarray,
+    origins: list[str],
+    acc: Accumulator,
+) -> None:
+    """Losses told by sequence numbers, per (origin, domain), in message order (mod 2^32).
+
+    IPFIX and v5 number records, so a message advances by its records; v9 numbers packets."""
+    n = origin.size
+    if not n:
+        return
+    keys = (origin.astype(np.int64) << 32) | domain.astype(np.int64)
+    order = np.concatenate([members for _, members in groups_of(keys)])
+    keys, sequence, advance = keys[order], sequence[order], advance[order]
+    expected = (sequence + advance) % (1 << 32)
+    first_of_key = np.ones(n, dtype=bool)
+    first_of_key[1:] = keys[1:] != keys[:-1]
+    gap = np.zeros(n, dtype=np.int64)
+    gap[1:] = (sequence[1:] - expected[:-1]) % (1 << 32)
+    for start in np.flatnonzero(first_of_key).tolist():
+        key = (origins[keys[start] >> 32], version, int(keys[start] & 0xFFFF_FFFF))
+        before = acc.state.next_sequence.get(key)
+        gap[start] = 0 if before is None else (int(sequence[start]) - before) % (1 << 32)
+    last_of_key = np.ones(n, dtype=bool)
+    last_of_key[:-1] = keys[1:] != keys[:-1]
+    for last in np.flatnonzero(last_of_key).tolist():
+        key = (origins[keys[last] >> 32], version, int(keys[last] & 0xFFFF_FFFF))
+        acc.state.next_sequence[key] = int(expected[last])
+    # A step backwards (gap of 2^31 or more) is a restart or reordering, not a loss.
+    lost = int(gap[gap < (1 << 31)].sum())
+    if version == 9:
+        acc.lost_datagrams += lost
+    else:
+        acc.lost_records += lost
