@@ -34,6 +34,7 @@ from transforms._records import (
     record_dtype,
     sampling_from_options,
 )
+from transforms._walk import sets_of_messages
 
 NO_INIT = np.iinfo(np.int64).min
 
@@ -106,41 +107,14 @@ class _Sets:
 
 def _walk_sets(buf: np.ndarray, table: MessageTable, acc: Accumulator) -> _Sets:
     """Every set of every message, in stream order; a bad set length ends its message."""
-    found: list[tuple[np.ndarray, ...]] = []
-    position = table.body.copy()
-    active = np.arange(table.body.size)
-    per_message = np.zeros(table.body.size, dtype=np.int64)
-    while active.size:
-        at = position[active]
-        room = at + 4 <= table.end[active]
-        active, at = active[room], at[room]
-        if not active.size:
-            break
-        header = fields(buf, at, SET_HEADER)
-        set_id = header["set_id"].astype(np.int64)
-        length = header["length"].astype(np.int64)
-        end = table.end[active]
-        bad = (length < 4) | (at + length > end)
-        for index in np.flatnonzero(bad).tolist():
-            if table.version == 9:
-                reason = f"flowset length {length[index]} invalid; rest of the packet skipped"
-            else:
-                reason = f"set length {length[index]} invalid; rest of the message skipped"
-            acc.problem(int(at[index]), reason, int(end[index] - at[index]))
-        good = ~bad
-        active, at, set_id, length = active[good], at[good], set_id[good], length[good]
-        found.append((at, set_id, length, active))
-        per_message[active] += 1
-        position[active] = at + length
-    # The d-th set of message m goes to slot first[m] + d: stream order without a sort.
-    first = np.cumsum(per_message) - per_message
-    total = int(per_message.sum())
-    out = [np.empty(total, dtype=np.int64) for _ in range(4)]
-    for depth, (at, set_id, length, message) in enumerate(found):
-        slot = first[message] + depth
-        for column, values in zip(out, (at, set_id, length, message), strict=True):
-            column[slot] = values
-    return _Sets(*out)
+    (pos, set_id, length, message), (bad_pos, bad_length, bad_message) = sets_of_messages(buf, table.body, table.end)
+    for at, declared, owner in zip(bad_pos.tolist(), bad_length.tolist(), bad_message.tolist(), strict=True):
+        if table.version == 9:
+            reason = f"flowset length {declared} invalid; rest of the packet skipped"
+        else:
+            reason = f"set length {declared} invalid; rest of the message skipped"
+        acc.problem(at, reason, int(table.end[owner]) - at)
+    return _Sets(pos, set_id, length, message)
 
 
 def _uses_uptime(template: Template) -> bool:

@@ -71,7 +71,7 @@ def _decode_ipfix(data: bytes, buf: np.ndarray, datagrams: Datagrams, chosen: np
     starts = [start[whole]]
     origins = [datagrams.origin[chosen][whole]]
     for index in np.flatnonzero(~whole).tolist():
-        found = np.array(ipfix.walk_messages(data, int(start[index]), int(end[index]), acc), dtype=np.int64)
+        found = ipfix.walk_messages(data, int(start[index]), int(end[index]), acc)
         starts.append(found)
         origins.append(np.full(found.size, datagrams.origin[chosen[index]], dtype=np.int64))
     message_starts = np.concatenate(starts)

@@ -36,6 +36,7 @@ from transforms._records import (
     handle_data_set,
     record_dtype,
 )
+from transforms._walk import ipfix_message_starts
 
 IPFIX_VERSION = 10
 HEADER = struct.Struct("!HHIII")
@@ -153,20 +154,11 @@ def decode_message(view: memoryview, pos: int, acc: Accumulator, origin: str) ->
     return length
 
 
-def walk_messages(data: bytes | memoryview, pos: int, end: int, acc: Accumulator) -> list[int]:
+def walk_messages(data: bytes | memoryview, pos: int, end: int, acc: Accumulator) -> np.ndarray:
     """Start offsets of the whole IPFIX messages back to back in data[pos:end]; what follows the
     last one (a cut message, another format) is one problem."""
-    starts: list[int] = []
-    append = starts.append
-    unpack = VERSION_LENGTH.unpack_from
-    last_header = end - HEADER.size
-    # The common case in one tight loop; the checks below only run where it stopped.
-    while pos <= last_header:
-        version, length = unpack(data, pos)
-        if version != IPFIX_VERSION or length < HEADER.size or pos + length > end:
-            break
-        append(pos)
-        pos += length
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts, pos = ipfix_message_starts(buf, pos, end)
     if pos >= end:
         return starts
     left = end - pos
@@ -175,7 +167,7 @@ def walk_messages(data: bytes | memoryview, pos: int, end: int, acc: Accumulator
             pos, f"truncated: message header at byte {pos} needs {HEADER.size} bytes, the data ends after {left}", left
         )
         return starts
-    version, length = unpack(data, pos)
+    version, length = VERSION_LENGTH.unpack_from(data, pos)
     if version != IPFIX_VERSION:
         acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", left)
     elif length < HEADER.size:
@@ -209,7 +201,7 @@ def message_table(buf: np.ndarray, starts: np.ndarray, origin: np.ndarray, origi
 def decode_ipfix(data: bytes, exporter: str, source: str, state: ExporterState | None = None) -> DecodeResult:
     """Flows of a file of back-to-back IPFIX messages; problems name the byte offset."""
     acc = Accumulator(exporter, source, state if state is not None else ExporterState())
-    starts = np.array(walk_messages(data, 0, len(data), acc), dtype=np.int64)
+    starts = walk_messages(data, 0, len(data), acc)
     buf = np.frombuffer(data, dtype=np.uint8)
     acc.messages += starts.size
     if starts.size:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transforms._walk import pcap_records
 from transforms.errors import InputFormatError
 
 PCAP_MAGICS = {
@@ -104,8 +105,15 @@ def _frame(
         yield Datagram(offset, *udp)
 
 
+def _frames(offset: list[int], start: list[int], length: list[int], link: list[int]) -> Frames:
+    return Frames(*(np.array(values, dtype=np.int64) for values in (offset, start, length, link)))
+
+
 def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> Frames:
-    frames = Frames([], [], [], [])
+    offsets: list[int] = []
+    starts: list[int] = []
+    lengths: list[int] = []
+    link_types: list[int] = []
     pos = 0
     endian = "<"
     links: list[int] = []
@@ -144,27 +152,27 @@ def _pcapng(view: memoryview, source: str, problems: list[InputFormatError]) -> 
                     )
                 )
             else:
-                frames.offset.append(pos)
-                frames.start.append(body + 20)
-                frames.length.append(captured)
-                frames.link.append(links[interface])
+                offsets.append(pos)
+                starts.append(body + 20)
+                lengths.append(captured)
+                link_types.append(links[interface])
         elif block_type == 3 and body_length >= 4 and links:
-            frames.offset.append(pos)
-            frames.start.append(body + 4)
-            frames.length.append(body_length - 4)
-            frames.link.append(links[0])
+            offsets.append(pos)
+            starts.append(body + 4)
+            lengths.append(body_length - 4)
+            link_types.append(links[0])
         pos += length
-    return frames
+    return _frames(offsets, starts, lengths, link_types)
 
 
 @dataclass
 class Frames:
     """Link-layer frames of a capture: where each record starts (for problems), its bytes, link type."""
 
-    offset: list[int]
-    start: list[int]
-    length: list[int]
-    link: list[int]
+    offset: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    link: np.ndarray
 
 
 @dataclass
@@ -184,26 +192,16 @@ def capture_frames(data: bytes, source: str, problems: list[InputFormatError]) -
         return _pcapng(memoryview(data), source, problems)
     if data[:4] not in PCAP_MAGICS:
         raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture", len(data))
-    frames = Frames([], [], [], [])
     if len(data) < 24:
         reason = f"truncated: the pcap file header needs 24 bytes, the file ends after {len(data)}"
         problems.append(InputFormatError(source, "byte 0", reason, len(data)))
-        return frames
+        return _frames([], [], [], [])
     endian, _ = PCAP_MAGICS[data[:4]]
     link = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
     captured_length = struct.Struct(endian + "I").unpack_from
-    pos = 24
     end = len(data)
-    offsets, lengths = frames.offset, frames.length
-    while pos + 16 <= end:
-        captured = captured_length(data, pos + 8)[0]
-        if pos + 16 + captured > end:
-            break
-        offsets.append(pos)
-        lengths.append(captured)
-        pos += 16 + captured
-    frames.start = [offset + 16 for offset in offsets]
-    frames.link = [link] * len(offsets)
+    offsets, lengths, pos = pcap_records(np.frombuffer(data, dtype=np.uint8), 24, end, endian == ">")
+    frames = Frames(offsets, offsets + 16, lengths, np.full(offsets.size, link, dtype=np.int64))
     # A cut capture: the bytes after the last whole packet are what was not read.
     left = end - pos
     if 0 < left < 16:
@@ -227,9 +225,7 @@ def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputF
     """The UDP payloads of `frames`. Ethernet/raw/SLL frames of plain IPv4 UDP are read for all
     frames at once; any other frame (VLAN tags, IPv6, fragments, damage) goes through `_frame`."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    start = np.array(frames.start, dtype=np.int64)
-    length = np.array(frames.length, dtype=np.int64)
-    link = np.array(frames.link, dtype=np.int64)
+    start, length, link = frames.start, frames.length, frames.link
     header = np.full(start.size, -1, dtype=np.int64)  # link-layer header length, -1: not the simple case
     header[np.isin(link, (LINK_RAW, LINK_IPV4))] = 0
     header[link == LINK_NULL] = 4
@@ -262,16 +258,17 @@ def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputF
     )
     distinct, origin = np.unique(address, return_inverse=True)
     origins = [str(ipaddress.IPv4Address(int(value))) for value in distinct]
-    offset = np.array(frames.offset, dtype=np.int64)
+    offset = frames.offset
     parts = [(offset[chosen], udp_at + 8, udp_at + udp_length, origin.astype(np.int64))]
     view = memoryview(data)
     other_origin: dict[str, int] = {}
     slow: list[tuple[int, int, int, int]] = []
     for index in np.flatnonzero(~simple).tolist():
-        frame = view[frames.start[index] : frames.start[index] + frames.length[index]]
-        for datagram in _frame(frame, frames.link[index], frames.offset[index], source, problems):
+        frame_start, frame_offset = int(start[index]), int(offset[index])
+        frame = view[frame_start : frame_start + int(length[index])]
+        for datagram in _frame(frame, int(link[index]), frame_offset, source, problems):
             payload = datagram.payload
-            payload_start = _offset_in(payload, view) if len(payload) else frames.start[index]
+            payload_start = _offset_in(payload, view) if len(payload) else frame_start
             code = other_origin.setdefault(datagram.source, len(origins) + len(other_origin))
             slow.append((datagram.offset, payload_start, payload_start + len(payload), code))
     origins += list(other_origin)
