@@ -34,9 +34,10 @@ from transforms._records import (
     record_dtype,
     sampling_from_options,
 )
-from transforms._walk import sets_of_messages
+from transforms._walk import copy_runs, sequence_gaps, sets_of_messages
 
 NO_INIT = np.iinfo(np.int64).min
+BLOCK_RECORDS = 1 << 18
 
 
 @dataclass
@@ -286,21 +287,43 @@ def decode_table(
         counts = (lengths - 4) // record_length
         records_of[indexes] = counts
         clocked = needs_clock(template)
-        records = gather_records(buf, set_pos + 4, counts, record_dtype(template))
-        unusable = _unusable(records, counts, template, clocked, export_ms, init)
-        if unusable is not None:
-            why, set_aside = unusable
-            for slot in np.flatnonzero(set_aside).tolist():
+        dtype = record_dtype(template)
+        # Blocks of about BLOCK_RECORDS: every array of a block stays below glibc's mmap threshold,
+        # so freed memory is reused instead of faulted in again page by page.
+        block_of = (np.cumsum(counts) - counts) // BLOCK_RECORDS
+        edges = np.flatnonzero(np.diff(block_of, prepend=-1, append=block_of[-1] + 1 if block_of.size else 0))
+        scratch = np.empty(int(np.add.reduceat(counts, edges[:-1]).max()) * record_length, dtype=np.uint8)
+        first_record = copy_runs(buf, set_pos[:1] + 4, np.minimum(counts[:1], 1) * record_length).view(dtype)
+        why = _template_unusable(first_record, template, clocked, export_ms)
+        if why is not None:
+            for slot in range(indexes.size):
                 text = f"template {template.template_id}: {why}; {counts[slot]} records set aside"
                 acc.problem(int(set_pos[slot]), text, int(lengths[slot] - 4))
-            records = records[np.repeat(~set_aside, counts)]
-            export_ms, init, counts = export_ms[~set_aside], init[~set_aside], counts[~set_aside]
-        if not records.size:
             continue
-        per_record_export = np.repeat(export_ms, counts) if clocked else None
-        per_record_init = np.repeat(init, counts) if clocked else None
-        columns, rate_source = _convert(records, template, per_record_export, per_record_init)
-        acc.batches.append(Batch(columns, origin, domain, rate_source))
+        for first, stop in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+            block = slice(first, stop)
+            block_counts = counts[block]
+            # The block's records are converted before the next block reuses the buffer.
+            records = copy_runs(buf, set_pos[block] + 4, block_counts * record_length, scratch).view(dtype)
+            block_export, block_init = export_ms[block], init[block]
+            if clocked and _uses_uptime(template):
+                set_aside = block_init == NO_INIT
+                for slot in np.flatnonzero(set_aside).tolist():
+                    text = (
+                        f"template {template.template_id}: sysUpTime-relative timestamps but no "
+                        f"systemInitTimeMilliseconds announced; {block_counts[slot]} records set aside"
+                    )
+                    acc.problem(int(set_pos[first + slot]), text, int(lengths[first + slot] - 4))
+                if set_aside.any():
+                    records = records[np.repeat(~set_aside, block_counts)]
+                    block_export, block_init = block_export[~set_aside], block_init[~set_aside]
+                    block_counts = block_counts[~set_aside]
+            if not records.size:
+                continue
+            per_record_export = np.repeat(block_export, block_counts) if clocked else None
+            per_record_init = np.repeat(block_init, block_counts) if clocked else None
+            columns, rate_source = _convert(records, template, per_record_export, per_record_init)
+            acc.batches.append(Batch(columns, origin, domain, rate_source))
 
     n = table.body.size
     advance = np.ones(n, dtype=np.int64) if v9 else np.bincount(sets.message, weights=records_of, minlength=n)
@@ -310,16 +333,8 @@ def decode_table(
 
 
 def gather_records(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The `counts[i]` fixed-length records at `starts[i]`, all sets in one array (one gather)."""
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, dtype=dtype)
-    # Row i of the sliding window is the record that would start at byte i: one fancy index
-    # copies every record, whatever set it sits in, without a Python step per set.
-    rows = np.lib.stride_tricks.sliding_window_view(buf, dtype.itemsize)
-    set_first = np.cumsum(counts) - counts
-    record_starts = np.repeat(starts - set_first * dtype.itemsize, counts) + np.arange(total) * dtype.itemsize
-    return np.ascontiguousarray(rows[record_starts]).view(dtype).reshape(total)
+    """The `counts[i]` fixed-length records at `starts[i]`, all in one array."""
+    return copy_runs(buf, starts, counts * dtype.itemsize).view(dtype)
 
 
 def _init_at(positions: np.ndarray, changes: tuple[list[int], list[int]] | None, initial: int | None) -> np.ndarray:
@@ -332,26 +347,12 @@ def _init_at(positions: np.ndarray, changes: tuple[list[int], list[int]] | None,
     return np.array([start, *values], dtype=np.int64)[picks]
 
 
-def _unusable(
-    records: np.ndarray,
-    counts: np.ndarray,
-    template: Template,
-    clocked: bool,
-    export_ms: np.ndarray,
-    init: np.ndarray,
-) -> tuple[str, np.ndarray] | None:
-    """(why, which sets) when some sets' records cannot become flows, checked on one record."""
-    if not records.size:
+def _template_unusable(probe: np.ndarray, template: Template, clocked: bool, export_ms: np.ndarray) -> str | None:
+    """Why records of `template` cannot become flows (checked on one record), or None."""
+    if not probe.size:
         return None
-    probe = records[:1]
     decoded = flow_columns(probe, template, Clock(int(export_ms[0]), 0 if clocked else None))
-    if isinstance(decoded, str):
-        return decoded, np.ones(counts.size, dtype=bool)
-    if clocked and _uses_uptime(template):
-        missing = init == NO_INIT
-        if missing.any():
-            return "sysUpTime-relative timestamps but no systemInitTimeMilliseconds announced", missing
-    return None
+    return decoded if isinstance(decoded, str) else None
 
 
 def _convert(
@@ -389,28 +390,19 @@ def count_sequences(
     """Losses told by sequence numbers, per (origin, domain), in message order (mod 2^32).
 
     IPFIX and v5 number records, so a message advances by its records; v9 numbers packets."""
-    n = origin.size
-    if not n:
+    if not origin.size:
         return
-    keys = (origin.astype(np.int64) << 32) | domain.astype(np.int64)
-    order = np.concatenate([members for _, members in groups_of(keys)])
-    keys, sequence, advance = keys[order], sequence[order], advance[order]
-    expected = (sequence + advance) % (1 << 32)
-    first_of_key = np.ones(n, dtype=bool)
-    first_of_key[1:] = keys[1:] != keys[:-1]
-    gap = np.zeros(n, dtype=np.int64)
-    gap[1:] = (sequence[1:] - expected[:-1]) % (1 << 32)
-    for start in np.flatnonzero(first_of_key).tolist():
-        key = (origins[keys[start] >> 32], version, int(keys[start] & 0xFFFF_FFFF))
-        before = acc.state.next_sequence.get(key)
-        gap[start] = 0 if before is None else (int(sequence[start]) - before) % (1 << 32)
-    last_of_key = np.ones(n, dtype=bool)
-    last_of_key[:-1] = keys[1:] != keys[:-1]
-    for last in np.flatnonzero(last_of_key).tolist():
-        key = (origins[keys[last] >> 32], version, int(keys[last] & 0xFFFF_FFFF))
-        acc.state.next_sequence[key] = int(expected[last])
-    # A step backwards (gap of 2^31 or more) is a restart or reordering, not a loss.
-    lost = int(gap[gap < (1 << 31)].sum())
+    codes = (origin.astype(np.int64) << 32) | domain.astype(np.int64)
+    key = np.empty(codes.size, dtype=np.int64)
+    names: list[tuple[str, int, int]] = []
+    for index, (code, members) in enumerate(groups_of(codes)):
+        key[members] = index
+        names.append((origins[code >> 32], version, code & 0xFFFF_FFFF))
+    known = np.array([name in acc.state.next_sequence for name in names], dtype=bool)
+    expected = np.array([acc.state.next_sequence.get(name, 0) for name in names], dtype=np.int64)
+    lost = sequence_gaps(key, sequence, advance, expected, known)
+    for index, name in enumerate(names):
+        acc.state.next_sequence[name] = int(expected[index])
     if version == 9:
         acc.lost_datagrams += lost
     else:

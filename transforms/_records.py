@@ -589,53 +589,37 @@ NUMERIC_COLUMNS = ("selector_id", "record_rate", "first_ts", "last_ts", *FLOW_FI
 
 
 def to_frame(batches: list[Batch], exporter: str) -> pl.DataFrame:
-    """FLOW_SCHEMA rows of all batches; per-batch facts (origin, domain, rate source) are gathered by batch index."""
+    """FLOW_SCHEMA rows of all batches, one chunk per batch (no copy into one buffer: a big file's
+    columns would each need fresh memory of their full size)."""
     if not batches:
         return pl.DataFrame(schema=FLOW_SCHEMA)
-    sizes = np.array([b.columns["first_ts"].size for b in batches])
-    if len(batches) == 1:
-        columns = batches[0].columns
-        header_rate: np.ndarray | int = batches[0].header_rate or 0
-    else:
-        columns = {name: np.concatenate([b.columns[name] for b in batches]) for name in NUMERIC_COLUMNS}
-        header_rate = np.repeat(np.array([b.header_rate or 0 for b in batches], dtype=np.uint64), sizes)
+    return pl.concat([_batch_frame(batch, exporter) for batch in batches], rechunk=False)
+
+
+def _batch_frame(batch: Batch, exporter: str) -> pl.DataFrame:
+    columns = batch.columns
     from_record = columns["record_rate"] > 0
-    rate = np.where(
-        from_record, columns["record_rate"], np.uint64(header_rate) if isinstance(header_rate, int) else header_rate
+    header_rate = np.uint64(batch.header_rate or 0)
+    rate = np.where(from_record, columns["record_rate"], header_rate) if batch.header_rate else columns["record_rate"]
+    known = pl.col("record_rate") > 0
+    source = (
+        pl.when(pl.col("_from_record"))
+        .then(pl.lit(batch.record_rate_source, dtype=pl.String))
+        .otherwise(pl.lit(batch.header_rate_source, dtype=pl.String))
     )
-    meta = pl.DataFrame(
-        {
-            "origin": [b.origin for b in batches],
-            "domain_id": pl.Series([b.domain_id for b in batches], dtype=pl.UInt32),
-            "record_source": pl.Series([b.record_rate_source for b in batches], dtype=pl.String),
-            "header_source": pl.Series([b.header_rate_source for b in batches], dtype=pl.String),
-        }
-    )
-    frame = pl.DataFrame({k: v for k, v in columns.items() if k != "record_rate"}).with_columns(
-        pl.Series("record_rate", rate), pl.Series("_from_record", from_record)
-    )
-    if len(batches) == 1:
-        frame = frame.with_columns(
-            pl.lit(meta.row(0)[i], dtype=meta.dtypes[i]).alias(name) for i, name in enumerate(meta.columns)
+    frame = pl.DataFrame({name: columns[name] for name in NUMERIC_COLUMNS if name != "record_rate"})
+    return (
+        frame.with_columns(pl.Series("record_rate", rate), pl.Series("_from_record", from_record))
+        .select(
+            pl.lit(exporter).alias("exporter"),
+            pl.lit(batch.origin).alias("origin"),
+            pl.lit(batch.domain_id, dtype=pl.UInt32).alias("domain_id"),
+            "selector_id",
+            pl.when(known).then(pl.col("record_rate")).cast(pl.UInt32, strict=False).alias("record_rate"),
+            pl.when(known).then(source).alias("record_rate_source"),
+            pl.col("first_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            pl.col("last_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            *[pl.col(c) for c in FLOW_FIELDS],
         )
-    else:
-        frame = pl.concat([frame, meta[np.repeat(np.arange(len(batches)), sizes)]], how="horizontal")
-    return frame.select(
-        pl.lit(exporter).alias("exporter"),
-        "origin",
-        "domain_id",
-        "selector_id",
-        pl.when(pl.col("record_rate") > 0)
-        .then(pl.col("record_rate"))
-        .cast(pl.UInt32, strict=False)
-        .alias("record_rate"),
-        pl.when(pl.col("record_rate") > 0)
-        .then(pl.when(pl.col("_from_record")).then(pl.col("record_source")).otherwise(pl.col("header_source")))
-        .alias("record_rate_source"),
-        pl.col("first_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        pl.col("last_ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        *[
-            pl.col(c)
-            for c in ("src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "protocol", "packets", "bytes")
-        ],
-    ).cast(FLOW_SCHEMA)  # type: ignore[arg-type]
+        .cast(FLOW_SCHEMA)  # type: ignore[arg-type]
+    )

@@ -129,3 +129,43 @@ def pcap_records(buf: np.ndarray, pos: int, end: int, big_endian: bool) -> tuple
     and where the run of whole records stops."""
     offsets, lengths, stop = _pcap_records(buf, pos, end, big_endian)
     return offsets, lengths, int(stop)
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def _copy_runs(buf: np.ndarray, starts: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> Any:  # pragma: no cover
+    at = 0
+    for run in range(starts.size):
+        size = sizes[run]
+        out[at : at + size] = buf[starts[run] : starts[run] + size]
+        at += size
+    return out
+
+
+def copy_runs(buf: np.ndarray, starts: np.ndarray, sizes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The byte runs buf[starts[i] : starts[i] + sizes[i]] back to back (memcpy speed), in the
+    front of `out` when given (a buffer reused block after block is not faulted in again)."""
+    total = int(sizes.sum())
+    target = np.empty(total, dtype=np.uint8) if out is None or out.size < total else out[:total]
+    return _copy_runs(buf, starts.astype(np.int64), sizes.astype(np.int64), target)  # type: ignore[no-any-return]
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def _sequence_gaps(key: Any, sequence: Any, advance: Any, expected: Any, known: Any) -> Any:  # pragma: no cover
+    lost = 0
+    for message in range(key.size):
+        k = key[message]
+        if known[k] and sequence[message] != expected[k]:
+            gap = (sequence[message] - expected[k]) % 4294967296
+            if gap < 2147483648:  # a step backwards is a restart or reordering, not a loss
+                lost += gap
+        expected[k] = (sequence[message] + advance[message]) % 4294967296
+        known[k] = True
+    return lost
+
+
+def sequence_gaps(
+    key: np.ndarray, sequence: np.ndarray, advance: np.ndarray, expected: np.ndarray, known: np.ndarray
+) -> int:
+    """Records (or packets) that sequence-number gaps say were lost, messages taken in order; each
+    message's key indexes `expected` / `known` (the next number per key, updated in place)."""
+    return int(_sequence_gaps(key, sequence.astype(np.int64), advance.astype(np.int64), expected, known))

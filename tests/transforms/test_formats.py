@@ -184,3 +184,17 @@ def test_nfdump_csv_addresses_read_in_columns_agree_with_pythons_ipaddress() -> 
             continue
         value = V4_MAPPED | int(address) if address.version == 4 else int(address)
         assert (hi, lo) == ((0, value) if address.version == 4 else (value >> 64, value & (2**64 - 1))), text
+
+
+def test_the_same_flows_framed_as_mtu_datagrams_or_big_messages_decode_to_the_same_records() -> None:
+    week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=40, mobile_phones=40, seed=4))
+    exporter = week.spec.exporters[1]
+    flows = week.flows[exporter.name]
+    decoded = []
+    for shape in (ExportShape(), ExportShape(message_size=65535, flush_ms=60_000, domains=1), ExportShape(domains=5)):
+        data = encode_export_stream(flows, shape, 32, exporter.sampling_style, exporter.sampling_rate)
+        result = ipfix.decode_ipfix(data, exporter.name, "x.ipfix", ExporterState())
+        assert result.problems == [] and result.lost_records == 0
+        decoded.append(result.flows.drop("domain_id").sort(pl.all()))
+    assert decoded[0].height == flows.height
+    assert decoded[0].equals(decoded[1]) and decoded[0].equals(decoded[2])
