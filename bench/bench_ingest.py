@@ -10,7 +10,8 @@ Paths (each decoded in its own process, so peak RSS is that decode's alone):
   ipfix-pcap    the ipfix-mtu datagrams captured on the wire (Ethernet/IPv4/UDP pcap)
   v9-pcap       NetFlow v9 export packets of the same flows (IPv4), MTU-sized, in a pcap
   nfdump        baseline: Debian's nfcapd receives the ipfix-mtu datagrams on 127.0.0.1, then
-                `nfdump -R <dir> -s proto/bytes` reads its files (every record, minimal output)
+                `nfdump -R <dir> -s proto/bytes` reads its files (every record, least work each)
+  nfdump-ip     the same files read by `nfdump -R <dir> -s ip/bytes` (top talkers: a hash per record)
 Each prints records/s per wall second and per CPU second (median of --runs), peak RSS, and a
 checksum (records, sum of octets) that the independent reader (nfdump) must agree with.
 nfdump CSV and FreeRADIUS detail have their own scripts (bench_nfdump_csv.py, bench_radius.py).
@@ -160,7 +161,7 @@ def decode(path: Path) -> tuple[int, int]:
     return result.flows.height, int(result.flows["bytes"].sum())
 
 
-def nfdump_baseline(path: Path, workdir: Path) -> tuple[int, int, float, float, float]:
+def nfdump_baseline(path: Path, workdir: Path, statistic: str) -> tuple[int, int, float, float, float]:
     """nfcapd receives the file's datagrams on loopback (paced, so none is dropped), then nfdump
     reads its files. Returns records, octets, nfdump wall s, nfdump CPU s, nfdump peak RSS MB."""
     if shutil.which("nfcapd") is None or shutil.which("nfdump") is None:
@@ -184,7 +185,7 @@ def nfdump_baseline(path: Path, workdir: Path) -> tuple[int, int, float, float, 
     time.sleep(2)
     collector.terminate()
     collector.wait(timeout=60)
-    command = ["nfdump", "-R", str(store), "-s", "proto/bytes", "-n", "0", "-N"]
+    command = ["nfdump", "-R", str(store), "-s", statistic, "-n", "10", "-N"]
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -197,9 +198,9 @@ def nfdump_baseline(path: Path, workdir: Path) -> tuple[int, int, float, float, 
 
 
 def _child(name: str, path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    if name == "nfdump":  # in a process of its own, so that RUSAGE_CHILDREN is nfcapd's and nfdump's only
+    if name.startswith("nfdump"):  # in a process of its own: RUSAGE_CHILDREN is nfcapd's and nfdump's only
         with tempfile.TemporaryDirectory() as tmp:
-            queue.put(nfdump_baseline(Path(path), Path(tmp)))
+            queue.put(nfdump_baseline(Path(path), Path(tmp), NFDUMP_STATISTICS[name]))
         return
     started, cpu = time.perf_counter(), time.process_time()
     count, checksum = decode(Path(path))
@@ -224,6 +225,7 @@ def measure(name: str, path: Path) -> tuple[int, int, float, float, float]:
     return result  # type: ignore[no-any-return]
 
 
+NFDUMP_STATISTICS = {"nfdump": "proto/bytes", "nfdump-ip": "ip/bytes"}
 FILES: dict[str, Callable[[int], Path]] = {
     "ipfix-mtu": ipfix_mtu,
     "ipfix-sparse": ipfix_sparse,
@@ -236,14 +238,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--paths", default="ipfix-mtu,ipfix-sparse,ipfix-pcap,v9-pcap,nfdump")
+    parser.add_argument("--paths", default="ipfix-mtu,ipfix-sparse,ipfix-pcap,v9-pcap,nfdump,nfdump-ip")
     args = parser.parse_args()
     print(
         f"{'path':13} {'records':>11} {'file MB':>8} {'wall s':>7} {'M rec/s':>8} {'M rec/CPU s':>11} "
         f"{'peak MB':>8}  checksum (records, octets)"
     )
     for name in args.paths.split(","):
-        path = ipfix_mtu(args.records) if name == "nfdump" else FILES[name](args.records)
+        path = ipfix_mtu(args.records) if name.startswith("nfdump") else FILES[name](args.records)
         runs = [measure(name, path) for _ in range(args.runs)]
         count, checksum = runs[0][0], runs[0][1]
         wall = statistics.median(r[2] for r in runs)

@@ -297,7 +297,7 @@ def _stage_flows(
     kept = flows.with_columns(pl.col(name).alias(alias) for name, alias in RECORD_RATE_KEPT.items())
     known, unknown = resolve_sampling(kept, announcements, default, override)
     # Staged for attribution: LZ4 decodes fastest, and row groups of 1 M rows are its chunks.
-    known.write_parquet(staged.part, compression="lz4", row_group_size=1_000_000)
+    known.write_parquet(staged.part, compression="lz4", row_group_size=1_000_000, statistics=False)
     staged.records = known.height
     staged.raw_bytes = int(known["bytes"].sum() or 0)
     staged.sampling = {

@@ -225,6 +225,7 @@ def decode_table(
     init_changes: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
     initial_init = dict(acc.state.system_init_ms)
     options_seen: dict[tuple[Template, bytes], tuple[int, list[dict[int, int]]]] = {}
+    last_announced = {(a.origin, a.domain_id, a.selector_id): a for a in acc.state.sampling}
     for member in options_members.tolist():
         index = int(data_sets[member])
         pos, length = int(sets.pos[index]), int(sets.length[index])
@@ -250,7 +251,12 @@ def decode_table(
             announcement = sampling_from_options(values, origin, domain, prefix)
             if announcement is not None:
                 acc.sampling.append(announcement)
-                acc.state.sampling.append(announcement)
+                # Exporters repeat their announcement every few minutes: the state keeps a change
+                # of rate (the latest one counts), not every repetition.
+                announced = (announcement.origin, announcement.domain_id, announcement.selector_id)
+                if last_announced.get(announced) != announcement:
+                    acc.state.sampling.append(announcement)
+                    last_announced[announced] = announcement
 
     # Flow records, one gather per (template, origin, domain).
     flow_members = np.flatnonzero(known & ~is_options[chosen])

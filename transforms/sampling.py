@@ -33,14 +33,23 @@ def announcements_frame(announcements: list[SamplingAnnouncement]) -> pl.DataFra
     )
 
 
-def resolve_sampling(
-    flows: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(flows with sampling_rate and sampling_source; flows with no known rate plus `reason`).
+SAMPLING_KEY = ("origin", "domain_id", "selector_id")
 
-    Order: a rate in the record or export header; the announced rate of the record's selector;
-    the domain's rate when it announced exactly one; the configured default. A configured
-    override replaces all of them (for exporters known to announce a wrong rate).
+
+def keys_needing_announcements(flows: pl.DataFrame) -> pl.DataFrame:
+    """Distinct (origin, domain_id, selector_id) of the flows whose rate is not in the record itself."""
+    return flows.filter(pl.col("record_rate").is_null()).select(SAMPLING_KEY).unique()
+
+
+def rates_of_keys(
+    keys: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
+) -> pl.DataFrame:
+    """(origin, domain_id, selector_id, sampling_rate, sampling_source) per key: what a flow without
+    a rate of its own gets (nulls when none is known), sorted by key.
+
+    Order: the announced rate of the key's selector; the domain's rate when it announced exactly
+    one (for flows without a selector); the configured default. A configured override replaces
+    all of them (for exporters known to announce a wrong rate).
     """
     latest = (
         announcements.filter(pl.col("rate") > 0)
@@ -60,26 +69,45 @@ def resolve_sampling(
         .filter(pl.col("_n") == 1)
         .drop("_n")
     )
-    joined = flows.join(by_selector, on=["origin", "domain_id", "selector_id"], how="left").join(
+    joined = keys.join(by_selector, on=list(SAMPLING_KEY), how="left").join(
         single, on=["origin", "domain_id"], how="left"
     )
     default = pl.lit(default_rate, dtype=pl.UInt32) if default_rate else pl.lit(None, dtype=pl.UInt32)
     domain_wide = pl.col("selector_id") == NO_SELECTOR
-    resolved = joined.with_columns(
-        sampling_rate=pl.coalesce(
-            "record_rate", "_sel_rate", pl.when(domain_wide).then(pl.col("_dom_rate")), default
-        ).cast(pl.UInt32),
+    rates = joined.select(
+        *SAMPLING_KEY,
+        sampling_rate=pl.coalesce("_sel_rate", pl.when(domain_wide).then(pl.col("_dom_rate")), default).cast(
+            pl.UInt32
+        ),
         sampling_source=pl.coalesce(
-            "record_rate_source",
             "_sel_src",
             pl.when(domain_wide).then(pl.col("_dom_src")),
             pl.when(default.is_not_null()).then(pl.lit("config")),
         ),
-    ).drop("_sel_rate", "_sel_src", "_dom_rate", "_dom_src", "record_rate", "record_rate_source")
+    )
     if override_rate:
-        resolved = resolved.with_columns(
+        rates = rates.with_columns(
             sampling_rate=pl.lit(override_rate, dtype=pl.UInt32), sampling_source=pl.lit("config:override")
         )
+    return rates.sort(SAMPLING_KEY)
+
+
+def apply_rates(
+    flows: pl.DataFrame, key_rates: pl.DataFrame, override_rate: int | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(flows with sampling_rate and sampling_source; flows with no known rate plus `reason`): a rate
+    in the record or export header first, else the rate of the flow's key (from rates_of_keys)."""
+    joined = flows.join(key_rates, on=list(SAMPLING_KEY), how="left")
+    if override_rate:
+        resolved = joined
+    else:
+        resolved = joined.with_columns(
+            sampling_rate=pl.coalesce("record_rate", "sampling_rate").cast(pl.UInt32),
+            sampling_source=pl.when(pl.col("record_rate").is_not_null())
+            .then(pl.col("record_rate_source"))
+            .otherwise(pl.col("sampling_source")),
+        )
+    resolved = resolved.drop("record_rate", "record_rate_source")
     known = resolved.filter(pl.col("sampling_rate").is_not_null())
     unknown = resolved.filter(pl.col("sampling_rate").is_null()).with_columns(
         reason=pl.lit("no sampling rate known for this exporter/domain/selector")
@@ -87,30 +115,10 @@ def resolve_sampling(
     return known, unknown
 
 
-SAMPLING_KEY = ("origin", "domain_id", "selector_id")
-
-
-def keys_needing_announcements(flows: pl.DataFrame) -> pl.DataFrame:
-    """Distinct (origin, domain_id, selector_id) of the flows whose rate is not in the record itself."""
-    return flows.filter(pl.col("record_rate").is_null()).select(SAMPLING_KEY).unique()
-
-
-def rates_of_keys(
-    keys: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
-) -> pl.DataFrame:
-    """(origin, domain_id, selector_id, sampling_rate, sampling_source) for each key, as
-    resolve_sampling would give a flow without a rate of its own (nulls when none is known)."""
-    probe = keys.with_columns(
-        record_rate=pl.lit(None, dtype=pl.UInt32), record_rate_source=pl.lit(None, dtype=pl.String)
-    )
-    known, unknown = resolve_sampling(probe, announcements, default_rate, override_rate)
-    return pl.concat(
-        [
-            known.select(*SAMPLING_KEY, "sampling_rate", "sampling_source"),
-            unknown.select(
-                *SAMPLING_KEY,
-                pl.lit(None, dtype=pl.UInt32).alias("sampling_rate"),
-                pl.lit(None, dtype=pl.String).alias("sampling_source"),
-            ),
-        ]
-    ).sort(SAMPLING_KEY)
+def resolve_sampling(
+    flows: pl.DataFrame, announcements: pl.DataFrame, default_rate: int | None, override_rate: int | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(flows with sampling_rate and sampling_source; flows with no known rate plus `reason`): a rate
+    in the record or export header, else as rates_of_keys says for the flow's key."""
+    keys = keys_needing_announcements(flows) if not override_rate else flows.select(SAMPLING_KEY).unique()
+    return apply_rates(flows, rates_of_keys(keys, announcements, default_rate, override_rate), override_rate)
