@@ -279,7 +279,7 @@ def attribute_exporter(
     on two threads (flows.attribute), so memory stays bounded whatever the week's size."""
     assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
     day_starts = _day_starts(window)
-    with attribute.keeping_freed_memory():
+    with processes.two_core_step("attribution"), attribute.keeping_freed_memory():
         lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
         totals = attribute.attribute_files(
             [Path(p) for p in parts],

@@ -1,9 +1,10 @@
-"""Steps run in a child process: result, progress, exceptions and a dying child come back."""
+"""Steps run in a worker process: result, progress, exceptions and a dying worker come back."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -40,8 +41,16 @@ def test_the_result_comes_from_another_process_and_its_progress_reaches_the_list
     seen: list[tuple[str, str, int, int]] = []
     with progress.listening(lambda *event: seen.append(event)):
         pid, doubled = run_in_process(_counts_up, 3)
+        deadline = time.monotonic() + 10
+        while len(seen) < 3 and time.monotonic() < deadline:  # reports are relayed by a thread
+            time.sleep(0.05)
     assert pid != os.getpid() and doubled == 6
     assert seen == [("ingest", "r1", 1, 3), ("ingest", "r1", 2, 3), ("ingest", "r1", 3, 3)]
+
+
+def test_workers_are_reused_from_one_step_to_the_next() -> None:
+    pids = {run_in_process(_counts_up, 1)[0] for _ in range(6)}
+    assert os.getpid() not in pids and len(pids) <= os.cpu_count()
 
 
 def test_an_input_error_is_raised_here_as_it_was_there() -> None:
@@ -56,6 +65,7 @@ def test_an_exception_that_cannot_travel_becomes_its_type_name_without_its_messa
     assert "_Unpicklable" in str(caught.value) and "u1@" not in str(caught.value)
 
 
-def test_a_child_killed_mid_step_is_a_clear_failure() -> None:
-    with pytest.raises(ChildProcessDied, match="exit code -9"):
+def test_a_worker_killed_mid_step_is_a_clear_failure_and_the_next_step_runs() -> None:
+    with pytest.raises(ChildProcessDied, match="_dies ended without a result"):
         run_in_process(_dies)
+    assert run_in_process(_counts_up, 2)[1] == 4
