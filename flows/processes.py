@@ -2,10 +2,10 @@
 
 Prefect runs a flow's tasks in threads of one process, which share one interpreter lock; a decoder
 spends part of its time in Python (message walks, template sets), so threads alone keep a second
-core idle. Steps go to a pool of one worker process per core, started fresh ("spawn": no copy of
-the parent's threads or locks) on first use and kept for the life of this process, so a week of
-30 exporters pays the start of two interpreters, not thirty. Workers die with their parent, send
-their progress reports to the parent's listeners, and hand back the result or the exception.
+core idle. Steps go to worker processes, at most one per core at a time, started fresh ("spawn":
+no copy of the parent's threads or locks) on first use and reused for the life of this process.
+Workers die with their parent, send their progress reports to the parent's listeners, and hand
+back the result or the exception.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import ctypes
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from flows import interrupts, progress
@@ -48,29 +45,33 @@ def two_core_step(name: str) -> Iterator[None]:
         _pairs.release()
 
 
-# In a worker: where its progress reports go.
-_channel: Any = None
-
-
-def _start_worker(channel: Any) -> None:
-    global _channel
-    _channel = channel
+def _serve(connection: Any) -> None:
+    """A worker's life: run each (function, args) it is sent, reporting progress on the way."""
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
     # Ctrl-C in the terminal reaches the whole foreground group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    def forward(stage: str, key: str, done: int, total: int) -> None:
+        connection.send(("progress", (stage, key, done, total)))
 
-def _forward(stage: str, key: str, done: int, total: int) -> None:
-    _channel.put((stage, key, done, total))
-
-
-def _call(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    try:
-        with progress.listening(_forward):
-            return function(*args)
-    except Exception as exc:
-        raise _picklable(exc) from None
+    while True:
+        try:
+            function, args = connection.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        try:
+            with progress.listening(forward):
+                value = function(*args)
+        except Exception as exc:
+            connection.send(("error", _picklable(exc)))
+            continue
+        try:
+            connection.send(("result", value))
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
+            connection.send(
+                ("error", RuntimeError(f"the result of {function.__name__} is not transferable: {type(exc).__name__}"))
+            )
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -83,75 +84,82 @@ def _picklable(exc: BaseException) -> BaseException:
     return exc
 
 
-class _Pool:
-    """The worker processes and the thread that relays their progress reports."""
+class _Worker:
+    """One worker process and the pipe to it (pipes, not multiprocessing queues: no named
+    semaphores, so nothing is left for the resource tracker to warn about when a run is killed)."""
 
     def __init__(self) -> None:
         context = mp.get_context("spawn")
-        self.channel = context.Queue()
-        self.executor = ProcessPoolExecutor(
-            CORES, mp_context=context, initializer=_start_worker, initargs=(self.channel,)
-        )
-        self.relay = threading.Thread(target=self._relay, name="worker-progress", daemon=True)
-        self.closed = threading.Event()
-        self.relay.start()
+        self.connection, theirs = context.Pipe(duplex=True)
+        self.process = context.Process(target=_serve, args=(theirs,), name="trafficreport-worker", daemon=True)
+        self.process.start()
+        theirs.close()
 
-    def _relay(self) -> None:
-        while not self.closed.is_set():
-            try:
-                event = self.channel.get(timeout=0.5)
-            except (queue.Empty, OSError, EOFError, ValueError):
-                continue
-            progress.report(*event)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.closed.set()
+    def stop(self) -> None:
+        self.connection.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout=5)
 
 
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
+_slots = threading.BoundedSemaphore(CORES)
+_idle: list[_Worker] = []
+_idle_lock = threading.Lock()
 
 
-def _current_pool() -> _Pool:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = _Pool()
-        return _pool
-
-
-def _discard_pool(broken: _Pool) -> None:
-    global _pool
-    with _pool_lock:
-        if _pool is broken:
-            _pool = None
-    broken.close()
+def _take_worker() -> _Worker:
+    with _idle_lock:
+        while _idle:
+            worker = _idle.pop()
+            if worker.process.is_alive():
+                return worker
+            worker.stop()
+    return _Worker()
 
 
 def run_in_process(function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a worker process (one per core; a call waits for a free one); its
-    progress reports reach this process's listeners and its exception is raised here. On Ctrl-C
-    the wait ends at once (the workers die with this process)."""
+    """`function(*args)` in a worker process (at most one per core at a time; a call waits for a
+    free one, and workers are reused from call to call, so a week of 30 exporters starts two
+    interpreters, not thirty). Its progress reports reach this process's listeners and its
+    exception is raised here. Ctrl-C ends the wait at once and the worker with it."""
     name = getattr(function, "__name__", "a step")
-    pool = _current_pool()
-    try:
-        future = pool.executor.submit(_call, function, args)
-    except BrokenProcessPool:  # a worker died during an earlier step: start afresh
-        _discard_pool(pool)
-        pool = _current_pool()
-        future = pool.executor.submit(_call, function, args)
-    while True:
+    while not _slots.acquire(timeout=0.5):
         interrupts.check(name)
-        try:
-            return future.result(timeout=0.5)  # type: ignore[no-any-return]
-        except TimeoutError:
-            continue
-        except BrokenProcessPool:
-            _discard_pool(pool)
-            raise ChildProcessDied(
-                f"{name} ended without a result (its worker process was killed, or ran out of memory)"
-            ) from None
+    worker: _Worker | None = None
+    try:
+        interrupts.check(name)
+        worker = _take_worker()
+        worker.connection.send((function, args))
+        while True:
+            if not worker.connection.poll(0.5):
+                interrupts.check(name)
+                if not worker.process.is_alive() and not worker.connection.poll(0):
+                    raise ChildProcessDied(
+                        f"{name} ended without a result (exit code {worker.process.exitcode}: its worker "
+                        "process was killed, or ran out of memory)"
+                    )
+                continue
+            try:
+                kind, payload = worker.connection.recv()
+            except (EOFError, OSError):
+                worker.process.join(timeout=5)
+                raise ChildProcessDied(
+                    f"{name} ended without a result (exit code {worker.process.exitcode}: its worker "
+                    "process was killed, or ran out of memory)"
+                ) from None
+            if kind == "progress":
+                progress.report(*payload)
+                continue
+            with _idle_lock:
+                _idle.append(worker)
+            worker = None
+            if kind == "error":
+                raise payload
+            return payload  # type: ignore[no-any-return]
+    finally:
+        if worker is not None:  # interrupted, or the worker died: it is not reused
+            worker.stop()
+        _slots.release()
 
 
 def processes_allowed() -> bool:
