@@ -76,9 +76,7 @@ def rates_of_keys(
     domain_wide = pl.col("selector_id") == NO_SELECTOR
     rates = joined.select(
         *SAMPLING_KEY,
-        sampling_rate=pl.coalesce("_sel_rate", pl.when(domain_wide).then(pl.col("_dom_rate")), default).cast(
-            pl.UInt32
-        ),
+        sampling_rate=pl.coalesce("_sel_rate", pl.when(domain_wide).then(pl.col("_dom_rate")), default).cast(pl.UInt32),
         sampling_source=pl.coalesce(
             "_sel_src",
             pl.when(domain_wide).then(pl.col("_dom_src")),
