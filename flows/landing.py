@@ -241,7 +241,9 @@ def ingest_exporter(
     reason = ""
     for staged in written:
         if final_rates is not None and not staged.rates.equals(
-            staged.rates.select(SAMPLING_KEY).join(final_rates, on=list(SAMPLING_KEY), how="left", nulls_equal=True)
+            staged.rates.select(SAMPLING_KEY).join(
+                final_rates, on=list(SAMPLING_KEY), how="left", nulls_equal=True, maintain_order="left"
+            )
         ):
             result.revisited_parts += 1
             _restage(staged, announcements, default_rate, override_rate)

@@ -15,6 +15,7 @@ import ctypes
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -114,7 +115,39 @@ def _take_worker() -> _Worker:
             if worker.process.is_alive():
                 return worker
             worker.stop()
-    return _Worker()
+    return _spawned_worker()
+
+
+# The kernel sends PR_SET_PDEATHSIG when the *thread* that forked the child ends, so workers are
+# started by one thread that lives as long as this process: a worker started for one Prefect
+# task thread keeps serving after that thread is gone (backfill runs weeks one after another).
+_spawn_requests: queue.Queue[tuple[threading.Event, list[Any]]] = queue.Queue()
+_spawner: threading.Thread | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn_forever() -> None:
+    while True:
+        done, box = _spawn_requests.get()
+        try:
+            box.append(_Worker())
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that asked
+            box.append(exc)
+        done.set()
+
+
+def _spawned_worker() -> _Worker:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = threading.Thread(target=_spawn_forever, name="worker-spawner", daemon=True)
+            _spawner.start()
+    done, box = threading.Event(), list[Any]()
+    _spawn_requests.put((done, box))
+    done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]  # type: ignore[no-any-return]
 
 
 def run_in_process(function: Callable[..., T], *args: Any) -> T:

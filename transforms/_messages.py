@@ -38,6 +38,8 @@ from transforms._walk import copy_runs, sequence_gaps, sets_of_messages
 
 NO_INIT = np.iinfo(np.int64).min
 BLOCK_RECORDS = 1 << 18
+# Beyond the year 9999 in ms (and far below int64): a larger clock reference is damage.
+MAX_EPOCH_MS = 253_402_300_800_000
 
 
 @dataclass
@@ -80,6 +82,16 @@ def fields(buf: np.ndarray, at: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.zeros(0, dtype=dtype)
     rows = np.lib.stride_tricks.sliding_window_view(buf, dtype.itemsize)
     return np.ascontiguousarray(rows[at]).view(dtype).reshape(at.size)
+
+
+def _pairs_of(origin: np.ndarray, domain: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A dense number for each (origin index, domain) and the pairs by number."""
+    number = np.empty(origin.size, dtype=np.int64)
+    pairs: list[tuple[int, int]] = []
+    for index, (code, members) in enumerate(groups_of((origin.astype(np.int64) << 32) | domain.astype(np.int64))):
+        number[members] = index
+        pairs.append((code >> 32, code & 0xFFFF_FFFF))
+    return number, pairs
 
 
 def groups_of(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -186,18 +198,17 @@ def decode_table(
     acc.state.templates.clear()
     acc.state.templates.update(current)
 
-    # The template in force for each data set.
+    # The template in force for each data set. (origin, domain) pairs get a dense number first: a
+    # capture may hold datagrams from any number of source addresses.
     data_sets = np.flatnonzero(sets.set_id >= 256)
-    codes = (
-        (origin_of[data_sets].astype(np.uint64) << np.uint64(48))
-        | (domain_of[data_sets].astype(np.uint64) << np.uint64(16))
-        | sets.set_id[data_sets].astype(np.uint64)
-    )
+    pair_of, pairs = _pairs_of(origin_of[data_sets], domain_of[data_sets])
+    codes = (pair_of.astype(np.uint64) << np.uint64(16)) | sets.set_id[data_sets].astype(np.uint64)
     templates: list[Template] = []
     template_index: dict[Template, int] = {}
     chosen = np.full(data_sets.size, -1, dtype=np.int64)
     for code, members in groups_of(codes):
-        key = (table.origins[code >> 48], (code >> 16) & 0xFFFF_FFFF, code & 0xFFFF)
+        pair_origin, pair_domain = pairs[code >> 16]
+        key = (table.origins[pair_origin], pair_domain, code & 0xFFFF)
         positions, versions = changes.get(key, ([], []))
         slots = np.full(len(versions) + 1, -1, dtype=np.int64)
         for slot, template in enumerate([initial.get(key), *versions]):
@@ -243,6 +254,10 @@ def decode_table(
             decoded = options_seen[raw_options] = (int(records.size), options_values(records, usable))
         records_of[index] = decoded[0]
         for values in decoded[1]:
+            if values.get(IE_SYSTEM_INIT_MS, 0) >= MAX_EPOCH_MS:
+                reason = f"systemInitTimeMilliseconds {values[IE_SYSTEM_INIT_MS]} is out of range; ignored"
+                acc.problem(pos, reason, length)
+                values = {ie: value for ie, value in values.items() if ie != IE_SYSTEM_INIT_MS}  # noqa: PLW2901
             if IE_SYSTEM_INIT_MS in values:
                 acc.state.system_init_ms[(origin, domain)] = values[IE_SYSTEM_INIT_MS]
                 where, value = init_changes.setdefault((origin_index, domain), ([], []))
@@ -260,14 +275,10 @@ def decode_table(
 
     # Flow records, one gather per (template, origin, domain).
     flow_members = np.flatnonzero(known & ~is_options[chosen])
-    groups = (
-        (chosen[flow_members].astype(np.uint64) << np.uint64(48))
-        | (origin_of[data_sets[flow_members]].astype(np.uint64) << np.uint64(32))
-        | domain_of[data_sets[flow_members]].astype(np.uint64)
-    )
+    groups = (chosen[flow_members].astype(np.uint64) << np.uint64(40)) | pair_of[flow_members].astype(np.uint64)
     for code, in_group in groups_of(groups):
-        template = templates[code >> 48]
-        origin_index, domain = (code >> 32) & 0xFFFF, code & 0xFFFF_FFFF
+        template = templates[code >> 40]
+        origin_index, domain = pairs[code & 0xFF_FFFF_FFFF]
         origin = table.origins[origin_index]
         indexes = data_sets[flow_members[in_group]]
         set_pos = sets.pos[indexes]
@@ -299,10 +310,14 @@ def decode_table(
         block_of = (np.cumsum(counts) - counts) // BLOCK_RECORDS
         edges = np.flatnonzero(np.diff(block_of, prepend=-1, append=block_of[-1] + 1 if block_of.size else 0))
         scratch = np.empty(int(np.add.reduceat(counts, edges[:-1]).max()) * record_length, dtype=np.uint8)
-        first_record = copy_runs(buf, set_pos[:1] + 4, np.minimum(counts[:1], 1) * record_length).view(dtype)
-        why = _template_unusable(first_record, template, clocked, export_ms)
+        holding = np.flatnonzero(counts > 0)  # sets shorter than one record are padding only
+        if not holding.size:
+            continue
+        first_set = int(holding[0])
+        probe = copy_runs(buf, set_pos[first_set : first_set + 1] + 4, np.array([record_length])).view(dtype)
+        why = _template_unusable(probe, template, clocked, export_ms[first_set : first_set + 1])
         if why is not None:
-            for slot in range(indexes.size):
+            for slot in holding.tolist():
                 text = f"template {template.template_id}: {why}; {counts[slot]} records set aside"
                 acc.problem(int(set_pos[slot]), text, int(lengths[slot] - 4))
             continue
@@ -314,7 +329,7 @@ def decode_table(
             block_export, block_init = export_ms[block], init[block]
             if clocked and _uses_uptime(template):
                 set_aside = block_init == NO_INIT
-                for slot in np.flatnonzero(set_aside).tolist():
+                for slot in np.flatnonzero(set_aside & (block_counts > 0)).tolist():
                     text = (
                         f"template {template.template_id}: sysUpTime-relative timestamps but no "
                         f"systemInitTimeMilliseconds announced; {block_counts[slot]} records set aside"

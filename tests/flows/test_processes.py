@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -69,3 +70,16 @@ def test_a_worker_killed_mid_step_is_a_clear_failure_and_the_next_step_runs() ->
     with pytest.raises(ChildProcessDied, match="_dies ended without a result"):
         run_in_process(_dies)
     assert run_in_process(_counts_up, 2)[1] == 4
+
+
+def test_a_worker_outlives_the_thread_that_first_needed_it() -> None:
+    # The kernel's parent-death signal follows the thread that forked: a worker forked by a task
+    # thread that has ended must still serve the next step.
+    first: list[int] = []
+    starter = threading.Thread(target=lambda: first.append(run_in_process(_counts_up, 1)[0]))
+    starter.start()
+    starter.join()
+    time.sleep(1.0)
+    os.kill(first[0], 0)  # raises if the worker was killed when its thread ended
+    pids = {run_in_process(_counts_up, 1)[0] for _ in range(4)}
+    assert first[0] in pids

@@ -198,3 +198,66 @@ def test_the_same_flows_framed_as_mtu_datagrams_or_big_messages_decode_to_the_sa
         decoded.append(result.flows.drop("domain_id").sort(pl.all()))
     assert decoded[0].height == flows.height
     assert decoded[0].equals(decoded[1]) and decoded[0].equals(decoded[2])
+
+
+def _set(set_id: int, body: bytes) -> bytes:
+    return struct.pack("!HH", set_id, len(body) + 4) + body
+
+
+def _message(body: bytes, sequence: int = 0, domain: int = 1) -> bytes:
+    return struct.pack("!HHIII", 10, 16 + len(body), 1_700_000_000, sequence, domain) + body
+
+
+def test_a_template_without_addresses_is_reported_even_when_its_first_set_holds_no_record() -> None:
+    no_addresses = struct.pack("!HH", 320, 3) + struct.pack("!HHHHHH", 152, 8, 2, 8, 1, 8)
+    data = _message(_set(2, no_addresses) + _set(320, b"")) + _message(_set(320, struct.pack("!QQQ", 1, 2, 3)))
+    result = ipfix.decode_ipfix(data, "r", "x.ipfix", ExporterState())
+    assert result.flows.height == 0
+    assert [p.reason for p in result.problems] == [
+        "template 320: template has no source/destination address; 1 records set aside"
+    ]
+
+
+def test_an_out_of_range_clock_reference_is_reported_and_ignored() -> None:
+    options = struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)
+    uptime = struct.pack("!HH", 300, 6) + struct.pack("!HHHHHHHHHHHH", 22, 4, 21, 4, 8, 4, 12, 4, 2, 4, 1, 4)
+    record = struct.pack("!IIIIII", 1000, 2000, 0x0A000001, 0x0B000001, 1, 60)
+    data = _message(
+        _set(3, options) + _set(400, struct.pack("!IQ", 1, 2**63 + 5)) + _set(2, uptime) + _set(300, record)
+    )
+    result = ipfix.decode_ipfix(data, "r", "x.ipfix", ExporterState())
+    assert result.flows.height == 0
+    reasons = [p.reason for p in result.problems]
+    assert reasons[0] == f"systemInitTimeMilliseconds {2**63 + 5} is out of range; ignored"
+    assert reasons[1].startswith("template 300: sysUpTime-relative timestamps but no systemInitTimeMilliseconds")
+
+
+def test_a_capture_from_more_than_65536_source_addresses_keeps_each_exporters_templates() -> None:
+    # Origins used to be packed into 16 bits: the 65,537th address read the first one's templates.
+    template = netflow.V9_FLOW_TEMPLATE
+    records = netflow.pack_v9_records(
+        template,
+        {
+            8: np.array([0x0A000001]),
+            12: np.array([0x0B000001]),
+            7: np.array([1]),
+            11: np.array([2]),
+            4: np.array([6]),
+            2: np.array([3]),
+            1: np.array([300]),
+            22: np.array([10]),
+            21: np.array([20]),
+            48: np.array([0]),
+        },
+    )
+    defining = netflow.encode_v9_packet(1000, 1_717_340_400, 0, 1, [template], [(template, records)])
+    data_only = netflow.encode_v9_packet(1000, 1_717_340_400, 0, 1, [], [(template, records)])
+    junk = udp_segment(9, 9, b"\x00\x09")
+    frames = [(1.0, ethernet_ipv4_frame("1.0.0.0", "192.0.2.9", 17, udp_segment(2055, 2055, defining)))]
+    # 65,535 other sources sort between the two: 9.9.9.9 is the 65,537th address, index 65,536.
+    frames += [(1.0, ethernet_ipv4_frame(f"2.0.{i >> 8}.{i & 255}", "192.0.2.9", 17, junk)) for i in range(1, 65_536)]
+    frames.append((1.0, ethernet_ipv4_frame("9.9.9.9", "192.0.2.9", 17, udp_segment(2055, 2055, data_only))))
+    result = decode_flow_file(write_pcap(frames), "r", "many.pcap", ExporterState())
+    assert result.flows["origin"].to_list() == ["1.0.0.0"]
+    unknown = [p.reason for p in result.problems if "unknown template" in p.reason]
+    assert unknown == ["data flowset for unknown template 256 of source id 1; skipped"]
