@@ -169,3 +169,32 @@ def sequence_gaps(
     """Records (or packets) that sequence-number gaps say were lost, messages taken in order; each
     message's key indexes `expected` / `known` (the next number per key, updated in place)."""
     return int(_sequence_gaps(key, sequence.astype(np.int64), advance.astype(np.int64), expected, known))
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def _pcapng_blocks(buf: np.ndarray, pos: Any, end: Any) -> Any:  # pragma: no cover
+    count = 0
+    at = pos
+    while at + 12 <= end:
+        length = _u32(buf, at + 4, False)
+        if length < 12 or length % 4 or at + length > end:
+            break
+        count += 1
+        at += length
+    offsets = np.empty(count, dtype=np.int64)
+    kinds = np.empty(count, dtype=np.int64)
+    lengths = np.empty(count, dtype=np.int64)
+    at = pos
+    for index in range(count):
+        offsets[index] = at
+        kinds[index] = _u32(buf, at, False)
+        lengths[index] = _u32(buf, at + 4, False)
+        at += lengths[index]
+    return offsets, kinds, lengths, at
+
+
+def pcapng_blocks(buf: np.ndarray, pos: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(offset, block type, length) of each whole block of a little-endian pcapng section from
+    `pos`, and where the run of valid blocks stops."""
+    offsets, kinds, lengths, stop = _pcapng_blocks(buf, pos, end)
+    return offsets, kinds, lengths, int(stop)

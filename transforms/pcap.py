@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms._walk import pcap_records
+from transforms._walk import pcap_records, pcapng_blocks
 from transforms.errors import InputFormatError
 
 PCAP_MAGICS = {
@@ -105,6 +105,37 @@ def _frame(
         yield Datagram(offset, *udp)
 
 
+def _pcapng_one_section(data: bytes) -> Frames | None:
+    """The frames of the common capture (one little-endian section, every block whole), found by
+    a compiled block walk; None for anything else, which the block-by-block walk then reads."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if len(data) < 12 or bytes(data[8:12]) != b"\x4d\x3c\x2b\x1a":
+        return None
+    offsets, kinds, lengths, stop = pcapng_blocks(buf, 0, len(data))
+    if stop != len(data) or (kinds == 0x0A0D0D0A).sum() != 1:
+        return None
+    interfaces = offsets[kinds == 1]
+    links = np.array([struct.unpack_from("<H", data, int(at) + 8)[0] for at in interfaces], dtype=np.int64)
+    enhanced = kinds == 6
+    simple = (kinds == 3) & (lengths >= 16)
+    if ((kinds == 1) & (lengths < 14)).any() or (enhanced & (lengths < 32)).any() or (simple.any() and not links.size):
+        return None
+    at = offsets[enhanced]
+    interface = np.frombuffer(buf[(at[:, None] + np.arange(8, 12)).ravel()].tobytes(), dtype="<u4").astype(np.int64)
+    captured = np.frombuffer(buf[(at[:, None] + np.arange(20, 24)).ravel()].tobytes(), dtype="<u4").astype(np.int64)
+    known = np.searchsorted(interfaces, at)  # interfaces described before each packet
+    if ((interface >= known) | (20 + captured > lengths[enhanced] - 12)).any():
+        return None  # the block-by-block walk names each bad block
+    starts = np.concatenate([at + 28, offsets[simple] + 12])
+    frame_lengths = np.concatenate([captured, lengths[simple] - 16])
+    frame_links = np.concatenate(
+        [links[interface] if links.size else interface, np.full(int(simple.sum()), links[0] if links.size else 0)]
+    )
+    frame_offsets = np.concatenate([at, offsets[simple]])
+    order = np.argsort(frame_offsets, kind="stable")
+    return Frames(frame_offsets[order], starts[order], frame_lengths[order], frame_links[order])
+
+
 def _frames(offset: list[int], start: list[int], length: list[int], link: list[int]) -> Frames:
     return Frames(*(np.array(values, dtype=np.int64) for values in (offset, start, length, link)))
 
@@ -189,7 +220,7 @@ class Datagrams:
 def capture_frames(data: bytes, source: str, problems: list[InputFormatError]) -> Frames:
     """Every frame of a pcap or pcapng capture; a cut or malformed record ends the walk with a problem."""
     if data[:4] == PCAPNG_MAGIC:
-        return _pcapng(memoryview(data), source, problems)
+        return _pcapng_one_section(data) or _pcapng(memoryview(data), source, problems)
     if data[:4] not in PCAP_MAGICS:
         raise InputFormatError(source, "byte 0", "not a pcap or pcapng capture", len(data))
     if len(data) < 24:
