@@ -8,6 +8,7 @@ Paths (each decoded in its own process, so peak RSS is that decode's alone):
   ipfix-sparse  the same records from a quiet exporter: 1 s flush timer, 8 domains, over a week
                 (about 2 records a message, the shape that costs most per record)
   ipfix-pcap    the ipfix-mtu datagrams captured on the wire (Ethernet/IPv4/UDP pcap)
+  ipfix-pcapng  the same capture as pcapng (tshark's and dumpcap's format)
   v9-pcap       NetFlow v9 export packets of the same flows (IPv4), MTU-sized, in a pcap
   nfdump        baseline: Debian's nfcapd receives the ipfix-mtu datagrams on 127.0.0.1, then
                 `nfdump -R <dir> -s proto/bytes` reads its files (every record, least work each)
@@ -26,6 +27,7 @@ import resource
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -108,6 +110,30 @@ def ipfix_pcap(records: int) -> Path:
             for i, m in enumerate(messages(ipfix_mtu(records).read_bytes()))
         ]
         path.write_bytes(write_pcap(frames))
+    return path
+
+
+def ipfix_pcapng(records: int) -> Path:
+    """The ipfix-pcap capture as pcapng (what tshark and dumpcap write): one section, one Ethernet
+    interface, an enhanced packet block per frame."""
+    path = DATA / f"ingest-ipfix-{records}.pcapng"
+    if path.exists():
+        return path
+    data = ipfix_pcap(records).read_bytes()
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)), block(1, struct.pack("<HHI", 1, 0, 65535))]
+    pos = 24
+    while pos < len(data):
+        seconds, micros, captured, original = struct.unpack_from("<IIII", data, pos)
+        stamp = seconds * 1_000_000 + micros
+        frame = data[pos + 16 : pos + 16 + captured]
+        out.append(block(6, struct.pack("<IIIII", 0, stamp >> 32, stamp & 0xFFFFFFFF, captured, original) + frame))
+        pos += 16 + captured
+    path.write_bytes(b"".join(out))
     return path
 
 
@@ -230,6 +256,7 @@ FILES: dict[str, Callable[[int], Path]] = {
     "ipfix-mtu": ipfix_mtu,
     "ipfix-sparse": ipfix_sparse,
     "ipfix-pcap": ipfix_pcap,
+    "ipfix-pcapng": ipfix_pcapng,
     "v9-pcap": v9_pcap,
 }
 
@@ -238,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--paths", default="ipfix-mtu,ipfix-sparse,ipfix-pcap,v9-pcap,nfdump,nfdump-ip")
+    parser.add_argument("--paths", default="ipfix-mtu,ipfix-sparse,ipfix-pcap,ipfix-pcapng,v9-pcap,nfdump,nfdump-ip")
     args = parser.parse_args()
     print(
         f"{'path':13} {'records':>11} {'file MB':>8} {'wall s':>7} {'M rec/s':>8} {'M rec/CPU s':>11} "
