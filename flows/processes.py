@@ -17,6 +17,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -58,9 +59,10 @@ def _serve(connection: Any) -> None:
 
     while True:
         try:
-            function, args = connection.recv()
+            function, args, environment = connection.recv()
         except (EOFError, OSError):
             return  # the parent is gone
+        _follow_environment(environment)
         try:
             with progress.listening(forward):
                 value = function(*args)
@@ -73,6 +75,18 @@ def _serve(connection: Any) -> None:
             connection.send(
                 ("error", RuntimeError(f"the result of {function.__name__} is not transferable: {type(exc).__name__}"))
             )
+
+
+def _follow_environment(environment: dict[str, str]) -> None:
+    """Makes the worker's environment the parent's as of this call: a worker outlives the call
+    that started it, and settings such as S3 endpoints and credentials come from the environment.
+    Cached S3 clients made with the old one are dropped."""
+    if environment == dict(os.environ):
+        return
+    os.environ.clear()
+    os.environ.update(environment)
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -162,7 +176,7 @@ def run_in_process(function: Callable[..., T], *args: Any) -> T:
     try:
         interrupts.check(name)
         worker = _take_worker()
-        worker.connection.send((function, args))
+        worker.connection.send((function, args, dict(os.environ)))
         while True:
             if not worker.connection.poll(0.5):
                 interrupts.check(name)

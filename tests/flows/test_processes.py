@@ -83,3 +83,16 @@ def test_a_worker_outlives_the_thread_that_first_needed_it() -> None:
     os.kill(first[0], 0)  # raises if the worker was killed when its thread ended
     pids = {run_in_process(_counts_up, 1)[0] for _ in range(4)}
     assert first[0] in pids
+
+
+def _variable(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_a_reused_worker_sees_the_environment_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # S3 endpoints and credentials come from the environment, which may change after a worker started.
+    run_in_process(_counts_up, 1)
+    monkeypatch.setenv("TRAFFICREPORT_TEST_VARIABLE", "second")
+    assert run_in_process(_variable, "TRAFFICREPORT_TEST_VARIABLE") == "second"
+    monkeypatch.delenv("TRAFFICREPORT_TEST_VARIABLE")
+    assert run_in_process(_variable, "TRAFFICREPORT_TEST_VARIABLE") is None
