@@ -283,7 +283,7 @@ def _pcapng(frames: list[bytes], interface_of: list[int] | None = None, sections
 
 
 def test_pcapng_read_in_one_pass_gives_what_the_block_by_block_walk_gives() -> None:
-    week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=30, mobile_phones=30, seed=5))
+    week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=8, mobile_phones=8, seed=5))
     exporter = week.spec.exporters[0]
     data = encode_export_stream(week.flows[exporter.name], ExportShape(), 16, "interval", 64)
     messages, pos = [], 0
