@@ -29,11 +29,9 @@ from transforms._records import (
     IE_SRC_V6,
     IE_START_MS,
     Accumulator,
-    Clock,
     DecodeResult,
     ExporterState,
     Template,
-    handle_data_set,
     record_dtype,
 )
 from transforms._walk import ipfix_message_starts
@@ -86,72 +84,6 @@ def parse_template_set(payload: memoryview, options: bool, offset: int) -> list[
             fields.append((ie, length, enterprise))
         out.append((template_id, Template(template_id, tuple(fields), scope_count, True)))
     return out
-
-
-def decode_message(view: memoryview, pos: int, acc: Accumulator, origin: str) -> int:
-    """Decodes the IPFIX message at `pos`; returns its length, or 0 when the stream cannot go on."""
-    left = len(view) - pos
-    if pos + HEADER.size > len(view):
-        acc.problem(
-            pos, f"truncated: message header at byte {pos} needs {HEADER.size} bytes, the data ends after {left}", left
-        )
-        return 0
-    version, length, export_time, sequence, domain = HEADER.unpack_from(view, pos)
-    if version != IPFIX_VERSION:
-        acc.problem(pos, f"not an IPFIX message (version {version}); rest of the data skipped", left)
-        return 0
-    if length < HEADER.size:
-        acc.problem(pos, f"message length {length} is shorter than its header; rest of the data skipped", left)
-        return 0
-    if pos + length > len(view):
-        # A file cut off mid-message: the bytes after the last whole message are what was not read.
-        acc.problem(
-            pos,
-            f"truncated: message at byte {pos} declares {length} bytes, the data ends after {left} "
-            "(runs past the end); rest of the data skipped",
-            left,
-        )
-        return 0
-    acc.messages += 1
-    acc.formats["ipfix"] = acc.formats.get("ipfix", 0) + 1
-    clock = Clock(export_time * 1000, acc.state.system_init_ms.get((origin, domain)))
-    data_records = 0
-    set_pos = pos + HEADER.size
-    end = pos + length
-    while set_pos + SET_HEADER.size <= end:
-        set_id, set_length = SET_HEADER.unpack_from(view, set_pos)
-        if set_length < SET_HEADER.size or set_pos + set_length > end:
-            acc.problem(set_pos, f"set length {set_length} invalid; rest of the message skipped", end - set_pos)
-            break
-        payload = view[set_pos + SET_HEADER.size : set_pos + set_length]
-        try:
-            if set_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
-                for template_id, template in parse_template_set(
-                    payload, set_id == OPTIONS_TEMPLATE_SET_ID, set_pos + 4
-                ):
-                    if template is not None:
-                        acc.state.templates[(origin, domain, template_id)] = template
-                    elif template_id in (TEMPLATE_SET_ID, OPTIONS_TEMPLATE_SET_ID):
-                        for key in [k for k in acc.state.templates if k[:2] == (origin, domain)]:
-                            del acc.state.templates[key]
-                    else:
-                        acc.state.templates.pop((origin, domain, template_id), None)
-            elif set_id >= 256:
-                template = acc.state.templates.get((origin, domain, set_id))
-                if template is None:
-                    acc.problem(
-                        set_pos, f"data set for unknown template {set_id} in domain {domain}; set skipped", set_length
-                    )
-                else:
-                    clock.system_init_ms = acc.state.system_init_ms.get((origin, domain))
-                    data_records += handle_data_set(acc, payload, template, origin, domain, clock, set_pos, "ipfix")
-            else:
-                acc.problem(set_pos, f"reserved set id {set_id}; set skipped", set_length)
-        except (ValueError, struct.error) as exc:
-            acc.problem(set_pos, str(exc), set_length)
-        set_pos += set_length
-    acc.count_sequence((origin, IPFIX_VERSION, domain), sequence, data_records)
-    return length
 
 
 def walk_messages(data: bytes | memoryview, pos: int, end: int, acc: Accumulator) -> np.ndarray:

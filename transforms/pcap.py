@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transforms._messages import be16
 from transforms._walk import pcap_records, pcapng_blocks
 from transforms.errors import InputFormatError
 
@@ -248,10 +249,6 @@ def capture_frames(data: bytes, source: str, problems: list[InputFormatError]) -
     return frames
 
 
-def _be16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return (buf[at].astype(np.int64) << 8) | buf[at + 1]
-
-
 def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputFormatError]) -> Datagrams:
     """The UDP payloads of `frames`. Ethernet/raw/SLL frames of plain IPv4 UDP are read for all
     frames at once; any other frame (VLAN tags, IPv6, fragments, damage) goes through `_frame`."""
@@ -261,9 +258,9 @@ def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputF
     header[np.isin(link, (LINK_RAW, LINK_IPV4))] = 0
     header[link == LINK_NULL] = 4
     ethernet = (link == LINK_ETHERNET) & (length >= 14)
-    header[ethernet] = np.where(_be16(buf, start[ethernet] + 12) == 0x0800, 14, -1)
+    header[ethernet] = np.where(be16(buf, start[ethernet] + 12) == 0x0800, 14, -1)
     sll = (link == LINK_SLL) & (length >= 16)
-    header[sll] = np.where(_be16(buf, start[sll] + 14) == 0x0800, 16, -1)
+    header[sll] = np.where(be16(buf, start[sll] + 14) == 0x0800, 16, -1)
     # Plain IPv4 + UDP that fits its frame: IHL >= 5, protocol 17, not a fragment, lengths consistent.
     ip = start + np.maximum(header, 0)
     room = length - np.maximum(header, 0)
@@ -271,12 +268,12 @@ def udp_payloads(data: bytes, frames: Frames, source: str, problems: list[InputF
     at = ip[simple]
     first = buf[at]
     ihl = (first & 0x0F).astype(np.int64) * 4
-    total = _be16(buf, at + 2)
+    total = be16(buf, at + 2)
     captured = np.minimum(total, room[simple])
     udp_at = at + ihl
-    fits = (first >> 4 == 4) & (ihl >= 20) & (buf[at + 9] == 17) & ((_be16(buf, at + 6) & 0x3FFF) == 0)
+    fits = (first >> 4 == 4) & (ihl >= 20) & (buf[at + 9] == 17) & ((be16(buf, at + 6) & 0x3FFF) == 0)
     fits &= ihl + 8 <= captured
-    udp_length = _be16(buf, np.where(fits, udp_at + 4, at))
+    udp_length = be16(buf, np.where(fits, udp_at + 4, at))
     fits &= (udp_length >= 8) & (udp_length <= captured - ihl)
     simple[np.flatnonzero(simple)[~fits]] = False
     chosen = np.flatnonzero(simple)

@@ -70,6 +70,18 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def _utc_from_local(local: pl.Expr, is_utc: pl.Expr, timezone: str) -> pl.Expr:
+    """A naive FreeRADIUS text time in UTC: as is where it said UTC, else read in `timezone`."""
+    in_zone = local.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+    return pl.when(is_utc).then(local.dt.replace_time_zone("UTC")).otherwise(in_zone.dt.convert_time_zone("UTC"))
+
+
+def _received_s() -> pl.Expr:
+    """Epoch seconds of the event from the receiver's Timestamp less Acct-Delay-Time."""
+    delay = pl.col("delay_s").cast(pl.Int64, strict=False).fill_null(0)
+    return pl.col("timestamp").cast(pl.Int64, strict=False) - delay
+
+
 def _event_time(timezone: str) -> pl.Expr:
     """Event time in UTC: Event-Timestamp (epoch or FreeRADIUS text), else Timestamp - delay."""
     text = pl.col("event_timestamp").str.strip_chars('"').str.strip_chars()
@@ -77,16 +89,8 @@ def _event_time(timezone: str) -> pl.Expr:
     zone = text.str.extract(r"\s([A-Za-z][A-Za-z0-9+-]*)$")
     stamp = text.str.replace(r"\s[A-Za-z][A-Za-z0-9+-]*$", "").str.replace_all(r"\s+", " ")
     local = stamp.str.strptime(pl.Datetime("ms"), "%b %d %Y %H:%M:%S", strict=False)
-    from_text = (
-        pl.when(zone.is_in(["UTC", "GMT", "Z"]))
-        .then(local.dt.replace_time_zone("UTC"))
-        .otherwise(
-            local.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
-        )
-    )
-    received = pl.col("timestamp").cast(pl.Int64, strict=False) - pl.col("delay_s").cast(
-        pl.Int64, strict=False
-    ).fill_null(0)
+    from_text = _utc_from_local(local, zone.is_in(["UTC", "GMT", "Z"]), timezone)
+    received = _received_s()
     return (
         pl.coalesce(
             pl.from_epoch(epoch, time_unit="s").dt.replace_time_zone("UTC"),
@@ -697,16 +701,8 @@ def _event_times(
     """`event_ts` as `_event_time` gives it: from the local times read from FreeRADIUS-written
     values, and from `_event_time` itself for the other values."""
     naive = pl.when(pl.lit(pl.Series(event_local))).then(pl.lit(pl.Series(event_ms))).cast(pl.Datetime("ms"))
-    from_text = (
-        pl.when(pl.lit(pl.Series(event_utc)))
-        .then(naive.dt.replace_time_zone("UTC"))
-        .otherwise(
-            naive.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
-        )
-    )
-    received = pl.col("timestamp").cast(pl.Int64, strict=False) - pl.col("delay_s").cast(
-        pl.Int64, strict=False
-    ).fill_null(0)
+    from_text = _utc_from_local(naive, pl.lit(pl.Series(event_utc)), timezone)
+    received = _received_s()
     event = records.select(
         pl.coalesce(from_text, pl.from_epoch(received, time_unit="s").dt.replace_time_zone("UTC"))
         .dt.cast_time_unit("ms")
