@@ -420,10 +420,10 @@ def cmd_rebuild_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit_calibration(_args: argparse.Namespace) -> int:
+def cmd_fit_calibration(args: argparse.Namespace) -> int:
     from flows.fit_calibration import fit_all_mixtures
 
-    print(f"wrote {fit_all_mixtures()}")
+    print(f"wrote {fit_all_mixtures(args.out)}")
     return 0
 
 
@@ -538,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rebuild_catalog)
 
     p = sub.add_parser("fit-calibration", help="refit the generator's mixtures to the reference tables")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("fitted_mixtures.json"),
+        help="JSON file to write (default fitted_mixtures.json in the current folder); the generator uses "
+        "the copy at transforms/synth/fitted_mixtures.json",
+    )
     p.set_defaults(func=cmd_fit_calibration)
     return parser
 

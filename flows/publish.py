@@ -26,11 +26,12 @@ import polars as pl
 
 from flows import failpoints, storage
 from flows.failures import RunFailed, UsageError
+from flows.resources import sql_folder
 from flows.storage import AnyPath
 
 MANIFEST = "_manifest.json"
 CATALOG = "catalog.duckdb"
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = sql_folder()
 # Conditional-write retries when other weeks' runs publish between our read and our write.
 MANIFEST_ATTEMPTS = 20
 

@@ -9,17 +9,17 @@ import html
 import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
 
 from flows import publish, storage
+from flows.resources import sql_folder
 from flows.storage import AnyPath
 from transforms import report as derive
 
-SQL = Path(__file__).resolve().parents[1] / "sql"
+SQL = sql_folder()
 SCATTER_USERS = 5000
 SERVICES = {
     "broadband": ("Table 1", "Table 3", "Figure 3", "Figure 5"),

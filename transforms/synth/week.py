@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from transforms.synth.calibration import Mixture
-from transforms.synth.fitted_mixtures import MIXTURES
+from transforms.synth.mixtures import MIXTURES
 from transforms.synth.profiles import DAY_FACTOR, PACKET_SIZE, hourly_profile, port_mix
 
 HOUR_MS = 3_600_000
