@@ -11,7 +11,6 @@ the workers (Dask workers report task runs to it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -52,7 +51,12 @@ def main() -> None:
         with LocalCluster(
             n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=None
         ) as cluster:
-            remote = dataclasses.replace(base, warehouse=Path(scratch) / "dask", dask_address=cluster.scheduler_address)
+            remote = base.model_copy(
+                update={
+                    "warehouse": Path(scratch) / "dask",
+                    "dask_address": cluster.scheduler_address,
+                }
+            )
             started = time.monotonic()
             run = weekly_report_runner(remote)(WEEK, remote)
             rows.append((f"dask {args.workers} workers x {args.threads} threads", time.monotonic() - started, run))

@@ -50,16 +50,19 @@ def _print_tables(warehouse: Any, week: dt.date) -> None:
         con.close()
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from flows.settings import load_settings
+# The settings the common flags set, and the flag of each (named in errors and by `config`).
+SETTING_FLAGS = {"landing": "--landing", "warehouse": "--warehouse", "staging": "--staging", "dask_address": "--dask"}
 
-    return load_settings(
-        getattr(args, "config", None),
-        landing=getattr(args, "landing", None),
-        warehouse=getattr(args, "warehouse", None),
-        staging=getattr(args, "staging", None),
-        dask_address=getattr(args, "dask", None),
-    )
+
+def _resolved_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from flows.settings import resolve_settings
+
+    given = {name: getattr(args, flag.removeprefix("--"), None) for name, flag in SETTING_FLAGS.items()}
+    return resolve_settings(getattr(args, "config", None), given, SETTING_FLAGS)
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return _resolved_settings(args)[0]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -272,6 +275,27 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise UsageError(f"{period} is held by a running run here ({alive[0]['holder']}): not releasing it")
     held = locks.release_prefect_slot(str(period))
     print(f"{period}: released {held} Prefect slot(s)" if held else f"{period}: no slot was held")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every setting, its value and where it came from; the pseudonym key only by where it is."""
+    from flows.settings import ENV_PREFIX, format_value, unused_variables
+
+    settings, sources = _resolved_settings(args)
+    width = max(len(name) for name in sources)
+    for name, source in sources.items():
+        origin = "default" if source == "default" else f"from {source}"
+        print(f"{name:<{width}} = {format_value(name, getattr(settings, name))}  # {origin}")
+    if os.environ.get(ENV_PREFIX + "HMAC_KEY"):
+        print(f"# pseudonym key: from {ENV_PREFIX}HMAC_KEY (not shown)")
+    elif settings.hmac_key_secret:
+        print(f"# pseudonym key: from the Prefect Secret block {settings.hmac_key_secret!r}")
+    else:
+        there = "" if settings.hmac_key_file.exists() else " (not there yet)"
+        print(f"# pseudonym key: from the file {settings.hmac_key_file}{there}")
+    for name in unused_variables():
+        print(f"# {name} is set but is not a setting: ignored")
     return 0
 
 
@@ -506,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="published weeks and months, their audit and run")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("config", parents=[common], help="every setting, its value and where it came from")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser(
         "release", parents=[common], help="free the Prefect concurrency slot of a week or month whose run is gone"

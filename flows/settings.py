@@ -1,41 +1,144 @@
-"""One typed settings object, resolved once from defaults, an optional TOML file and the environment."""
+"""One typed settings object, resolved once from defaults, an optional TOML file, the environment
+and explicit values (command-line flags).
+
+Every setting can come from each source; the later wins: defaults < the TOML file (`--config`) <
+`TRAFFICREPORT_<NAME>` environment variables < explicit values (`load_settings(**overrides)`, the
+CLI's `--landing --warehouse --staging --dask`). Values are validated when loaded: a value of the
+wrong type or an unknown name is a `UsageError` naming the source (file, variable or flag), the
+setting, the value and the type expected. `trafficreport config` prints every setting, its value
+and where it came from.
+
+Text forms (of environment variables, which are text; in the TOML file numbers and booleans must
+be TOML numbers and booleans, lists and tables may also be given as text):
+- numbers: `0.1`, `5`; booleans: 1/0, true/false, yes/no, on/off (any case);
+- `exporters`: comma-separated names (`bb-tokyo-1,mobile-gw-1`) or a JSON list;
+- `exporter_services`, `default_sampling`, `sampling_override`: comma-separated `pattern=value`
+  pairs in order (`mobile*=mobile,*=broadband`, `bb-*=1024`) or a JSON object. In TOML they are
+  tables (`[exporter_services]` with `"mobile*" = "mobile"`), order kept.
+An empty variable counts as unset.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from upath import UPath
 
 from flows.failures import UsageError
 from flows.storage import storage_path
 
 ENV_PREFIX = "TRAFFICREPORT_"
+# Variables with the prefix that are not settings: the pseudonym key (never a setting, so never
+# printed or stored), --debug, failpoints of the tests, the deployment's checkout folder.
+NOT_SETTINGS = frozenset({"HMAC_KEY", "DEBUG", "FAILPOINT", "HOME"})
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where data lives, how to read it, and the audit's limits."""
+def _to_storage_path(value: Any) -> UPath:
+    if isinstance(value, UPath):
+        return value
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise ValueError("expected a folder or a URL")
+    return storage_path(value)
+
+
+# A local folder or a URL (s3://...): a UPath made by flows.storage.storage_path (the S3 endpoint
+# from the environment); written as its text, e.g. in a Prefect flow run's parameters.
+StoragePath = Annotated[
+    UPath,
+    PlainValidator(_to_storage_path),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "a local folder or an s3:// URL"}),
+]
+
+
+def _pairs(value: Any) -> Any:
+    """A mapping setting as (pattern, value) pairs in order, from a table (dict), pairs, JSON
+    text or `pattern=value,pattern=value` text."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("not JSON") from None
+        else:
+            pairs = []
+            for item in text.split(","):
+                if not item.strip():
+                    continue
+                pattern, equals, setting = item.rpartition("=")
+                if not equals or not pattern.strip():
+                    raise ValueError(f"{item.strip()!r} is not pattern=value")
+                pairs.append((pattern.strip(), setting.strip()))
+            return tuple(pairs)
+    if isinstance(value, Mapping):
+        return tuple(value.items())
+    return value
+
+
+def _names(value: Any) -> Any:
+    """The exporter inventory from a list, JSON text or comma-separated text."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("not JSON") from None
+        else:
+            value = text.split(",")
+    if isinstance(value, list | tuple):
+        stripped = (name.strip() if isinstance(name, str) else name for name in value)
+        return tuple(name for name in stripped if name != "")
+    return value
+
+
+class Settings(BaseSettings):
+    """Where data lives, how to read it, and the audit's limits.
+
+    `Settings()` is the defaults with the environment on top, `Settings(name=value)` puts values on
+    top of both; `load_settings()` adds the TOML file between the defaults and the environment and
+    turns a wrong value into one line naming where it came from. Frozen: make a changed copy with
+    `settings.model_copy(update={...})` (not validated: give values of the fields' types)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
 
     # Local folders or s3:// URLs; staging (scratch of one run) is always local.
-    landing: UPath = field(default_factory=lambda: storage_path("data/landing"))
-    warehouse: UPath = field(default_factory=lambda: storage_path("data/warehouse"))
+    landing: StoragePath = Field(default_factory=lambda: storage_path("data/landing"))
+    warehouse: StoragePath = Field(default_factory=lambda: storage_path("data/warehouse"))
     staging: Path = Path("data/staging")
     timezone: str = "Asia/Tokyo"
     # Exporter name (glob) -> service whose traffic it meters; first match wins.
-    exporter_services: tuple[tuple[str, str], ...] = (("mobile*", "mobile"), ("*", "broadband"))
+    exporter_services: Annotated[tuple[tuple[str, str], ...], NoDecode] = (("mobile*", "mobile"), ("*", "broadband"))
     # The exporters expected under <landing>/flows (empty: any folder is an exporter). With an
     # inventory, a folder not in it (a copy such as `mobile-gw-1.bak`) is refused by name.
-    exporters: tuple[str, ...] = ()
+    exporters: Annotated[tuple[str, ...], NoDecode] = ()
     # Exporter name (glob) -> 1-in-N rate used only when the exporter announces none.
-    default_sampling: tuple[tuple[str, int], ...] = ()
+    default_sampling: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     # Exporter name (glob) -> 1-in-N rate that replaces whatever the exporter announces.
-    sampling_override: tuple[tuple[str, int], ...] = ()
+    sampling_override: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     # Local time zone of nfdump CSV timestamps (nfdump prints local time without a zone).
     nfdump_timezone: str = "Asia/Tokyo"
     # Where exporter state (templates, sampling, sequence numbers) survives between runs, and
@@ -73,7 +176,28 @@ class Settings:
     dask_address: str | None = None
     # A month's interface counters must cover this share of it on every interface to be published.
     min_counter_coverage: float = 0.95
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    MAPPINGS: ClassVar[dict[str, str]] = {
+        "exporter_services": "service",
+        "default_sampling": "rate",
+        "sampling_override": "rate",
+    }
+
+    _mapping = field_validator("exporter_services", "default_sampling", "sampling_override", mode="before")(_pairs)
+    _inventory = field_validator("exporters", mode="before")(_names)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Values given > TRAFFICREPORT_* variables > defaults; no .env file, no secrets folder
+        # (the pseudonym key is read by hmac_key(), never held in the settings).
+        return init_settings, env_settings
 
     @property
     def state_path(self) -> Path:
@@ -132,64 +256,130 @@ def _first_match(patterns: tuple[tuple[str, int], ...], name: str) -> int | None
     return None
 
 
-def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Defaults, then `config` (TOML), then TRAFFICREPORT_* variables, then explicit overrides."""
-    values: dict[str, Any] = {}
+def _scalar(name: str) -> type | None:
+    """bool, int or float for a setting of that type (None for the others)."""
+    annotation: Any = Settings.model_fields[name].annotation
+    return annotation if annotation in (bool, int, float) else None
+
+
+def expected_type(name: str) -> str:
+    """What a setting takes, in words, for error messages."""
+    if name in Settings.MAPPINGS:
+        kind = Settings.MAPPINGS[name]
+        value = "int" if kind == "rate" else "str"
+        return f"table of pattern = {value} (or text pattern={kind},pattern={kind},...)"
+    if name == "exporters":
+        return "list of str (or comma-separated text)"
+    annotation = Settings.model_fields[name].annotation
+    if name in ("landing", "warehouse"):
+        return "str (a folder or an s3:// URL)"
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(arguments) == 1:
+        annotation = arguments[0]
+    if annotation is Path:
+        return "str (a path)"
+    if annotation is bool:
+        return "bool (true/false; in the environment also 1/0, yes/no, on/off)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _native_type_ok(name: str, value: Any) -> bool:
+    """A value from TOML or given in code must already have a number's or a boolean's type
+    (`keep_runs = "3"` is refused); text is converted only when it comes from the environment."""
+    kind = _scalar(name)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _environment() -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings set by TRAFFICREPORT_* variables (read as pydantic-settings reads them for
+    `Settings()`), and each one's variable name."""
+    values = EnvSettingsSource(Settings)()
+    names = {key.upper(): key for key in os.environ}
+    variables = {name: names.get((ENV_PREFIX + name).upper(), ENV_PREFIX + name.upper()) for name in values}
+    return values, variables
+
+
+def unused_variables() -> list[str]:
+    """TRAFFICREPORT_* variables that are neither settings nor known to the project (a typo?)."""
+    known = {name.upper() for name in Settings.model_fields} | NOT_SETTINGS
+    return sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper().removeprefix(ENV_PREFIX) not in known
+    )
+
+
+def resolve_settings(
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The settings, and where each came from: "default", the TOML file, the variable
+    (TRAFFICREPORT_...), or the flag (`flags` maps setting names to the command's flags; other
+    explicit values are "override"). Explicit values of None are not given."""
+    layers: list[tuple[dict[str, Any], dict[str, str]]] = []
     if config is not None:
         try:
-            values.update(tomllib.loads(config.read_text()))
+            from_file = tomllib.loads(config.read_text())
         except OSError as exc:
             raise UsageError(f"{config}: cannot read the settings file ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{config}: not TOML ({exc})") from None
-    for name in (
-        "landing",
-        "warehouse",
-        "staging",
-        "timezone",
-        "hmac_key_file",
-        "state_dir",
-        "quarantine_dir",
-        "nfdump_timezone",
-        "hmac_key_secret",
-        "dask_address",
-        "one_run_per_week",
-        "keep_staging",
-    ):
-        env = os.environ.get(ENV_PREFIX + name.upper())
-        if env:
-            values[name] = env
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    for name in ("landing", "warehouse"):
-        if name in values:
-            values[name] = storage_path(values[name])
-    for name in ("one_run_per_week", "keep_staging"):
-        if isinstance(values.get(name), str):
-            values[name] = values[name].strip().lower() not in ("0", "false", "no", "off")
-    for name in ("staging", "hmac_key_file", "state_dir", "quarantine_dir"):
-        if name in values:
-            values[name] = Path(values[name])
-    for name in ("exporter_services", "default_sampling", "sampling_override"):
-        if isinstance(values.get(name), dict):
-            values[name] = tuple(values[name].items())
-    if isinstance(values.get("exporters"), list | str):
-        exporters = values["exporters"]
-        names = exporters.split(",") if isinstance(exporters, str) else exporters
-        values["exporters"] = tuple(str(name).strip() for name in names if str(name).strip())
-    where = str(config) if config is not None else "settings"
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UsageError(f"{where}: unknown settings {', '.join(unknown)}")
-    defaults = Settings()
+        layers.append((from_file, dict.fromkeys(from_file, str(config))))
+    layers.append(_environment())
+    given = {name: value for name, value in (overrides or {}).items() if value is not None}
+    layers.append((given, {name: (flags or {}).get(name, "override") for name in given}))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer, where in layers:
+        unknown = sorted(set(layer) - set(Settings.model_fields))
+        if unknown:
+            raise UsageError(f"{where[unknown[0]]}: unknown settings {', '.join(unknown)}")
+        values.update(layer)
+        sources.update(where)
     for name, value in values.items():
-        default = getattr(defaults, name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int | float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = True
-        if not ok:
-            raise UsageError(f"{where}: {name} = {value!r}: expected {type(default).__name__}")
-    return replace(defaults, **values)
+        if not sources[name].startswith(ENV_PREFIX) and not _native_type_ok(name, value):
+            raise UsageError(f"{sources[name]}: {name} = {_shown(value)}: expected {expected_type(name)}")
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        if name not in values:
+            raise UsageError(f"settings: {error['msg']}") from None
+        raise UsageError(f"{sources[name]}: {name} = {_shown(values[name])}: expected {expected_type(name)}") from None
+    return settings, {name: sources.get(name, "default") for name in Settings.model_fields}
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then `config` (TOML), then TRAFFICREPORT_* variables, then explicit overrides
+    (None: not given); a wrong or unknown setting is a UsageError naming its source."""
+    return resolve_settings(config, overrides)[0]
+
+
+def format_value(name: str, value: Any) -> str:
+    """A setting's value as it would be written in the TOML file (None: "(not set)")."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if name in Settings.MAPPINGS:
+        pairs = ", ".join(f"{json.dumps(str(pattern))} = {format_value('', item)}" for pattern, item in value)
+        return "{ " + pairs + " }" if pairs else "{}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(format_value("", item) for item in value) + "]"
+    return json.dumps(str(value))

@@ -3,7 +3,6 @@ missing, and nothing half-published is ever visible."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,7 +51,7 @@ def test_an_interrupted_backfill_resumes_with_only_what_is_missing(
     assert {e[str(YEAR_BEFORE)]["run_id"] for e in first["tables"].values()} == {
         first["tables"]["usage_summary"][str(YEAR_BEFORE)]["run_id"]
     }
-    settings = dataclasses.replace(small_settings, landing=landing, warehouse=warehouse, staging=staging)
+    settings = small_settings.model_copy(update={"landing": landing, "warehouse": warehouse, "staging": staging})
     again = run_backfill(dt.date(2023, 6, 1), dt.date(2024, 6, 30), settings, concurrency=1)
     ran = {(r["period"], r["status"], r.get("why")) for r in again if r["kind"] == "week"}
     assert (str(YEAR_BEFORE), "skipped", "already published") in ran

@@ -3,7 +3,6 @@ per-day presence of every exporter, on generated weeks run through the real flow
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ def _two_weeks(tmp_path: Path, small_settings: object, next_users: int) -> objec
     assert weekly_report(WEEK, small_settings)["published"]
     landing = tmp_path / "next-landing"
     generate_to(landing, NEXT_WEEK, broadband_users=next_users, mobile_phones=300, seed=5)
-    return dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
+    return small_settings.model_copy(update={"landing": landing})
 
 
 def test_a_steady_next_week_passes_the_drift_checks(
@@ -59,7 +58,7 @@ def test_an_exporter_silent_for_a_day_fails_the_audit(
     for path in day.iterdir():
         path.unlink()
     (day / "empty.ipfix").write_bytes(b"")
-    settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"landing": landing})
     with pytest.raises(AuditFailed, match=r"every exporter has flows on every day of the week.*bb-tokyo-1 2024-06-05"):
         weekly_report(WEEK, settings)
 
@@ -71,7 +70,7 @@ def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
     check = next(c for c in good["audit"]["checks"] if c["table"] == "reconciliation")
     assert check["success"] and good["ingest"]["reconciliation"]["users_compared"] > 250
     # A wrong sampling rate (4x what the exporters use) inflates every flow volume.
-    wrong = dataclasses.replace(small_settings, sampling_override=(("bb-*", 16384),))  # type: ignore[type-var]
+    wrong = small_settings.model_copy(update={"sampling_override": (("bb-*", 16384),)})
     with pytest.raises(AuditFailed, match="reconciliation: share of broadband users whose flow volume is outside"):
         weekly_report(WEEK, wrong)
 

@@ -4,7 +4,6 @@ published tables are identical to a local run's, and only paths and counts cross
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import socket
@@ -103,11 +102,12 @@ def test_a_week_on_the_dask_cluster_publishes_exactly_the_local_run(
             fs.mkdir(bucket)
     fs.put(f"{small_landing}/", "dask-landing/week/", recursive=True)
     local = weekly_report(WEEK, small_settings)
-    remote = dataclasses.replace(
-        small_settings,
-        landing=storage.storage_path("s3://dask-landing/week"),
-        warehouse=storage.storage_path("s3://dask-warehouse/wh"),
-        dask_address=dask_scheduler,
+    remote = small_settings.model_copy(
+        update={
+            "landing": storage.storage_path("s3://dask-landing/week"),
+            "warehouse": storage.storage_path("s3://dask-warehouse/wh"),
+            "dask_address": dask_scheduler,
+        }
     )
     with Client(dask_scheduler) as client, get_task_stream(client) as stream:
         run = weekly_report_runner(remote)(WEEK, remote)

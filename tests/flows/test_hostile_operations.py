@@ -5,7 +5,6 @@ the audit."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import re
@@ -205,7 +204,7 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     # an unforeseen error quoting an identity, then RADIUS files with CRLF lines and Latin-1 bytes.
     landing = _copy_landing(small_settings.landing, tmp_path)
     _unclose_a_quote(landing)
-    settings = dataclasses.replace(small_settings, landing=landing)
+    settings = small_settings.model_copy(update={"landing": landing})
     with pytest.raises(InputFormatError, match=r"subscribers\.csv: line 3: a quoted field is never closed"):
         weekly_report(WEEK, settings)
     directory = Path(str(directory_file(landing, dt.date.max)))
@@ -466,7 +465,7 @@ def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by
 
     landing = _copy_landing(small_settings.landing, tmp_path)
     shutil.copytree(landing / "flows" / "mobile-gw-1", landing / "flows" / "mobile-gw-1.bak")
-    settings = dataclasses.replace(small_settings, landing=landing)
+    settings = small_settings.model_copy(update={"landing": landing})
     # Through the command: a run failing inside the flow ends in one line, no traceback, exit 1.
     result = _cli(["weekly", "--week", str(WEEK), *_place_args(settings, landing)], _env(prefect_server))
     assert result.returncode == 1
@@ -477,7 +476,7 @@ def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by
     )
     assert "mobile-gw-1.bak" in last and "same content as" in last
     assert read_manifest(settings.warehouse)["tables"] == {}
-    inventory = dataclasses.replace(settings, exporters=("bb-osaka-1", "bb-tokyo-1", "mobile-gw-1"))
+    inventory = settings.model_copy(update={"exporters": ("bb-osaka-1", "bb-tokyo-1", "mobile-gw-1")})
     with pytest.raises(UsageError, match=r"exporter folders not in the inventory .*: mobile-gw-1\.bak$"):
         weekly_report(WEEK, inventory)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import gzip
 import shutil
@@ -124,7 +123,7 @@ def hostile_landing(tmp_path: Path, small_landing: Path) -> Path:
 def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes(
     hostile_landing: Path, small_settings: object, prefect_server: str
 ) -> None:
-    settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.01)  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.01})
     run = weekly_report(WEEK, settings)
     tokyo = next(e for e in run["ingest"]["exporters"] if e["exporter"] == "bb-tokyo-1")
     assert tokyo["duplicate_files"] == 1
@@ -143,7 +142,7 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
 def test_the_audit_fails_the_week_when_too_much_input_is_unreadable(
     hostile_landing: Path, small_settings: object, prefect_server: str
 ) -> None:
-    settings = dataclasses.replace(small_settings, landing=hostile_landing, max_quarantined_share=0.0)  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.0})
     with pytest.raises(AuditFailed, match="could not be decoded"):
         weekly_report(WEEK, settings)
     assert not (settings.warehouse / "_manifest.json").exists()

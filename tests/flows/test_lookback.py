@@ -3,7 +3,6 @@ months of interface counters, published by one backfill; the report then compare
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 import shutil
@@ -33,11 +32,12 @@ def lookback(calibrated_week: PublishedWeek, tmp_path_factory: pytest.TempPathFa
     generate_to(landing, EARLIER, broadband_users=3000, mobile_phones=3000, seed=19)
     for first, last in (("2019-05", "2019-07"), ("2024-05", "2024-07")):
         write_counters(generate_counter_polls(first, last, "Asia/Tokyo", seed=int(first[:4])), landing, "Asia/Tokyo")
-    settings = dataclasses.replace(
-        calibrated_week.settings,  # type: ignore[type-var]
-        landing=landing,
-        warehouse=root / "warehouse",
-        staging=root / "staging",
+    settings = calibrated_week.settings.model_copy(
+        update={
+            "landing": landing,
+            "warehouse": root / "warehouse",
+            "staging": root / "staging",
+        }
     )
     results = run_backfill(dt.date(2019, 1, 1), dt.date(2024, 6, 30), settings, weeks=[EARLIER, WEEK])
     return settings, results

@@ -76,9 +76,7 @@ def test_unknown_interfaces_and_unreadable_lines_are_quarantined_and_gate_the_mo
         out.write("2024-06-30T12:00:00,pgw-osaka-1,ae10,1,1\n")  # no offset
         out.write("2024-06-30T12:00:00+09:00,pgw-osaka-1,ae99,1,1\n")  # not in the inventory
     settings = _settings(tmp_path, landing)
-    import dataclasses
-
-    strict = dataclasses.replace(settings, max_quarantined_share=0.0001)  # type: ignore[type-var]
+    strict = settings.model_copy(update={"max_quarantined_share": 0.0001})
     with pytest.raises(AuditFailed, match=r"share of polls set aside .* \(observed 0.00055"):
         monthly_traffic_report("2024-06", strict)
     quarantine = settings.quarantine_path  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@ two runs of one week never work at once."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import threading
 import time
@@ -25,7 +24,7 @@ def _landing_without_last_day(settings: Any, tmp_path: Path) -> tuple[Any, Path,
     exporter = sorted((landing / "flows").iterdir())[0]
     held_back = tmp_path / "held-back"
     shutil.move(exporter / "2024-06-09", held_back)
-    return dataclasses.replace(settings, landing=landing), held_back, exporter / "2024-06-09"
+    return settings.model_copy(update={"landing": landing}), held_back, exporter / "2024-06-09"
 
 
 def _task_run_counts(state: Any) -> dict[str, int]:

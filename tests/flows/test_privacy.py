@@ -3,7 +3,6 @@ the run writes (warehouse, staging, quarantine, exporter state) or any log line 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -86,7 +85,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     logging.getLogger("prefect").setLevel(logging.DEBUG)
     caplog.set_level(logging.DEBUG)
     # Keep the run's staging folder (decoded flows, partials) so its files are scanned too.
-    state = weekly_report(WEEK, dataclasses.replace(small_settings, keep_staging=True), return_state=True)  # type: ignore[type-var]
+    state = weekly_report(WEEK, small_settings.model_copy(update={"keep_staging": True}), return_state=True)
     run = state.result()
     assert run["published"]
     root = Path(small_settings.staging).parent  # type: ignore[attr-defined]
@@ -133,5 +132,5 @@ def test_the_key_can_come_from_a_prefect_secret_block(
 
     Secret(value="key-from-a-secret-block").save("trafficreport-test-key", overwrite=True)
     monkeypatch.delenv("TRAFFICREPORT_HMAC_KEY")
-    settings = dataclasses.replace(small_settings, hmac_key_secret="trafficreport-test-key")  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"hmac_key_secret": "trafficreport-test-key"})
     assert settings.hmac_key() == b"key-from-a-secret-block"

@@ -3,7 +3,6 @@ publication leaves the warehouse as the old week or the new one, never a mix, an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -145,7 +144,7 @@ def test_retention_keeps_the_newest_publications_of_a_week(tmp_path: Path) -> No
 def test_accepted_failed_audit_is_published_and_recorded(
     tmp_path: Path, small_settings: object, prefect_server: str
 ) -> None:
-    strict = dataclasses.replace(small_settings, max_unattributed_share=0.0)  # type: ignore[type-var]
+    strict = small_settings.model_copy(update={"max_unattributed_share": 0.0})
     run = weekly_report(WEEK, strict, accept_failed_audit=True)
     assert run["published"] and not run["audit_passed"] and run["accepted_failed_audit"]
     record = read_manifest(strict.warehouse)["runs"][run["run_id"]]

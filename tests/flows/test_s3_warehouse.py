@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import threading
 from collections.abc import Iterator
@@ -45,10 +44,11 @@ def test_weekly_flow_on_s3_publishes_what_the_local_run_publishes(
     s3_landing: str, small_settings: object, prefect_server: str
 ) -> None:
     local = weekly_report(WEEK, small_settings)
-    remote_settings = dataclasses.replace(
-        small_settings,  # type: ignore[type-var]
-        landing=storage.storage_path(s3_landing),
-        warehouse=storage.storage_path("s3://warehouse/wh"),
+    remote_settings = small_settings.model_copy(
+        update={
+            "landing": storage.storage_path(s3_landing),
+            "warehouse": storage.storage_path("s3://warehouse/wh"),
+        }
     )
     remote = weekly_report(WEEK, remote_settings)
     assert remote["published"] and local["published"]

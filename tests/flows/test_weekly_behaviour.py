@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +30,7 @@ def test_failed_audit_publishes_nothing(
     directory.filter(
         ~pl.col("subscription_id").is_in(broadband["subscription_id"].head(broadband.height // 3).to_list())
     ).write_csv(directory_file(landing, dt.date.max))
-    settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"landing": landing})
     with pytest.raises(AuditFailed, match="unattributed share") as failure:
         weekly_report(WEEK, settings)
     assert not (settings.warehouse / MANIFEST).exists()
@@ -53,7 +52,7 @@ def test_backfill_skips_published_weeks_unless_forced(
     shutil.copytree(small_settings.landing, landing)  # type: ignore[attr-defined]
     exporter = sorted((landing / "flows").iterdir())[0]
     shutil.copytree(exporter / "2024-06-03", exporter / "2024-06-10")
-    settings = dataclasses.replace(small_settings, landing=landing)  # type: ignore[type-var]
+    settings = small_settings.model_copy(update={"landing": landing})
     seen: list[dict[str, object]] = []
     first = run_backfill(dt.date(2024, 5, 20), dt.date(2024, 6, 23), settings, on_result=seen.append)
     weeks = [(r["period"], r["status"]) for r in first if r["kind"] == "week"]
