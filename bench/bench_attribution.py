@@ -26,6 +26,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.attribute import attribute_files, keeping_freed_memory  # noqa: E402
+from flows.processes import thread_mapper  # noqa: E402
 from transforms.addresses import V4_MAPPED, prefix_mask  # noqa: E402
 from transforms.attribution import build_lookup, port_hour_volumes, user_day_volumes  # noqa: E402
 
@@ -122,9 +123,9 @@ def _port_hour(frame: pl.DataFrame) -> pl.DataFrame:
 
 def run_direct_index(files: list[Path], sessions: Path) -> pl.DataFrame:
     """As the weekly flow does it (flows.attribute.attribute_files): row-group chunks on two threads."""
-    with keeping_freed_memory():
+    with keeping_freed_memory(), thread_mapper(2) as mapper:
         lookup = build_lookup(
-            pl.read_parquet(sessions), WEEK_START - 86_400, [WEEK_START + d * 86_400 for d in range(8)]
+            pl.read_parquet(sessions), WEEK_START - 86_400, [WEEK_START + d * 86_400 for d in range(8)], mapper=mapper
         )
         totals = attribute_files(files, lookup)
     _ = port_hour_volumes(lookup, totals)

@@ -40,10 +40,13 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms import ipfix, netflow  # noqa: E402
-from transforms._records import ExporterState  # noqa: E402
-from transforms.exports import decode_flow_file  # noqa: E402
-from transforms.pcap import ethernet_ipv4_frame, udp_segment, write_pcap  # noqa: E402
+from transforms.decode import (  # noqa: E402
+    ExporterState,  # noqa: E402
+    ipfix,
+    netflow,
+)
+from transforms.decode.exports import decode_flow_file  # noqa: E402
+from transforms.decode.pcap import ethernet_ipv4_frame, udp_segment, write_pcap  # noqa: E402
 from transforms.synth.exporter import ExportShape, encode_export_stream  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"

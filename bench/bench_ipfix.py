@@ -20,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms import ipfix  # noqa: E402
-from transforms._records import ExporterState  # noqa: E402
+from transforms.decode import (
+    ExporterState,  # noqa: E402
+    ipfix,  # noqa: E402
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 

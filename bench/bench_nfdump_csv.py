@@ -35,7 +35,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms.nfdump_csv import decode_nfdump_csv  # noqa: E402
+from flows.processes import thread_mapper  # noqa: E402
+from transforms.decode.nfdump_csv import decode_nfdump_csv  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TIMEZONE = "Asia/Tokyo"
@@ -204,7 +205,8 @@ def _previous_decoder() -> ModuleType:
 
 
 def _trafficreport(data: bytes, source: str) -> tuple[int, int]:
-    flows, problems = decode_nfdump_csv(data, "bench", source, TIMEZONE)
+    with thread_mapper(2) as mapper:  # as flows.landing calls it
+        flows, problems = decode_nfdump_csv(data, "bench", source, TIMEZONE, mapper)
     assert not problems, problems[:3]
     return flows.height, int(flows["bytes"].sum())
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_radius.py [--records 1000000] [--old-records 200000] [--repeats 3]
 
 Generates (once, into bench/data/radius-*) one day of accounting for `--records` records, written
-by `transforms.radius.format_detail` as the generator writes a week: a broadband access server's
+by `transforms.accounting.radius.format_detail` as the generator writes a week: a broadband access server's
 file (PPPoE IPv4 and IPoE delegated IPv6 sessions) and a mobile gateway's file (phones), both
 interim-heavy, ~10% of records with an Acct-Delay-Time. Each method parses both files in its own
 process (so peak RSS is that method's alone), `--repeats` times; the median run is printed as
@@ -28,7 +28,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transforms.radius import format_detail  # noqa: E402
+from transforms.accounting.radius import format_detail  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TZ = "Asia/Tokyo"
@@ -99,9 +99,11 @@ def make_files(records: int) -> list[Path]:
 
 
 def parse_new(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from transforms.radius import parse_detail
+    from flows.processes import thread_mapper
+    from transforms.accounting.radius import parse_detail
 
-    return parse_detail(data, "bench", TZ)
+    with thread_mapper(2) as mapper:  # as flows.landing calls it
+        return parse_detail(data, "bench", TZ, mapper)
 
 
 def parse_old(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:

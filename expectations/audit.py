@@ -9,12 +9,27 @@ from typing import Any
 
 import polars as pl
 
+from transforms.run_records import AuditCheck, AuditLimits, AuditResult, ReconciliationSummary, WeekIngest
+from transforms.tables import registry
+
 SUITE_DIR = Path(__file__).resolve().parent
 
 
 def load_suite_definitions() -> dict[str, dict[str, Any]]:
-    """Suite JSON by table name: {"name": ..., "expectations": [{"type", "kwargs"}]}."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(SUITE_DIR.glob("*.json"))}
+    """Suite by table name, {"name", "expectations": [{"type", "kwargs"}]}: the table's shape from
+    its declaration (transforms/tables/registry.py), then the value checks of `<table>.json`."""
+    suites = {}
+    for path in sorted(SUITE_DIR.glob("*.json")):
+        definition = json.loads(path.read_text())
+        table = registry.BY_NAME.get(path.stem)
+        if table is None:
+            raise ValueError(f"{path}: a suite for {path.stem!r}, which is not a declared published table")
+        repeated = [e["type"] for e in definition["expectations"] if e["type"] in registry.STRUCTURAL_TYPES]
+        if repeated:
+            raise ValueError(f"{path}: {repeated[0]} belongs in the table's declaration, not in its suite")
+        expectations = registry.structural_expectations(table) + definition["expectations"]
+        suites[path.stem] = {"name": path.stem, "expectations": expectations}
+    return suites
 
 
 def _as_pandas(frame: pl.DataFrame) -> Any:
@@ -27,7 +42,7 @@ def _as_pandas(frame: pl.DataFrame) -> Any:
     return table
 
 
-def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = None) -> list[dict[str, Any]]:
+def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = None) -> list[AuditCheck]:
     """One check row per expectation: table, check, success, detail. A table without a suite fails.
     With `docs_dir`, each table is validated by a GX Checkpoint that renders Data Docs there."""
     import great_expectations as gx
@@ -52,12 +67,10 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
         )
     source = context.data_sources.add_pandas("warehouse_staging")
     suites = load_suite_definitions()
-    checks: list[dict[str, Any]] = []
+    checks: list[AuditCheck] = []
     for name, frame in tables.items():
         if name not in suites:
-            checks.append(
-                {"table": name, "check": "suite exists", "success": False, "detail": "no suite in expectations/"}
-            )
+            checks.append(AuditCheck(name, "suite exists", False, "no suite in expectations/"))
             continue
         suite = gx.ExpectationSuite(name=name)
         for definition in suites[name]["expectations"]:
@@ -88,105 +101,101 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
             if r.exception_info and r.exception_info.get("raised_exception"):
                 detail["exception"] = str(r.exception_info.get("exception_message"))[:200]
             checks.append(
-                {
-                    "table": name,
-                    "check": f"{config.type} {json.dumps(kwargs, default=str)}",
-                    "success": bool(r.success),
-                    "detail": json.dumps(detail, default=str),
-                }
+                AuditCheck(
+                    name,
+                    f"{config.type} {json.dumps(kwargs, default=str)}",
+                    bool(r.success),
+                    json.dumps(detail, default=str),
+                )
             )
     return checks
 
 
 def run_checks(
-    ingest: dict[str, Any], tables: dict[str, pl.DataFrame], max_quarantined_share: float, max_unattributed_share: float
-) -> list[dict[str, Any]]:
+    ingest: WeekIngest, tables: dict[str, pl.DataFrame], max_quarantined_share: float, max_unattributed_share: float
+) -> list[AuditCheck]:
     """Run-level gates: set-aside flow volume, unreadable input, set-aside accounting records,
     unattributed volume, and every exporter having decoded something."""
-    exporters = ingest["exporters"]
-    raw = sum(int(e["raw_bytes"]) for e in exporters)
-    quarantined = sum(int(e["quarantined_bytes"]) for e in exporters)
+    exporters = ingest.exporters
+    raw = sum(e.raw_bytes for e in exporters)
+    quarantined = sum(e.quarantined_bytes for e in exporters)
     share_flows = quarantined / (raw + quarantined) if raw + quarantined else 0.0
-    input_bytes = sum(int(e["input_bytes"]) for e in exporters)
-    unreadable = sum(int(e["unreadable_input_bytes"]) for e in exporters)
+    input_bytes = sum(e.input_bytes for e in exporters)
+    unreadable = sum(e.unreadable_input_bytes for e in exporters)
     share_input = unreadable / input_bytes if input_bytes else 0.0
-    radius = ingest["radius"]
-    accounting = int(radius["accounting_records"]) + int(radius["quarantined_records"])
-    share_radius = int(radius["quarantined_records"]) / accounting if accounting else 0.0
+    radius = ingest.radius
+    accounting = radius.accounting_records + radius.quarantined_records
+    share_radius = radius.quarantined_records / accounting if accounting else 0.0
     hours = tables["traffic_hour"]
     total = float(
         hours.select(pl.col("in_bytes") + pl.col("out_bytes") + pl.col("unattributed_bytes")).sum().item() or 0
     )
     unattributed = float(hours["unattributed_bytes"].sum() or 0)
     share_u = unattributed / total if total else 1.0
-    empty = [e["exporter"] for e in exporters if int(e["records"]) == 0]
+    empty = [e.exporter for e in exporters if e.records == 0]
     silent_days = [
-        f"{e['exporter']} {day}"
-        for e in exporters
-        for day, records in e.get("records_per_day", {}).items()
-        if not records
+        f"{e.exporter} {day}" for e in exporters for day, records in e.records_per_day.items() if not records
     ]
-    unrated = sum(int(e.get("unrated_records", 0)) for e in exporters)
+    unrated = sum(e.unrated_records for e in exporters)
 
-    def gate(check: str, value: float, limit: float) -> dict[str, Any]:
-        return {"table": "run", "check": f"{check} <= {limit}", "success": value <= limit, "detail": f"{value:.6f}"}
+    def gate(check: str, value: float, limit: float) -> AuditCheck:
+        return AuditCheck("run", f"{check} <= {limit}", value <= limit, f"{value:.6f}")
 
     return [
         gate("share of flow bytes set aside (no sampling rate, unreadable fields)", share_flows, max_quarantined_share),
         gate("share of flow input bytes that could not be decoded", share_input, max_quarantined_share),
         gate("share of accounting records set aside", share_radius, max_quarantined_share),
         gate("unattributed share of bytes", share_u, max_unattributed_share),
-        {"table": "run", "check": "every exporter delivered flows", "success": not empty, "detail": json.dumps(empty)},
-        {
-            "table": "run",
-            "check": "every accounting file could be read",
-            "success": not int(radius.get("unreadable_files", 0)),
-            "detail": f"{int(radius.get('unreadable_files', 0))} files unreadable or cut short",
-        },
-        {
-            "table": "run",
-            "check": "no input delivered by two exporters (same file content or the same flow records)",
-            "success": not ingest.get("duplicate_inputs"),
-            "detail": json.dumps(ingest.get("duplicate_inputs", [])[:10]),
-        },
-        {
-            "table": "run",
-            "check": "every exporter has flows on every day of the week",
-            "success": not silent_days,
-            "detail": json.dumps(silent_days),
-        },
-        {
-            # Flows without a rate are set aside (counted above); none of them reaches a table.
-            "table": "run",
-            "check": "sampling rate known for every published flow",
-            "success": all(e.get("sampling") for e in exporters if int(e["records"])),
-            "detail": f"{unrated} flows without a rate set aside",
-        },
+        AuditCheck("run", "every exporter delivered flows", not empty, json.dumps(empty)),
+        AuditCheck(
+            "run",
+            "every accounting file could be read",
+            not radius.unreadable_files,
+            f"{radius.unreadable_files} files unreadable or cut short",
+        ),
+        AuditCheck(
+            "run",
+            "no input delivered by two exporters (same file content or the same flow records)",
+            not ingest.duplicate_inputs,
+            json.dumps(list(ingest.duplicate_inputs[:10])),
+        ),
+        AuditCheck(
+            "run", "every exporter has flows on every day of the week", not silent_days, json.dumps(silent_days)
+        ),
+        # Flows without a rate are set aside (counted above); none of them reaches a table.
+        AuditCheck(
+            "run",
+            "sampling rate known for every published flow",
+            all(e.sampling for e in exporters if e.records),
+            f"{unrated} flows without a rate set aside",
+        ),
     ]
 
 
-def reconciliation_checks(reconciliation: dict[str, Any] | None, max_unreconciled_share: float) -> list[dict[str, Any]]:
+def reconciliation_checks(
+    reconciliation: ReconciliationSummary | None, max_unreconciled_share: float
+) -> list[AuditCheck]:
     """Flows vs RADIUS octet counters: the share of compared broadband users whose flow estimate
     falls outside its tolerance. No user to compare: reported, not failed."""
     if reconciliation is None:
         return []
-    compared = int(reconciliation["users_compared"])
-    outside = int(reconciliation["users_outside_tolerance"])
+    compared = reconciliation.users_compared
+    outside = reconciliation.users_outside_tolerance
     share = outside / compared if compared else 0.0
     return [
-        {
-            "table": "reconciliation",
-            "check": f"share of broadband users whose flow volume is outside tolerance of RADIUS counters "
+        AuditCheck(
+            "reconciliation",
+            f"share of broadband users whose flow volume is outside tolerance of RADIUS counters "
             f"<= {max_unreconciled_share}",
-            "success": share <= max_unreconciled_share,
-            "detail": f"{outside} of {compared} users compared"
+            share <= max_unreconciled_share,
+            f"{outside} of {compared} users compared"
             + (
-                f" (median relative error in {reconciliation['median_error_in']:.4f}, "
-                f"out {reconciliation['median_error_out']:.4f})"
+                f" (median relative error in {reconciliation.median_error_in or 0.0:.4f}, "
+                f"out {reconciliation.median_error_out or 0.0:.4f})"
                 if compared
                 else " (no broadband user with accounting counters)"
             ),
-        }
+        )
     ]
 
 
@@ -196,13 +205,13 @@ def drift_checks(
     max_user_change: float,
     max_mean_change: float,
     max_port_share_change: float,
-) -> list[dict[str, Any]]:
+) -> list[AuditCheck]:
     """This week against the previously published one: users and mean usage per (service,
     direction) within a relative change, port shares within a change in points. A sudden halving
     of users is a broken feed, not a trend. No previous week: nothing to compare, no checks."""
     if previous is None:
         return []
-    checks: list[dict[str, Any]] = []
+    checks: list[AuditCheck] = []
     week_before = str(previous["usage_summary"]["week"][0])
     keys = ["service", "direction"]
     joined = tables["usage_summary"].join(previous["usage_summary"], on=keys, how="full", suffix="_prev")
@@ -212,12 +221,12 @@ def drift_checks(
             now, before = row[column], row[f"{column}_prev"]
             change = abs(now / before - 1) if now is not None and before else float("inf")
             checks.append(
-                {
-                    "table": "drift",
-                    "check": f"{where} {column}: relative change vs week {week_before} <= {limit}",
-                    "success": change <= limit,
-                    "detail": f"{before} -> {now}",
-                }
+                AuditCheck(
+                    "drift",
+                    f"{where} {column}: relative change vs week {week_before} <= {limit}",
+                    change <= limit,
+                    f"{before} -> {now}",
+                )
             )
     shares = tables["port_share"].join(
         previous["port_share"], on=["service", "category"], how="full", suffix="_prev", coalesce=True
@@ -225,37 +234,33 @@ def drift_checks(
     for row in shares.iter_rows(named=True):
         now, before = row["share_pct"] or 0.0, row["share_pct_prev"] or 0.0
         checks.append(
-            {
-                "table": "drift",
-                "check": f"{row['service']} port share {row['category']}: change vs week {week_before} "
+            AuditCheck(
+                "drift",
+                f"{row['service']} port share {row['category']}: change vs week {week_before} "
                 f"<= {max_port_share_change} points",
-                "success": abs(now - before) <= max_port_share_change,
-                "detail": f"{before:.2f} -> {now:.2f}",
-            }
+                abs(now - before) <= max_port_share_change,
+                f"{before:.2f} -> {now:.2f}",
+            )
         )
     return checks
 
 
 def audit_week(
     tables: dict[str, pl.DataFrame],
-    ingest: dict[str, Any],
-    limits: dict[str, float],
+    ingest: WeekIngest,
+    limits: AuditLimits,
     previous: dict[str, pl.DataFrame] | None = None,
     docs_dir: Path | None = None,
-) -> dict[str, Any]:
-    """{"success": bool, "checks": [...]}: success only when every check passed. `limits` holds
-    max_quarantined_share, max_unattributed_share, max_user_change, max_mean_change,
-    max_port_share_change and max_unreconciled_share. With `docs_dir`, GX Data Docs of the table
-    suites are rendered there."""
+) -> AuditResult:
+    """Every check of the week (table suites, run gates, reconciliation, drift); it succeeds only
+    when each passed. With `docs_dir`, GX Data Docs of the table suites are rendered there."""
     checks = (
         validate_tables(tables, docs_dir)
-        + run_checks(ingest, tables, limits["max_quarantined_share"], limits["max_unattributed_share"])
-        + reconciliation_checks(ingest.get("reconciliation"), limits["max_unreconciled_share"])
-        + drift_checks(
-            tables, previous, limits["max_user_change"], limits["max_mean_change"], limits["max_port_share_change"]
-        )
+        + run_checks(ingest, tables, limits.max_quarantined_share, limits.max_unattributed_share)
+        + reconciliation_checks(ingest.reconciliation, limits.max_unreconciled_share)
+        + drift_checks(tables, previous, limits.max_user_change, limits.max_mean_change, limits.max_port_share_change)
     )
-    return {"success": all(c["success"] for c in checks), "checks": checks}
+    return AuditResult(tuple(checks))
 
 
 def counter_checks(
@@ -267,7 +272,7 @@ def counter_checks(
     unknown_interface_polls: int,
     min_coverage: float,
     max_quarantined_share: float,
-) -> list[dict[str, Any]]:
+) -> list[AuditCheck]:
     """Run-level gates of a month of interface counters: the month is over, every service in the
     inventory is there and covered on every interface, and little was set aside."""
     present = set(traffic["service"].to_list())
@@ -275,23 +280,23 @@ def counter_checks(
     seen = polls + quarantined + unknown_interface_polls
     share = (quarantined + unknown_interface_polls) / seen if seen else 1.0
     return [
-        {"table": "run", "check": "the month has ended", "success": month_ended, "detail": str(month_ended)},
-        {
-            "table": "run",
-            "check": "every inventory service has traffic",
-            "success": set(services) <= present,
-            "detail": json.dumps(sorted(set(services) - present)),
-        },
-        {
-            "table": "run",
-            "check": f"least-covered interface covers >= {min_coverage} of the month",
-            "success": coverage >= min_coverage,
-            "detail": f"{coverage:.6f}",
-        },
-        {
-            "table": "run",
-            "check": f"share of polls set aside (unreadable, unknown interface) <= {max_quarantined_share}",
-            "success": share <= max_quarantined_share,
-            "detail": f"{share:.6f}",
-        },
+        AuditCheck("run", "the month has ended", month_ended, str(month_ended)),
+        AuditCheck(
+            "run",
+            "every inventory service has traffic",
+            set(services) <= present,
+            json.dumps(sorted(set(services) - present)),
+        ),
+        AuditCheck(
+            "run",
+            f"least-covered interface covers >= {min_coverage} of the month",
+            coverage >= min_coverage,
+            f"{coverage:.6f}",
+        ),
+        AuditCheck(
+            "run",
+            f"share of polls set aside (unreadable, unknown interface) <= {max_quarantined_share}",
+            share <= max_quarantined_share,
+            f"{share:.6f}",
+        ),
     ]

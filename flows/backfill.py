@@ -22,6 +22,7 @@ from prefect.context import FlowRunContext
 
 from flows import landing, monthly, publish, report
 from flows.settings import Settings, load_settings
+from transforms.run_records import MonthRun, PeriodOutcome, WeekRun
 
 PERIOD = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
 
@@ -103,55 +104,50 @@ def run_backfill(
     settings: Settings,
     force: bool = False,
     concurrency: int = 2,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[PeriodOutcome], None] | None = None,
     weeks: list[dt.date] | None = None,
-) -> list[dict[str, Any]]:
-    """Rows (kind, period, status, run_id, why, seconds) for every week (or only `weeks`) and counter
+) -> list[PeriodOutcome]:
+    """One outcome for every week (or only `weeks`) and counter
     month in the range: published, skipped (already published / nothing landed) or failed (why)."""
     from flows.weekly import weekly_report_runner
 
     manifest = publish.read_manifest(settings.warehouse)
-    jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
-    results: list[dict[str, Any]] = []
+    jobs: list[tuple[str, str, Callable[[], Any]]] = []
+    results: list[PeriodOutcome] = []
 
-    def done(row: dict[str, Any]) -> None:
+    def done(row: PeriodOutcome) -> None:
         results.append(row)
         if on_result is not None:
             on_result(row)
 
     runner = weekly_report_runner(settings)
-    candidates: list[tuple[str, str, Callable[[], bool], Callable[[], dict[str, Any]]]] = [
-        ("week", str(w), functools.partial(_week_landed, settings, w), functools.partial(runner, w, settings))
-        for w in (weeks if weeks is not None else weeks_in(start, end))
-    ] + [
-        (
-            "month",
-            m,
-            functools.partial(_month_landed, settings, m),
-            functools.partial(monthly.monthly_traffic_report, m, settings),
+    candidates: list[tuple[str, str, Callable[[], bool], Callable[[], Any]]] = []
+    for w in weeks if weeks is not None else weeks_in(start, end):
+        candidates.append(
+            ("week", str(w), functools.partial(_week_landed, settings, w), functools.partial(runner, w, settings))
         )
-        for m in months_in(start, end)
-    ]
+    for m in months_in(start, end):
+        month_job = functools.partial(monthly.monthly_traffic_report, m, settings)
+        candidates.append(("month", m, functools.partial(_month_landed, settings, m), month_job))
     for kind, period, landed, job in candidates:
         if not force and publish.published_run(manifest, period) is not None:
-            done({"kind": kind, "period": period, "status": "skipped", "why": "already published"})
+            done(PeriodOutcome(kind, period, "skipped", why="already published"))
         elif not landed():
-            done({"kind": kind, "period": period, "status": "skipped", "why": "nothing landed"})
+            done(PeriodOutcome(kind, period, "skipped", why="nothing landed"))
         else:
             jobs.append((kind, period, job))
 
-    def run(kind: str, period: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run(kind: str, period: str, job: Callable[[], WeekRun | MonthRun]) -> PeriodOutcome:
         started = time.monotonic()
         if interrupted.is_set():
             raise KeyboardInterrupt
         try:
-            outcome = job()
-            row = {"status": "published", "run_id": outcome.get("run_id", "")}
+            run_id, status, why = job().run_id, "published", ""
         except Exception as exc:  # one bad week must not stop the others; the reason is reported
             if interrupted.is_set():
                 raise KeyboardInterrupt from exc
-            row = {"status": "failed", "why": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        return {"kind": kind, "period": period, **row, "seconds": round(time.monotonic() - started, 1)}
+            run_id, status, why = "", "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
+        return PeriodOutcome(kind, period, status, run_id, why, round(time.monotonic() - started, 1))
 
     with _noticing_interrupts() as interrupted:
         if jobs and FlowRunContext.get() is None:
@@ -165,7 +161,7 @@ def run_backfill(
             ]
             for future in as_completed(futures):
                 done(future.result())
-    if any(r["status"] == "published" for r in results):
+    if any(r.status == "published" for r in results):
         # Concurrent runs each rebuilt the catalog; one last build shows every publication.
         publish.build_catalog(settings.warehouse)
         published_weeks = sorted(publish.read_manifest(settings.warehouse)["tables"].get("usage_summary", {}))
@@ -173,29 +169,28 @@ def run_backfill(
         if in_range:
             latest = dt.date.fromisoformat(in_range[-1])
             report.write_report(settings.warehouse, report.build_report(settings.warehouse, latest))
-    return sorted(results, key=lambda r: (r["kind"], r["period"]))
+    return sorted(results, key=lambda r: (r.kind, r.period))
 
 
 @flow(name="backfill")
 def backfill(
     start: dt.date, end: dt.date, settings: Settings | None = None, force: bool = False, concurrency: int = 2
-) -> list[dict[str, Any]]:
+) -> list[PeriodOutcome]:
     """run_backfill as a Prefect flow (for the `backfill` deployment): weeks and counter months in [start, end]."""
     return run_backfill(start, end, settings or load_settings(), force, concurrency)
 
 
-def format_summary(results: list[dict[str, Any]]) -> str:
+def format_summary(results: list[PeriodOutcome]) -> str:
     """A plain-text table: counts per status and reason, then every week or month run (published or
     failed, with why); skipped ones are only counted."""
     counts: dict[str, int] = {}
     for r in results:
-        label = r["status"] + (f" ({r['why']})" if r["status"] == "skipped" else "")
+        label = r.status + (f" ({r.why})" if r.status == "skipped" else "")
         counts[label] = counts.get(label, 0) + 1
     lines = ["  ".join(f"{label}: {n}" for label, n in sorted(counts.items()))]
-    ran = [r for r in results if r["status"] != "skipped"]
+    ran = [r for r in results if r.status != "skipped"]
     if ran:
         lines.append(f"{'kind':5}  {'period':10}  {'status':9}  {'seconds':>7}  run / why")
     for r in ran:
-        detail = r.get("run_id") or r.get("why", "")
-        lines.append(f"{r['kind']:5}  {r['period']:10}  {r['status']:9}  {r.get('seconds', 0):>7.1f}  {detail}")
+        lines.append(f"{r.kind:5}  {r.period:10}  {r.status:9}  {r.seconds:>7.1f}  {r.run_id or r.why}")
     return "\n".join(lines)

@@ -15,10 +15,10 @@ from flows.generate import TRUTH_DIR, generated_weeks
 from flows.generate import truth_dir as truth_dir_of
 from flows.publish import local_catalog, query_frame
 from flows.storage import AnyPath
-from transforms import ports, stats
-from transforms.privacy import pseudonym
+from transforms.accounting.privacy import pseudonym
 from transforms.synth.calibration import mode_bin_of
 from transforms.synth.reference import port_share_targets, usage_targets
+from transforms.tables import ports, stats
 
 STAT_NAMES = ("mean_mb", "median_mb", "mode_mb", "top1_share", "top10_share")
 

@@ -104,10 +104,11 @@ def cmd_weekly(args: argparse.Namespace) -> int:
         run = weekly_report_runner(settings)(
             args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
         )
-    if run.get("published"):
+    if run.published:
         _print_tables(settings.warehouse, args.week)
-        print(f"\nweek {args.week} published by run {run['run_id']}; report: {run.get('report')}")
-    elif run.get("skipped"):
+        report = run.report or f"not rendered ({run.report_error})"
+        print(f"\nweek {args.week} published by run {run.run_id}; report: {report}")
+    elif run.skipped:
         print(f"week {args.week} is already published: nothing done (--skip-published)")
     return 0
 
@@ -116,6 +117,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.backfill import format_summary, parse_period, run_backfill
+    from transforms.run_records import PeriodOutcome
 
     start, end = parse_period(args.start), parse_period(args.end, last=True)
     counts = {"published": 0, "skipped": 0, "failed": 0}
@@ -128,8 +130,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     ) as progress:
         bar = progress.add_task("", total=None)
 
-        def advance(row: dict[str, object]) -> None:
-            counts[str(row["status"])] += 1
+        def advance(row: PeriodOutcome) -> None:
+            counts[row.status] += 1
             progress.update(
                 bar,
                 advance=1,
@@ -141,7 +143,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         progress.update(bar, total=len(weeks_in(start, end)) + len(months_in(start, end)))
         results = run_backfill(start, end, _settings(args), args.force, args.concurrency, on_result=advance)
     print(format_summary(results))
-    return 1 if any(r["status"] == "failed" for r in results) else 0
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,7 +169,7 @@ def cmd_monthly(args: argparse.Namespace) -> int:
     from flows.monthly import monthly_traffic_report
 
     run = monthly_traffic_report(args.month, _settings(args))
-    print(f"month {args.month} published by run {run['run_id']}: {run['polls']} polls from {run['files']} files")
+    print(f"month {args.month} published by run {run.run_id}: {run.polls} polls from {run.files} files")
     return 0
 
 
@@ -214,7 +216,7 @@ def cmd_lookback_demo(args: argparse.Namespace) -> int:
     print(format_summary(results))
     print(f"\nreport: {settings.warehouse / 'reports' / str(LOOKBACK_WEEKS[-1]) / 'report.html'}")
     print(f"look-back demo finished in {time.monotonic() - started:.0f} s")
-    return 1 if any(r["status"] == "failed" for r in results) else 0
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,12 @@
 | 2 | the command was given wrongly (arguments, settings, paths, keys): nothing was started |
 | 130 | interrupted (Ctrl-C / SIGINT / SIGTERM) |
 
+Every error the pipeline raises on purpose is defined here (transforms/ has its one,
+`transforms.errors.InputFormatError`, for unreadable input): UsageError (exit 2), and, exit 1,
+RunFailed, AuditFailed, MissingFeed, WeekBusy, ConcurrentPublication, ConcurrentUpdate,
+ChildProcessDied; Interrupted (exit 130). `flows.publish.QueryRefused` (exit 2) is also a
+duckdb.Error, so it lives beside the DuckDB code.
+
 Messages of these exceptions are shown to the user and stored by Prefect (state messages, logs):
 they name files, lines, offsets and reasons, never the content of an input that holds identities.
 """
@@ -31,3 +37,27 @@ class RunFailed(RuntimeError):
 
 class Interrupted(RuntimeError):
     """The run was interrupted before publication: nothing was published (exit 130)."""
+
+
+class AuditFailed(RuntimeError):
+    """A week whose checkpoints failed: nothing of it was published."""
+
+
+class MissingFeed(FileNotFoundError):
+    """A source delivered no files for some day of the week: the week cannot be complete yet."""
+
+
+class WeekBusy(RuntimeError):
+    """Another run holds the week: this one does not start on it."""
+
+
+class ConcurrentPublication(RuntimeError):
+    """Another run published this week after this run started: this run does not overwrite it."""
+
+
+class ConcurrentUpdate(RuntimeError):
+    """Someone else changed a file between our read and our conditional write."""
+
+
+class ChildProcessDied(RuntimeError):
+    """A worker process ended without a result (killed, or out of memory)."""

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from flows.storage import AnyPath
-from transforms.radius import format_detail
+from transforms.accounting.radius import format_detail
 from transforms.synth.exporter import ExportShape, encode_export_stream
 from transforms.synth.week import SyntheticWeek, WeekSpec, generate_week
 

@@ -12,22 +12,28 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from flows import progress
+from flows import processes, progress
+from flows.failures import MissingFeed as MissingFeed  # raised here; defined with the other errors
 from flows.storage import AnyPath, entries
-from transforms import subscribers
-from transforms._records import FLOW_SCHEMA, ExporterState
-from transforms.compression import MAX_COMPRESSION_RATIO, MAX_DECOMPRESSED_BYTES, RATIO_FLOOR_BYTES, Limits, decompress
-from transforms.errors import InputFormatError
-from transforms.exports import decode_flow_file
-from transforms.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
-from transforms.radius import RECORD_SCHEMA, parse_detail
-from transforms.sampling import (
+from transforms.accounting import subscribers
+from transforms.accounting.radius import RECORD_SCHEMA, parse_detail
+from transforms.decode import ExporterState
+from transforms.decode.compression import (
+    MAX_COMPRESSION_RATIO,
+    MAX_DECOMPRESSED_BYTES,
+    RATIO_FLOOR_BYTES,
+    Limits,
+    decompress,
+)
+from transforms.decode.exports import decode_flow_file
+from transforms.decode.sampling import (
     SAMPLING_KEY,
     announcements_frame,
     keys_needing_announcements,
     rates_of_keys,
     resolve_sampling,
 )
+from transforms.errors import InputFormatError
 
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String(),
@@ -199,22 +205,15 @@ def ingest_exporter(
             result.input_bytes += damage.length
         result.files.append(str(path))
         result.input_bytes += len(data)
-        if is_nfdump_csv(data):
-            try:
-                flows, csv_problems = decode_nfdump_csv(data, exporter, str(path), nfdump_timezone)
-            except InputFormatError as exc:
-                flows, csv_problems = pl.DataFrame(schema=FLOW_SCHEMA), [exc]
-            problems.extend(_problem_row(p, 1) for p in csv_problems)
-            result.formats["nfdump_csv"] = result.formats.get("nfdump_csv", 0) + 1
-        else:
-            decoded = decode_flow_file(data, exporter, str(path), state)
-            flows = decoded.flows
-            result.messages += decoded.messages
-            result.lost_records += decoded.lost_records
-            result.lost_datagrams += decoded.lost_datagrams
-            for kind, count in decoded.formats.items():
-                result.formats[kind] = result.formats.get(kind, 0) + count
-            problems.extend(_problem_row(p) for p in decoded.problems)
+        with processes.thread_mapper(2) as mapper:
+            decoded = decode_flow_file(data, exporter, str(path), state, nfdump_timezone, mapper)
+        flows = decoded.flows
+        result.messages += decoded.messages
+        result.lost_records += decoded.lost_records
+        result.lost_datagrams += decoded.lost_datagrams
+        for kind, count in decoded.formats.items():
+            result.formats[kind] = result.formats.get(kind, 0) + count
+        problems.extend(_problem_row(p, p.records) for p in decoded.problems)
         del data
         if flows.height:
             # Only files with records: two idle exporters' empty files are not one delivered twice.
@@ -413,7 +412,8 @@ def ingest_radius(landing: AnyPath, days: list[dt.date], timezone: str) -> tuple
                     continue
                 seen.add(digest)
                 try:
-                    records, bad = parse_detail(data, str(path), timezone)
+                    with processes.thread_mapper(min(2, pl.thread_pool_size())) as mapper:
+                        records, bad = parse_detail(data, str(path), timezone, mapper)
                 except Exception as exc:  # a parser bug or input it never met: the file, not the run
                     problems.append(_radius_problem(str(path), 0, f"unreadable detail file ({type(exc).__name__})"))
                     continue
@@ -461,7 +461,7 @@ def read_directory(landing: AnyPath, as_of: dt.date) -> pl.DataFrame:
 
 
 def parse_directory(data: bytes, source: str) -> pl.DataFrame:
-    """The directory's rows from the bytes of its CSV file, checked (transforms.subscribers.check_directory)."""
+    """The directory's rows from the bytes of its CSV file, checked (subscribers.check_directory)."""
     if not data.strip():
         raise InputFormatError(source, "line 1", "empty file: no header, no subscriptions")
     try:
@@ -514,10 +514,6 @@ def _csv_structure_problem(text: str) -> tuple[int, str]:
     except csv.Error:
         return line + 1, "a quoted field is never closed (or a stray quote inside a field)"
     return 0, ""
-
-
-class MissingFeed(FileNotFoundError):
-    """A source delivered no files for some day of the week: the week cannot be complete yet."""
 
 
 def check_feeds(landing: AnyPath, exporters: list[str], days: list[dt.date]) -> None:

@@ -28,13 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from flows import prefect_api
+from flows.failures import WeekBusy as WeekBusy  # raised here; defined with the other errors
 
 LEASE_SECONDS = 300.0
 LIMIT_PREFIX = "trafficreport-"
-
-
-class WeekBusy(RuntimeError):
-    """Another run holds the week: this one does not start on it."""
 
 
 def week_limit_name(period: dt.date | str) -> str:

@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import re
 import time
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -17,9 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from flows import locks, publish, storage
 from flows.landing import MissingFeed
 from flows.settings import Settings, load_settings
+from flows.staging import StageLayout
 from flows.storage import AnyPath
 from flows.weekly import AuditFailed, new_run_id, scheduled_local_day
-from transforms import counters
+from transforms.accounting import counters
+from transforms.run_records import AuditResult, MonthRun, PublicationRecord
+from transforms.tables import registry
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 INVENTORY = "interfaces.csv"
@@ -90,21 +92,21 @@ def ingest_counters(settings: Settings, month: str) -> tuple[pl.DataFrame, pl.Da
 
 
 @flow(name="monthly_traffic", log_prints=True)
-def monthly_traffic_report(month: str, settings: Settings | None = None, force: bool = True) -> dict[str, Any]:
+def monthly_traffic_report(month: str, settings: Settings | None = None, force: bool = True) -> MonthRun:
     """Publishes one month's average traffic per service and direction from interface counters."""
     settings = settings or load_settings()
     with locks.one_run_at_a_time(month, settings.one_run_per_week, settings.lock_dir):
         return _run_month(month, settings, force)
 
 
-def _run_month(month: str, settings: Settings, force: bool) -> dict[str, Any]:
+def _run_month(month: str, settings: Settings, force: bool) -> MonthRun:
     logger = get_run_logger()
     from expectations.audit import counter_checks, validate_tables
 
     start_s, end_s = month_bounds(month, settings.timezone)
     base_run = publish.published_run(publish.read_manifest(settings.warehouse), month)
     if not force and base_run is not None:
-        return {"month": month, "published": False, "skipped": True}
+        return MonthRun(run_id="", month=month, skipped=True)
     run_id = new_run_id()
     started = time.monotonic()
     inventory = read_inventory(settings.landing)
@@ -113,13 +115,14 @@ def _run_month(month: str, settings: Settings, force: bool) -> dict[str, Any]:
     known = polls.join(inventory.select("device", "interface"), on=["device", "interface"], how="semi")
     in_month = known.filter((pl.col("time_s") >= start_s) & (pl.col("time_s") < end_s)).height
     per_interface = counters.count_traffic_in_window(known, start_s, end_s)
-    traffic = counters.average_traffic_by_service(per_interface, inventory, start_s, end_s).with_columns(
-        month=pl.lit(month)
+    traffic = registry.conform_to_table(
+        "monthly_traffic",
+        counters.average_traffic_by_service(per_interface, inventory, start_s, end_s).with_columns(month=pl.lit(month)),
     )
-    quarantine = settings.quarantine_path / f"month={month}" / f"run={run_id}"
-    quarantine.mkdir(parents=True, exist_ok=True)
-    problems.write_parquet(quarantine / "counters.problems.parquet")
-    unknown.write_parquet(quarantine / "counters.unknown_interfaces.parquet")
+    # No staging folder: a month's counters are read and published in one step.
+    layout = StageLayout.of_run(settings.staging / run_id, settings.quarantine_path, "month", month)
+    problems.write_parquet(layout.quarantine("counters.problems.parquet"))
+    unknown.write_parquet(layout.quarantine("counters.unknown_interfaces.parquet"))
     checks = validate_tables({"monthly_traffic": traffic}) + counter_checks(
         traffic,
         sorted(set(inventory["service"].to_list())),
@@ -130,17 +133,16 @@ def _run_month(month: str, settings: Settings, force: bool) -> dict[str, Any]:
         settings.min_counter_coverage,
         settings.max_quarantined_share,
     )
-    failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in checks if not c["success"]]
-    run = {
-        "run_id": run_id,
-        "month": month,
-        "files": files,
-        "polls": in_month,
-        "quarantined_polls": problems.height,
-        "unknown_interfaces": unknown.height,
-        "counter_resets": int(traffic["counter_resets"].sum() or 0),
-        "published": False,
-    }
+    failed = AuditResult(tuple(checks)).failed
+    run = MonthRun(
+        run_id=run_id,
+        month=month,
+        files=files,
+        polls=in_month,
+        quarantined_polls=problems.height,
+        unknown_interfaces=unknown.height,
+        counter_resets=int(traffic["counter_resets"].sum() or 0),
+    )
     if failed:
         raise AuditFailed(f"month {month}: audit failed, nothing published; " + "; ".join(failed))
     publish.publish_partition(
@@ -149,13 +151,13 @@ def _run_month(month: str, settings: Settings, force: bool) -> dict[str, Any]:
         month,
         run_id,
         {"monthly_traffic": traffic},
-        {"audit_passed": True, "replaced_run": base_run, "polls": in_month},
+        PublicationRecord(audit_passed=True, replaced_run=base_run, polls=in_month),
         base_run,
         settings.keep_runs,
     )
     publish.build_catalog(settings.warehouse)
-    run["published"] = True
-    run["seconds"] = round(time.monotonic() - started, 2)
+    run.published = True
+    run.seconds = round(time.monotonic() - started, 2)
     logger.info("month %s published by run %s: %s polls, %s files", month, run_id, in_month, files)
     return run
 
@@ -193,7 +195,7 @@ def scheduled_monthly_traffic(
     warehouse: str | None = None,
     staging: str | None = None,
     config: str | None = None,
-) -> dict[str, Any]:
+) -> MonthRun:
     """monthly_traffic_report of the month before `today` (default: the day the run was scheduled
     for, local time)."""
     from pathlib import Path

@@ -52,8 +52,15 @@ def check_paths(settings: Settings) -> None:
     if not any((landing_zone / sub).is_dir() for sub in ("flows", "radius", "directory", "counters")):
         raise UsageError(f"landing zone {landing_zone}: not a landing zone (no flows/, radius/, directory/ folder)")
     local = [("staging", settings.staging), ("state", settings.state_path), ("quarantine", settings.quarantine_path)]
-    if storage.is_local(settings.warehouse):
-        local.append(("warehouse", storage.local_path(settings.warehouse)))
+    warehouse = storage.backend_of(settings.warehouse)
+    if not warehouse.conditional_writes:
+        raise UsageError(
+            f"warehouse {settings.warehouse}: this storage has no conditional write, so its manifest cannot be "
+            "swapped safely; use a local folder or an s3:// URL"
+        )
+    local_warehouse = warehouse.local_file(settings.warehouse)
+    if local_warehouse is not None:
+        local.append(("warehouse", local_warehouse))
     for name, path in local:
         if not _writable(Path(path)):
             raise UsageError(f"{name} folder {path}: cannot be written by this user")

@@ -20,19 +20,18 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flows import interrupts, progress
+from flows.failures import ChildProcessDied as ChildProcessDied  # raised here; defined with the other errors
+from transforms.mapping import Mapper
 
 T = TypeVar("T")
 
 CORES = max(1, len(os.sched_getaffinity(0)))
 # Steps that already use two threads each (attribution): one per pair of cores.
 _pairs = threading.BoundedSemaphore(max(1, CORES // 2))
-
-
-class ChildProcessDied(RuntimeError):
-    """A worker process ended without a result (killed, or out of memory)."""
 
 
 @contextlib.contextmanager
@@ -212,3 +211,11 @@ def run_in_process(function: Callable[..., T], *args: Any) -> T:
 def processes_allowed() -> bool:
     """False inside a daemonic process (a Dask worker, a pool worker), which may not have children."""
     return not mp.current_process().daemon
+
+
+@contextlib.contextmanager
+def thread_mapper(workers: int = 2) -> Iterator[Mapper]:
+    """A thread pool's `map`, for transforms whose independent pieces let go of the GIL (numpy,
+    polars): transforms/ starts no thread itself."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        yield pool.map

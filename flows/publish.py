@@ -12,12 +12,10 @@ fails with ConcurrentPublication.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,22 @@ import duckdb
 import polars as pl
 
 from flows import failpoints, storage
+from flows.failures import ConcurrentPublication as ConcurrentPublication  # raised here; defined with the other errors
 from flows.failures import RunFailed, UsageError
 from flows.resources import sql_folder
 from flows.storage import AnyPath
+from transforms.run_records import PublicationRecord, as_json_dict
+from transforms.tables import registry
 
 MANIFEST = "_manifest.json"
+# The manifest's layout: {"version", "tables": {table: {partition: {run_id, files, rows}}}, "runs":
+# {run_id: PublicationRecord + partition + published_at}, "retained": {partition: [{run_id, files}]}}.
+# A manifest written by a newer layout is refused rather than rewritten without what it added.
+MANIFEST_VERSION = 1
 CATALOG = "catalog.duckdb"
 SQL_DIR = sql_folder()
 # Conditional-write retries when other weeks' runs publish between our read and our write.
 MANIFEST_ATTEMPTS = 20
-
-
-class ConcurrentPublication(RuntimeError):
-    """Another run published this week after this run started: this run does not overwrite it."""
 
 
 # DuckDB settings of connections that run analysts' SQL (`query`, `shell`): it reads the catalog and
@@ -63,7 +64,7 @@ class QueryRefused(UsageError, duckdb.Error):
 
 
 def empty_manifest() -> dict[str, Any]:
-    return {"tables": {}, "runs": {}, "retained": {}}
+    return {"version": MANIFEST_VERSION, "tables": {}, "runs": {}, "retained": {}}
 
 
 def read_manifest_versioned(warehouse: AnyPath) -> tuple[dict[str, Any], str | None]:
@@ -72,6 +73,13 @@ def read_manifest_versioned(warehouse: AnyPath) -> tuple[dict[str, Any], str | N
     if data is None:
         return empty_manifest(), None
     manifest = {**empty_manifest(), **json.loads(data)}
+    if int(manifest["version"]) > MANIFEST_VERSION:
+        raise UsageError(
+            f"{warehouse / MANIFEST}: manifest layout version {manifest['version']} is newer than this "
+            f"trafficreport's ({MANIFEST_VERSION}); upgrade trafficreport to read or publish to this warehouse"
+        )
+    # A manifest from before the layout had a version is version 1's layout.
+    manifest["version"] = MANIFEST_VERSION
     return manifest, version
 
 
@@ -108,22 +116,12 @@ def previous_published(
     return {t: read_published(warehouse, manifest, t, earlier[-1]) for t in tables}
 
 
-def _write_parquet(path: AnyPath, frame: pl.DataFrame) -> None:
-    if storage.is_local(path):
-        storage.local_path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(storage.local_path(path))
-        return
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    path.write_bytes(buffer.getvalue())
-
-
 def publish_week(
     warehouse: AnyPath,
     week: dt.date,
     run_id: str,
     tables: dict[str, pl.DataFrame],
-    record: dict[str, Any],
+    record: PublicationRecord,
     base_run: str | None,
     keep_runs: int = 3,
 ) -> list[str]:
@@ -137,7 +135,7 @@ def publish_partition(
     key: str,
     run_id: str,
     tables: dict[str, pl.DataFrame],
-    record: dict[str, Any],
+    record: PublicationRecord,
     base_run: str | None,
     keep_runs: int = 3,
 ) -> list[str]:
@@ -147,7 +145,7 @@ def publish_partition(
     entries: dict[str, dict[str, Any]] = {}
     for name, frame in tables.items():
         rel = f"{name}/{column}={key}/run={run_id}/part-0.parquet"
-        _write_parquet(warehouse / rel, frame)
+        storage.write_parquet(warehouse / rel, frame)
         entries[name] = {"run_id": run_id, "files": [rel], "rows": frame.height}
     failpoints.reach("publish:data-written")
     for _ in range(MANIFEST_ATTEMPTS):
@@ -176,7 +174,7 @@ def publish_partition(
             if name not in entries:
                 parts.pop(key, None)
         manifest["runs"][run_id] = {
-            **record,
+            **as_json_dict(record),
             column: key,
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
@@ -221,42 +219,17 @@ def build_catalog(warehouse: AnyPath) -> AnyPath:
     disk, a bad file) raises RunFailed saying which manifest version the kept catalog shows, and
     `status` / `query` say the catalog is behind until a build succeeds."""
     target = warehouse / CATALOG
-    if not storage.is_local(warehouse):
-        with tempfile.TemporaryDirectory(prefix="trafficreport-catalog-") as scratch:
-            manifest, version = read_manifest_versioned(warehouse)
-            local = Path(scratch) / CATALOG
-            try:
-                _write_catalog(local, warehouse, manifest, version)
-                # The manifest version it shows travels as object metadata, so `status` need not download it.
-                target.fs.put_file(str(local), target.path, Metadata={CATALOG_VERSION_KEY: version or ""})  # type: ignore[union-attr]
-            except Exception as exc:
-                raise _not_rebuilt(warehouse, exc) from exc
-        return target
-    folder = storage.local_path(warehouse)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / CATALOG
-    # One build at a time per warehouse, each from the manifest as it is once it holds the lock: the
-    # last build to finish shows the newest manifest (concurrent backfill runs each build one).
-    with open(folder / f".{CATALOG}.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for stale in folder.glob(f".{CATALOG}.*.tmp*"):
-            stale.unlink(missing_ok=True)  # a build killed midway (no other build runs: we hold the lock)
+    backend = storage.backend_of(warehouse)
+    # One build at a time per local warehouse, each from the manifest as it is once it holds the lock:
+    # the last build to finish shows the newest manifest (concurrent backfill runs each build one).
+    with backend.exclusive(target), backend.scratch_for(target) as building:
         manifest, version = read_manifest_versioned(warehouse)
-        building = storage.scratch_name(final)
         try:
             _write_catalog(building, warehouse, manifest, version)
-            fd = os.open(building, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(building, final)
-            storage.fsync_folder(folder)
+            # The manifest version it shows travels as object metadata on S3, so `status` need not download it.
+            backend.install(building, target, {CATALOG_VERSION_KEY: version or ""})
         except Exception as exc:
             raise _not_rebuilt(warehouse, exc) from exc
-        finally:
-            building.unlink(missing_ok=True)
-            _wal(building).unlink(missing_ok=True)
     return target
 
 
@@ -269,14 +242,16 @@ def _write_catalog(local: Path, warehouse: AnyPath, manifest: dict[str, Any], ve
     expected_rows: dict[str, int] = {}
     con = duckdb.connect(str(local))
     try:
-        if not storage.is_local(warehouse):
+        backend = storage.backend_of(warehouse)
+        filesystem = backend.filesystem(warehouse)
+        if filesystem is not None:
             # DuckDB reads S3 through the same fsspec filesystem (its httpfs extension is not assumed).
-            con.register_filesystem(warehouse.fs)  # type: ignore[union-attr]
+            con.register_filesystem(filesystem)
         for name, weeks in sorted(manifest["tables"].items()):
             # Table names come from our own manifest keys, checked against a fixed pattern.
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"unexpected table name in manifest: {name!r}")
-            files = [_reader_path(warehouse / f) for entry in weeks.values() for f in entry["files"]]
+            files = [backend.reader_path(warehouse / f) for entry in weeks.values() for f in entry["files"]]
             if not files:
                 continue
             con.execute(
@@ -286,11 +261,35 @@ def _write_catalog(local: Path, warehouse: AnyPath, manifest: dict[str, Any], ve
             )
             if all("rows" in entry for entry in weeks.values()):
                 expected_rows[name] = sum(int(entry["rows"]) for entry in weeks.values())
+        loaded = {name for name, weeks in manifest["tables"].items() if any(e["files"] for e in weeks.values())}
+        for table in registry.TABLES:
+            if table.name not in loaded:
+                # Not published yet (only months so far, say): empty, with the declared columns, so
+                # every view compiles now and any view that does not is an error.
+                con.register("declared_empty", registry.empty_table(table.name).to_arrow())
+                con.execute(f"create table {table.name} as select *, null::varchar as run from declared_empty")
+                con.unregister("declared_empty")
+        con.execute(
+            "create table _publications (table_name varchar, partition_column varchar, partition_key varchar, "
+            "run varchar, rows bigint)"
+        )
+        for name, parts in sorted(manifest["tables"].items()):
+            for key, entry in sorted(parts.items()):
+                con.execute(
+                    "insert into _publications values ($name, $column, $key, $run, $rows)",
+                    {
+                        "name": name,
+                        "column": registry.BY_NAME[name].partition if name in registry.BY_NAME else None,
+                        "key": key,
+                        "run": entry["run_id"],
+                        "rows": entry.get("rows"),
+                    },
+                )
         for sql_file in sorted(SQL_DIR.glob("*.sql")):
             try:
                 con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
-            except duckdb.CatalogException:
-                continue  # its tables are not published yet (e.g. only months so far): no view until they are
+            except duckdb.Error as exc:
+                raise RuntimeError(f"view {sql_file.name} does not compile: {_one_line(exc)}") from exc
         con.execute(
             "create table _catalog as select $version as manifest_version, now() as built_at",
             {"version": version or ""},
@@ -348,19 +347,20 @@ def catalog_version(warehouse: AnyPath) -> str | None:
     """The manifest version the warehouse's catalog was built from; None when there is no catalog
     ("" when it does not say: an S3 catalog uploaded before the version was recorded with it)."""
     target = warehouse / CATALOG
-    if storage.is_local(warehouse):
-        if not storage.local_path(target).exists():
+    local = storage.backend_of(warehouse).local_file(target)
+    if local is not None:
+        if not local.exists():
             return None
-        con = open_analyst_catalog(storage.local_path(target))
+        con = open_analyst_catalog(local)
         try:
             return built_from(con)
         finally:
             con.close()
     try:
-        metadata = target.fs.metadata(target.path, refresh=True)  # type: ignore[union-attr]
+        metadata = storage.backend_of(warehouse).metadata(target) or {}
     except FileNotFoundError:
         return None
-    return str({k.lower(): v for k, v in metadata.items()}.get(CATALOG_VERSION_KEY, ""))
+    return metadata.get(CATALOG_VERSION_KEY, "")
 
 
 def built_from(con: duckdb.DuckDBPyConnection) -> str:
@@ -396,15 +396,12 @@ def catalog_lag(catalog: str | None, manifest: str | None) -> str | None:
     return None
 
 
-def _reader_path(path: AnyPath) -> str:
-    return str(storage.local_path(path)) if storage.is_local(path) else str(path)
-
-
 def local_catalog(warehouse: AnyPath) -> Path:
     """A local file of the warehouse's catalog: the file itself, or a cached download from S3."""
     target = warehouse / CATALOG
-    if storage.is_local(warehouse):
-        return storage.local_path(target)
+    local = storage.backend_of(warehouse).local_file(target)
+    if local is not None:
+        return local
     digest = hashlib.sha256(str(target).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trafficreport" / digest
     cache.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import polars as pl
 from flows import publish, storage
 from flows.resources import sql_folder
 from flows.storage import AnyPath
-from transforms import report as derive
+from transforms.report import figures as derive
 
 SQL = sql_folder()
 SCATTER_USERS = 5000
@@ -219,9 +219,11 @@ def _ports_by_week(ports: pl.DataFrame, week: dt.date) -> pl.DataFrame:
     )
 
 
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    rows = con.execute("select table_name from information_schema.tables where table_name = $name", {"name": name})
-    return bool(rows.fetchall())
+def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """True when the catalog's table `name` (a declared table: it always exists, empty until
+    published) holds rows."""
+    rows = con.execute(f"select exists (select 1 from {name})").fetchall()  # name: a fixed table name
+    return bool(rows[0][0])
 
 
 def _figure_section(
@@ -244,7 +246,7 @@ def _monthly_sections(
     con: duckdb.DuckDBPyConnection, week: dt.date, figures: dict[str, bytes]
 ) -> list[tuple[str, str, str]]:
     """Figure 1 and the traffic growth table, from the published months (a note when there are none)."""
-    if not _has_table(con, "monthly_traffic"):
+    if not _has_rows(con, "monthly_traffic"):
         note = "No month of interface counters is published: run `trafficreport backfill` over months with counters."
         return [("Figure 1: monthly traffic", f"<p class='note'>{note}</p>", note)]
     monthly = _query(con, "monthly_traffic")

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 RUNNING = ".running"
@@ -65,3 +66,67 @@ def run_folder(staging: Path, run_id: str, keep: bool = False) -> Iterator[Path]
         else:
             shutil.rmtree(folder, ignore_errors=True)
         handle.close()
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """Every file a run stages or sets aside, by what it holds: tasks pass this, never file names.
+
+    `root` is the run's staging folder (`<staging>/<run_id>`, removed when the run ends);
+    `quarantine_root` is where the run's set-aside input is described (`<quarantine>/<period>/run=<id>`,
+    kept)."""
+
+    root: Path
+    quarantine_root: Path
+
+    @classmethod
+    def of_run(cls, root: Path, quarantine: Path, partition: str, key: str) -> StageLayout:
+        """The layout of run `root.name` of a week (`partition="week"`) or a month."""
+        return cls(root, quarantine / f"{partition}={key}" / f"run={root.name}")
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def exporter_flows(self, exporter: str) -> Path:
+        """Folder of one exporter's decoded, sampling-resolved flow parts."""
+        return self.root / "flows" / exporter
+
+    @property
+    def assignments(self) -> Path:
+        """Address assignments of the week's sessions (user_key, address or prefix, valid_from/to)."""
+        return self.root / "assignments.parquet"
+
+    @property
+    def users(self) -> Path:
+        """The week's known users (user_key, service, customer_type)."""
+        return self.root / "users.parquet"
+
+    @property
+    def billing_user_day(self) -> Path:
+        """Mobile usage per phone and day from billing records."""
+        return self.root / "billing_user_day.parquet"
+
+    @property
+    def radius_user_week(self) -> Path:
+        """RADIUS-counted volume per broadband user over the week."""
+        return self.root / "radius_user_week.parquet"
+
+    @property
+    def reconciliation(self) -> Path:
+        """Flows vs RADIUS per broadband user."""
+        return self.root / "reconciliation.parquet"
+
+    def partial(self, table: str, exporter: str) -> Path:
+        """One exporter's partial aggregate `table` (user_day, port, hour, port_bucket)."""
+        return self.root / "partials" / f"{table}.{exporter}.parquet"
+
+    @property
+    def data_docs(self) -> Path:
+        """Great Expectations Data Docs of the run's audit."""
+        return self.root / "data_docs"
+
+    def quarantine(self, name: str) -> Path:
+        """A file of the run's quarantine (its folder made)."""
+        self.quarantine_root.mkdir(parents=True, exist_ok=True)
+        return self.quarantine_root / name

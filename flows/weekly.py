@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
-import json
 import os
 import threading
 import time
@@ -33,22 +32,33 @@ from flows import (
     report,
     storage,
 )
+from flows.failures import AuditFailed as AuditFailed  # raised here; defined with the other errors
 from flows.failures import RunFailed, UsageError
 from flows.settings import Settings, load_settings
-from flows.staging import remove_stale_runs, run_folder
-from transforms import attribution, ports, radius, reconcile, stats, subscribers, usage
+from flows.staging import StageLayout, remove_stale_runs, run_folder
+from transforms import attribution
+from transforms.accounting import radius, subscribers
 from transforms.errors import InputFormatError
-
-PUBLISHED_TABLES = (
-    "user_day_usage",
-    "user_week_usage",
-    "usage_summary",
-    "port_usage",
-    "port_share",
-    "traffic_hour",
-    "port_bucket_hour",
-    "ingest_quality",
+from transforms.run_records import (
+    AccountingSummary,
+    AttributionPartials,
+    AuditLimits,
+    AuditResult,
+    ExporterIngestResult,
+    ExporterSummary,
+    PublicationRecord,
+    ReconciliationSummary,
+    SamplingSource,
+    StageTiming,
+    TaskTransfer,
+    WeekIngest,
+    WeekRun,
 )
+from transforms.tables import ports, reconcile, registry, usage
+from transforms.tables import week as week_tables
+
+# Every weekly table of the warehouse (declared in transforms/tables/registry.py).
+PUBLISHED_TABLES = registry.WEEKLY_TABLES
 
 
 @dataclass(frozen=True)
@@ -79,12 +89,12 @@ class StageLog:
 
     def __init__(self, logger: Any, run_id: str, week: dt.date) -> None:
         self.logger, self.run_id, self.week = logger, run_id, week
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[StageTiming] = []
         self._last = time.monotonic()
 
     def done(self, stage: str, rows: int | None = None, bytes_: int | None = None) -> None:
         now = time.monotonic()
-        row = {"stage": stage, "rows": rows, "bytes": bytes_, "seconds": round(now - self._last, 2)}
+        row = StageTiming(stage, rows, bytes_, round(now - self._last, 2))
         self.rows.append(row)
         self._last = now
         self.logger.info(
@@ -94,19 +104,14 @@ class StageLog:
             stage,
             rows if rows is not None else "-",
             bytes_ if bytes_ is not None else "-",
-            row["seconds"],
+            row.seconds,
         )
 
 
-def _transfer(task_name: str, key: str, arguments: Any, result: Any) -> dict[str, Any]:
+def _transfer(task_name: str, key: str, arguments: Any, result: Any) -> TaskTransfer:
     import cloudpickle
 
-    return {
-        "task": task_name,
-        "key": key,
-        "bytes_in": len(cloudpickle.dumps(arguments)),
-        "bytes_out": len(cloudpickle.dumps(result)),
-    }
+    return TaskTransfer(task_name, key, len(cloudpickle.dumps(arguments)), len(cloudpickle.dumps(result)))
 
 
 def new_run_id() -> str:
@@ -129,11 +134,13 @@ def _call(function: Any, *args: Any) -> Any:
 
 
 @task(cache_policy=NO_CACHE)
-def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: str, stage: Path) -> dict[str, Any]:
+def ingest_flows_of_exporter(
+    settings: Settings, window: WeekWindow, exporter: str, layout: StageLayout
+) -> ExporterIngestResult:
     """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
-    parts_dir = stage / "flows" / exporter
+    parts_dir = layout.exporter_flows(exporter)
     # Each exporter in a process of its own (when running locally): decoding is CPU-bound.
     run: Any = processes.run_in_process if processes.processes_allowed() and not settings.dask_address else _call
     result = run(
@@ -149,52 +156,53 @@ def ingest_flows_of_exporter(settings: Settings, window: WeekWindow, exporter: s
         settings.state_path,
         parts_dir,
     )
-    quarantine = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
-    quarantine.mkdir(parents=True, exist_ok=True)
-    result.quarantine.write_parquet(quarantine / f"flows.{exporter}.problems.parquet")
+    result.quarantine.write_parquet(layout.quarantine(f"flows.{exporter}.problems.parquet"))
     unrated_records = 0
     for unrated in result.unrated:
         unrated_records += pl.scan_parquet(unrated).select(pl.len()).collect().item()
-        unrated.replace(quarantine / f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet")
+        unrated.replace(layout.quarantine(f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet"))
     per_day = dict.fromkeys(map(str, window.days), 0)
     if result.parts:
         local_day = pl.col("first_ts").dt.convert_time_zone(settings.timezone).dt.date().cast(pl.String)
         counts = pl.scan_parquet(result.parts).group_by(local_day.alias("day")).len().collect()
         per_day.update({row["day"]: int(row["len"]) for row in counts.iter_rows(named=True) if row["day"] in per_day})
-    return {
-        "exporter": exporter,
-        "service": settings.service_of(exporter),
-        "parts": [str(p) for p in result.parts],
-        "files": len(result.files),
-        "formats": result.formats,
-        "records": result.records,
-        "messages": result.messages,
-        "lost_records": result.lost_records,
-        "lost_datagrams": result.lost_datagrams,
-        "outside_window": result.outside_window,
-        "duplicate_files": result.duplicate_files,
-        "input_bytes": result.input_bytes,
-        "unreadable_input_bytes": int(result.quarantine["input_bytes"].sum() or 0),
-        "quarantined_records": int(result.quarantine["records"].sum() or 0),
-        "quarantined_bytes": int(result.quarantine["bytes"].sum() or 0),
-        "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in result.quarantine.head(20).to_dicts()],
-        "sampling": [
-            {"source": source, "rate": rate, "records": count}
-            for (source, rate), count in sorted(result.sampling.items())
-        ],
-        "raw_bytes": result.raw_bytes,
-        "records_per_day": per_day,
-        "unrated_records": unrated_records,
-        "digests": result.digests,
-        "record_sets": result.record_sets,
-    }
+    summary = ExporterSummary(
+        exporter=exporter,
+        service=settings.service_of(exporter),
+        parts=tuple(str(p) for p in result.parts),
+        files=len(result.files),
+        formats=dict(result.formats),
+        records=result.records,
+        messages=result.messages,
+        lost_records=result.lost_records,
+        lost_datagrams=result.lost_datagrams,
+        outside_window=result.outside_window,
+        duplicate_files=result.duplicate_files,
+        input_bytes=result.input_bytes,
+        unreadable_input_bytes=int(result.quarantine["input_bytes"].sum() or 0),
+        quarantined_records=int(result.quarantine["records"].sum() or 0),
+        quarantined_bytes=int(result.quarantine["bytes"].sum() or 0),
+        problems=_problem_lines(result.quarantine),
+        sampling=tuple(
+            SamplingSource(source, rate, count) for (source, rate), count in sorted(result.sampling.items())
+        ),
+        raw_bytes=result.raw_bytes,
+        records_per_day=per_day,
+        unrated_records=unrated_records,
+    )
+    return ExporterIngestResult(summary, tuple(result.digests), tuple(result.record_sets))
+
+
+def _problem_lines(quarantine: pl.DataFrame, first: int = 20) -> tuple[str, ...]:
+    """The first quarantine rows as "source: position: reason" (never a record's content)."""
+    return tuple(f"{p['source']}: {p['position']}: {p['reason']}" for p in quarantine.head(first).to_dicts())
 
 
 @task(cache_policy=NO_CACHE)
-def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, Any]:
+def build_assignments(settings: Settings, window: WeekWindow, layout: StageLayout) -> AccountingSummary:
     """Address assignments and the week's users from RADIUS accounting, plus mobile billing usage."""
     try:
-        return _build_assignments(settings, window, stage)
+        return _build_assignments(settings, window, layout)
     except (InputFormatError, FileNotFoundError, UsageError):
         raise  # their messages name files, lines and reasons only
     except Exception as exc:
@@ -209,7 +217,7 @@ def build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> di
         raise error from None
 
 
-def _build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> dict[str, Any]:
+def _build_assignments(settings: Settings, window: WeekWindow, layout: StageLayout) -> AccountingSummary:
     # The day before holds Starts of sessions open at the week's start; the day after holds the
     # Interim/Stop records that close the week's last hours.
     days = [window.week - dt.timedelta(days=1)] + window.days + [window.week + dt.timedelta(days=7)]
@@ -234,34 +242,31 @@ def _build_assignments(settings: Settings, window: WeekWindow, stage: Path) -> d
             billing.filter(pl.col("known")).select("user_key", "service", "customer_type"),
         ]
     ).unique()
-    stage.mkdir(parents=True, exist_ok=True)
+    layout.root.mkdir(parents=True, exist_ok=True)
     identified_sessions = subscribers.identify_assignments(sessions, directory, key)
     reconcile.radius_week_volumes(records, identified_sessions, window.start, window.end).write_parquet(
-        stage / "radius_user_week.parquet"
+        layout.radius_user_week
     )
-    assignments.drop("nas", "session_id").write_parquet(stage / "assignments.parquet")
-    users.write_parquet(stage / "users.parquet")
+    assignments.drop("nas", "session_id").write_parquet(layout.assignments)
+    users.write_parquet(layout.users)
     billing.filter(pl.col("known")).select(
         "user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("billing").alias("source")
-    ).write_parquet(stage / "billing_user_day.parquet")
+    ).write_parquet(layout.billing_user_day)
     # The quarantine keeps the reason and where, not the record: it would hold clear identities.
-    quarantine_dir = settings.quarantine_path / f"week={window.week}" / f"run={stage.name}"
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    quarantine.write_parquet(quarantine_dir / "radius.problems.parquet")
-    return {
-        "accounting_records": records.height,
-        "sessions": sessions.height,
-        "assignments": assignments.height,
-        "address_conflicts": int(assignments["conflict"].sum()),
-        "unknown_identities": int((~assignments["known"]).sum()),
-        "users": users.height,
-        "sessions_closed_by_nas_reset": int((sessions["closed_by"] == "nas_reset").sum()),
-        "sessions_without_stop": int((sessions["closed_by"] == "open").sum()),
-        "quarantined_records": quarantine.height,
-        # A file read not at all (or cut short) holds an unknown number of records: the audit fails.
-        "unreadable_files": int((quarantine["position"] == "line 0").sum()),
-        "problems": [f"{p['source']}: {p['position']}: {p['reason']}" for p in quarantine.head(20).to_dicts()],
-    }
+    quarantine.write_parquet(layout.quarantine("radius.problems.parquet"))
+    return AccountingSummary(
+        accounting_records=records.height,
+        sessions=sessions.height,
+        assignments=assignments.height,
+        address_conflicts=int(assignments["conflict"].sum()),
+        unknown_identities=int((~assignments["known"]).sum()),
+        users=users.height,
+        sessions_closed_by_nas_reset=int((sessions["closed_by"] == "nas_reset").sum()),
+        sessions_without_stop=int((sessions["closed_by"] == "open").sum()),
+        quarantined_records=quarantine.height,
+        unreadable_files=int((quarantine["position"] == "line 0").sum()),
+        problems=_problem_lines(quarantine),
+    )
 
 
 def _day_starts(window: WeekWindow) -> list[int]:
@@ -273,14 +278,15 @@ def _day_starts(window: WeekWindow) -> list[int]:
 
 @task(cache_policy=NO_CACHE)
 def attribute_exporter(
-    settings: Settings, window: WeekWindow, exporter: str, parts: list[str], service: str, stage: Path
-) -> dict[str, str]:
+    settings: Settings, window: WeekWindow, exporter: str, parts: list[str], service: str, layout: StageLayout
+) -> AttributionPartials:
     """User-day, port and hourly partial aggregates of one exporter's flows, attributed chunk by chunk
     on two threads (flows.attribute), so memory stays bounded whatever the week's size."""
-    assignments = pl.read_parquet(stage / "assignments.parquet").filter(pl.col("known"))
+    assignments = pl.read_parquet(layout.assignments).filter(pl.col("known"))
     day_starts = _day_starts(window)
     with processes.two_core_step("attribution"), attribute.keeping_freed_memory():
-        lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts)
+        with processes.thread_mapper(2) as mapper:
+            lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts, mapper=mapper)
         totals = attribute.attribute_files(
             [Path(p) for p in parts],
             lookup,
@@ -317,129 +323,35 @@ def attribute_exporter(
         ("hour", hours.with_columns(service=pl.lit(service))),
         ("port_bucket", port_buckets),
     ):
-        path = stage / "partials" / f"{table}.{exporter}.parquet"
+        path = layout.partial(table, exporter)
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(path)
         out[table] = str(path)
-    return out
+    return AttributionPartials(**out)
 
 
-def read_flow_user_days(partials: list[dict[str, str]]) -> pl.DataFrame:
+def read_flow_user_days(partials: list[AttributionPartials]) -> pl.DataFrame:
     """Flow-attributed user-day rows of every exporter (read once: the tables and the RADIUS
     reconciliation both use them)."""
-    return pl.concat([pl.read_parquet(p["user_day"]) for p in partials]) if partials else pl.DataFrame()
+    return pl.concat([pl.read_parquet(p.user_day) for p in partials]) if partials else pl.DataFrame()
 
 
 def combine_tables(
-    window: WeekWindow, stage: Path, partials: list[dict[str, str]], flow_days: pl.DataFrame
+    window: WeekWindow, layout: StageLayout, partials: list[AttributionPartials], flow_days: pl.DataFrame
 ) -> dict[str, pl.DataFrame]:
-    """The published tables of the week from the per-exporter partial aggregates."""
-    users = pl.read_parquet(stage / "users.parquet")
-    broadband_days = (
-        flow_days.filter(pl.col("service") != "mobile")
-        .group_by("user_key", "service", "customer_type", "day")
-        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("source").first())
+    """The published tables of the week (but ingest_quality) from the staged partial aggregates."""
+    return week_tables.combine_week_tables(
+        window.week,
+        pl.read_parquet(layout.users),
+        flow_days,
+        pl.read_parquet(layout.billing_user_day),
+        [pl.read_parquet(p.port) for p in partials],
+        [pl.read_parquet(p.hour) for p in partials],
+        [pl.read_parquet(p.port_bucket) for p in partials],
     )
-    billing_days = pl.read_parquet(stage / "billing_user_day.parquet")
-    columns = [
-        "day",
-        "service",
-        "user_key",
-        "customer_type",
-        pl.col("in_bytes").cast(pl.Float64),
-        pl.col("out_bytes").cast(pl.Float64),
-        "source",
-    ]
-    user_day = (
-        pl.concat([broadband_days.select(columns), billing_days.select(columns)])
-        .with_columns(pl.lit(window.week).alias("week"))
-        .sort("day", "service", "user_key")
-    )
-    user_week = usage.user_week_usage(user_day, users, window.week)
-    summary = stats.summarize_usage(user_week).with_columns(pl.lit(window.week).alias("week"))
-    port_usage = (
-        pl.concat([pl.read_parquet(p["port"]) for p in partials])
-        .group_by("service", "protocol", "port")
-        .agg(pl.col("bytes").sum())
-        .with_columns(pl.lit(window.week).alias("week"))
-        .sort("service", "protocol", "port")
-    )
-    port_share = ports.share_by_category(port_usage).with_columns(pl.lit(window.week).alias("week"))
-    traffic_hour = (
-        pl.concat([pl.read_parquet(p["hour"]) for p in partials])
-        .group_by("service", "day", "hour")
-        .agg(pl.col("in_bytes").sum(), pl.col("out_bytes").sum(), pl.col("unattributed_bytes").sum())
-        .with_columns(pl.lit(window.week).alias("week"))
-        .sort("service", "day", "hour")
-    )
-    port_bucket_hour = (
-        pl.concat([pl.read_parquet(p["port_bucket"]) for p in partials])
-        .group_by("service", "day", "hour", "bucket")
-        .agg(pl.col("bytes").sum())
-        .with_columns(pl.lit(window.week).alias("week"))
-        .sort("service", "day", "hour", "bucket")
-    )
-    return {
-        "user_day_usage": user_day,
-        "user_week_usage": user_week,
-        "usage_summary": summary,
-        "port_usage": port_usage.with_columns(pl.col("port").cast(pl.Int32)),
-        "port_share": port_share,
-        "traffic_hour": traffic_hour,
-        "port_bucket_hour": port_bucket_hour,
-    }
 
 
-def ingest_quality_table(
-    window: WeekWindow, flow_info: list[dict[str, Any]], radius_info: dict[str, Any]
-) -> pl.DataFrame:
-    """Rows (week, feed_type, feed, service, records, quarantined_records, quarantined_pct, sampling):
-    one per exporter and one for RADIUS, for the report's data-quality section."""
-    rows = []
-    for info in flow_info:
-        total = sum(int(s["records"]) for s in info["sampling"]) or 1
-        rows.append(
-            {
-                "feed_type": "flows",
-                "feed": info["exporter"],
-                "service": info["service"],
-                "records": int(info["records"]),
-                "quarantined_records": int(info["quarantined_records"]) + int(info["unrated_records"]),
-                "sampling": "; ".join(
-                    f"1:{s['rate']} from {s['source']} ({100 * int(s['records']) / total:.1f}%)"
-                    for s in info["sampling"]
-                ),
-            }
-        )
-    rows.append(
-        {
-            "feed_type": "radius",
-            "feed": "accounting",
-            "service": "broadband+mobile",
-            "records": int(radius_info["accounting_records"]),
-            "quarantined_records": int(radius_info["quarantined_records"]),
-            "sampling": "",
-        }
-    )
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "feed_type": pl.String,
-            "feed": pl.String,
-            "service": pl.String,
-            "records": pl.Int64,
-            "quarantined_records": pl.Int64,
-            "sampling": pl.String,
-        },
-    )
-    seen = pl.col("records") + pl.col("quarantined_records")
-    return frame.with_columns(
-        quarantined_pct=pl.when(seen > 0).then(100 * pl.col("quarantined_records") / seen).otherwise(0.0),
-        week=pl.lit(window.week),
-    ).sort("feed_type", "feed")
-
-
-def reconcile_with_radius(stage: Path, flow_days: pl.DataFrame, settings: Settings) -> dict[str, Any]:
+def reconcile_with_radius(layout: StageLayout, flow_days: pl.DataFrame, settings: Settings) -> ReconciliationSummary:
     """Per broadband user: flow-estimated vs RADIUS-counted volume of the week; the counts go to
     the audit, the rows to the staging area."""
     flow_week = (
@@ -448,22 +360,27 @@ def reconcile_with_radius(stage: Path, flow_days: pl.DataFrame, settings: Settin
         .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
     )
     compared = reconcile.compare_flows_to_radius(
-        flow_week, pl.read_parquet(stage / "radius_user_week.parquet"), settings.reconcile_z, settings.reconcile_floor
+        flow_week, pl.read_parquet(layout.radius_user_week), settings.reconcile_z, settings.reconcile_floor
     )
-    compared.write_parquet(stage / "reconciliation.parquet")
+    compared.write_parquet(layout.reconciliation)
     outside = compared.filter(~pl.col("in_within") | ~pl.col("out_within"))
-    return {
-        "users_compared": compared.height,
-        "users_outside_tolerance": outside.height,
-        "median_error_in": compared["in_error"].median() if compared.height else None,
-        "median_error_out": compared["out_error"].median() if compared.height else None,
-    }
+    return ReconciliationSummary(
+        users_compared=compared.height,
+        users_outside_tolerance=outside.height,
+        median_error_in=_median(compared["in_error"]),
+        median_error_out=_median(compared["out_error"]),
+    )
+
+
+def _median(values: pl.Series) -> float | None:
+    median = values.median() if values.len() else None
+    return None if median is None else float(median)  # type: ignore[arg-type]
 
 
 @task(cache_policy=NO_CACHE)
 def audit_tables(
-    tables: dict[str, pl.DataFrame], ingest: dict[str, Any], settings: Settings, stage: Path
-) -> dict[str, Any]:
+    tables: dict[str, pl.DataFrame], ingest: WeekIngest, settings: Settings, layout: StageLayout
+) -> AuditResult:
     """Runs every table's Great Expectations suite, the run-level gates and the drift checks
     against the previously published week; never raises."""
     from expectations.audit import audit_week
@@ -472,81 +389,15 @@ def audit_tables(
     previous = publish.previous_published(
         settings.warehouse, week, ("usage_summary", "port_share"), settings.drift_window_weeks
     )
-    limits = {
-        name: float(getattr(settings, name))
-        for name in (
-            "max_quarantined_share",
-            "max_unattributed_share",
-            "max_user_change",
-            "max_mean_change",
-            "max_port_share_change",
-            "max_unreconciled_share",
-        )
-    }
-    return audit_week(tables, ingest, limits, previous, docs_dir=stage / "data_docs")
-
-
-def markdown_summary(window: WeekWindow, tables: dict[str, pl.DataFrame], run: dict[str, Any]) -> str:
-    """The run's summary: Tables 1-4 rows, ingest counts, audit result."""
-    lines = [
-        f"# Broadband Traffic Report, week of {window.week} ({window.timezone})",
-        "",
-        f"run `{run['run_id']}`: audit **{'passed' if run['audit_passed'] else 'FAILED'}**, "
-        f"published: {run['published']}"
-        + (" (failed audit accepted by the operator)" if run.get("accepted_failed_audit") else ""),
-        "",
-    ]
-    summary = tables["usage_summary"]
-    for service, title in (
-        ("broadband", "Table 1: broadband daily usage (MB/day)"),
-        ("mobile", "Table 2: mobile daily usage (MB/day)"),
-    ):
-        lines += [
-            f"## {title}",
-            "",
-            "| direction | users | mean | median | mode | top 1% | top 10% |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in summary.filter(pl.col("service") == service).iter_rows(named=True):
-            lines.append(
-                f"| {row['direction'].upper()} | {row['users']} | {row['mean_mb']:.1f} | {row['median_mb']:.1f} | "
-                f"{row['mode_mb']:.1f} | {100 * row['top1_share']:.1f}% | {100 * row['top10_share']:.1f}% |"
-            )
-        lines.append("")
-    for service, title in (
-        ("broadband", "Table 3: broadband usage by port (%)"),
-        ("mobile", "Table 4: mobile usage by port (%)"),
-    ):
-        lines += [f"## {title}", "", "| category | share |", "|---|---:|"]
-        for row in (
-            tables["port_share"]
-            .filter((pl.col("service") == service) & (pl.col("category") != ports.OTHER_CATEGORY))
-            .iter_rows(named=True)
-        ):
-            lines.append(f"| {row['category']} | {row['share_pct']:.1f} |")
-        lines.append("")
-    lines += ["## Stages", "", "| stage | rows | bytes | seconds |", "|---|---:|---:|---:|"]
-    for row in run.get("stages", []):
-        lines.append(f"| {row['stage']} | {row['rows'] or ''} | {row['bytes'] or ''} | {row['seconds']} |")
-    lines += ["", "## Bytes between the flow and its tasks", "", "| task | of | in | out |", "|---|---|---:|---:|"]
-    for row in run.get("transfers", []):
-        lines.append(f"| {row['task']} | {row['key']} | {row['bytes_in']:,} | {row['bytes_out']:,} |")
-    lines += [
-        "",
-        "## Ingest",
-        "",
-        "```",
-        json.dumps(run["ingest"], indent=1, default=str)[:4000],
-        "```",
-        "",
-        "## Audit",
-        "",
-    ]
-    for check in run["audit"]["checks"]:
-        lines.append(
-            f"- {'ok  ' if check['success'] else 'FAIL'} {check['table']}: {check['check']} {check.get('detail', '')}"
-        )
-    return "\n".join(lines) + "\n"
+    limits = AuditLimits(
+        max_quarantined_share=settings.max_quarantined_share,
+        max_unattributed_share=settings.max_unattributed_share,
+        max_user_change=settings.max_user_change,
+        max_mean_change=settings.max_mean_change,
+        max_port_share_change=settings.max_port_share_change,
+        max_unreconciled_share=settings.max_unreconciled_share,
+    )
+    return audit_week(tables, ingest, limits, previous, docs_dir=layout.data_docs)
 
 
 def _retry_only_missing_feeds(task: Any, task_run: Any, state: Any) -> bool:
@@ -565,6 +416,19 @@ def wait_for_complete_feeds(settings: Settings, window: WeekWindow) -> list[str]
     return exporters
 
 
+@task(cache_policy=NO_CACHE)
+def rebuild_catalog(settings: Settings) -> None:
+    """catalog.duckdb rebuilt from the manifest (one table per published table, one view per sql/ file)."""
+    publish.build_catalog(settings.warehouse)
+
+
+@task(cache_policy=NO_CACHE)
+def render_report(settings: Settings, week: dt.date) -> tuple[str, str]:
+    """The week's report page rendered from the published warehouse: (where it was written, its markdown)."""
+    rendered = report.build_report(settings.warehouse, week)
+    return str(report.write_report(settings.warehouse, rendered)), rendered.markdown
+
+
 @flow(name="weekly_report", log_prints=True)
 def weekly_report(
     week: dt.date,
@@ -573,7 +437,7 @@ def weekly_report(
     accept_failed_audit: bool = False,
     feed_retries: int = 0,
     feed_retry_delay_seconds: float = 3600.0,
-) -> dict[str, Any]:
+) -> WeekRun:
     """Ingests, attributes, audits and publishes one Monday-Sunday week; returns the run summary.
     A failed audit publishes nothing unless `accept_failed_audit`, which the manifest records. A
     late feed is waited for `feed_retries` times, `feed_retry_delay_seconds` apart, then fails."""
@@ -592,27 +456,27 @@ def _run_week(
     accept_failed_audit: bool,
     feed_retries: int,
     feed_retry_delay_seconds: float,
-) -> dict[str, Any]:
+) -> WeekRun:
     logger = get_run_logger()
     window = WeekWindow(week, settings.timezone)
     base_run = publish.published_run(publish.read_manifest(settings.warehouse), week)
     if not force and base_run is not None:
         logger.info("week %s already published; skipping", week)
-        return {"week": str(week), "published": False, "skipped": True}
+        return WeekRun(run_id="", week=str(week), skipped=True)
     run_id = new_run_id()
     removed = remove_stale_runs(settings.staging)
     if removed:
         logger.info("removed the staging folders of %d runs that are no longer running", len(removed))
     # Decoded flows and partials of the run are removed when it ends: every table they fed is
     # published (or the run failed and its summary and Data Docs are in the warehouse).
-    with run_folder(settings.staging, run_id, keep=settings.keep_staging) as stage:
+    with run_folder(settings.staging, run_id, keep=settings.keep_staging) as root:
+        layout = StageLayout.of_run(root, settings.quarantine_path, "week", str(week))
         submitted: list[Any] = []
         try:
             return _run_stages(
                 window,
                 settings,
-                run_id,
-                stage,
+                layout,
                 base_run,
                 accept_failed_audit,
                 feed_retries,
@@ -630,16 +494,17 @@ def _run_week(
 def _run_stages(
     window: WeekWindow,
     settings: Settings,
-    run_id: str,
-    stage: Path,
+    layout: StageLayout,
     base_run: str | None,
     accept_failed_audit: bool,
     feed_retries: int,
     feed_retry_delay_seconds: float,
     submitted: list[Any],
-) -> dict[str, Any]:
+) -> WeekRun:
+    """The pipeline's stages in order: feeds, ingest, attribute, combine, reconcile, audit, publish,
+    catalog, report, summary."""
     logger = get_run_logger()
-    week = window.week
+    week, run_id = window.week, layout.run_id
     started = time.monotonic()
     stages = StageLog(logger, run_id, week)
     _preload_audit_library()
@@ -647,89 +512,86 @@ def _run_stages(
         retries=feed_retries, retry_delay_seconds=feed_retry_delay_seconds
     )(settings, window)
     stages.done("feeds", rows=len(exporters))
+
     interrupts.check("ingest")
-    assignment_args = (settings, window, stage)
+    assignment_args = (settings, window, layout)
     assignment_future = build_assignments.submit(*assignment_args)
-    ingest_args = [(settings, window, e, stage) for e in exporters]
+    ingest_args = [(settings, window, e, layout) for e in exporters]
     flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
     submitted += [assignment_future, *flow_futures]
-    flow_info = [f.result() for f in flow_futures]
-    assignment_info = assignment_future.result()
+    ingested: list[ExporterIngestResult] = [f.result() for f in flow_futures]
+    flow_info = [i.summary for i in ingested]
+    assignment_info: AccountingSummary = assignment_future.result()
     # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
     duplicates = landing.duplicate_inputs(
-        [(str(i["exporter"]), i.pop("digests"), i.pop("record_sets")) for i in flow_info]
+        [(i.summary.exporter, list(i.digests), list(i.record_sets)) for i in ingested]
     )
     stages.done(
         "ingest",
-        rows=sum(int(i["records"]) for i in flow_info) + int(assignment_info["accounting_records"]),
-        bytes_=sum(int(i["input_bytes"]) for i in flow_info),
+        rows=sum(i.records for i in flow_info) + assignment_info.accounting_records,
+        bytes_=sum(i.input_bytes for i in flow_info),
     )
+
     interrupts.check("attribution")
-    attribute_args = [
-        (settings, window, str(info["exporter"]), list(info["parts"]), str(info["service"]), stage)
-        for info in flow_info
-    ]
-    partials = [attribute_exporter.submit(*args) for args in attribute_args]
-    submitted += partials
-    partial_paths = [p.result() for p in partials]
-    stages.done("attribute", rows=sum(int(i["records"]) for i in flow_info))
+    attribute_args = [(settings, window, i.exporter, list(i.parts), i.service, layout) for i in flow_info]
+    partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
+    submitted += partial_futures
+    partials: list[AttributionPartials] = [p.result() for p in partial_futures]
+    stages.done("attribute", rows=sum(i.records for i in flow_info))
     # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
     # and results only, paths and counts, never the flows themselves.
     transfers = (
         [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
-        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, flow_info)]
-        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partial_paths)]
+        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, ingested)]
+        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partials)]
     )
-    flow_days = read_flow_user_days(partial_paths)
-    tables = combine_tables(window, stage, partial_paths, flow_days)
-    tables["ingest_quality"] = ingest_quality_table(window, flow_info, assignment_info)
+
+    flow_days = read_flow_user_days(partials)
+    tables = combine_tables(window, layout, partials, flow_days)
+    tables["ingest_quality"] = week_tables.ingest_quality_table(window.week, flow_info, assignment_info)
+    tables["exporter_day_records"] = week_tables.exporter_day_records_table(window.week, flow_info)
+    tables = {name: registry.conform_to_table(name, tables[name]) for name in PUBLISHED_TABLES}
     stages.done("combine", rows=sum(t.height for t in tables.values()))
-    reconciliation = reconcile_with_radius(stage, flow_days, settings)
-    ingest: dict[str, Any] = {
-        "exporters": flow_info,
-        "radius": assignment_info,
-        "reconciliation": reconciliation,
-        "duplicate_inputs": duplicates,
-    }
-    stages.done("reconcile", rows=int(reconciliation["users_compared"]))
+    reconciliation = reconcile_with_radius(layout, flow_days, settings)
+    ingest = WeekIngest(tuple(flow_info), assignment_info, reconciliation, tuple(duplicates))
+    stages.done("reconcile", rows=reconciliation.users_compared)
+
     interrupts.check("the audit")
-    audit = audit_tables(tables, ingest, settings, stage)
-    stages.done("audit", rows=len(audit["checks"]))
-    failed = [f"{c['table']}: {c['check']} (observed {c['detail']})" for c in audit["checks"] if not c["success"]]
-    run: dict[str, Any] = {
-        "run_id": run_id,
-        "week": str(week),
-        "audit_passed": audit["success"],
-        "accepted_failed_audit": bool(failed) and accept_failed_audit,
-        "audit": audit,
-        "ingest": ingest,
-        "published": False,
-        "seconds": 0.0,
-        "stages": stages.rows,
-        "transfers": transfers,
-    }
+    audit: AuditResult = audit_tables(tables, ingest, settings, layout)
+    stages.done("audit", rows=len(audit.checks))
+    failed = audit.failed
+    run = WeekRun(
+        run_id=run_id,
+        week=str(week),
+        audit_passed=audit.success,
+        accepted_failed_audit=bool(failed) and accept_failed_audit,
+        audit=audit,
+        ingest=ingest,
+        stages=stages.rows,
+        transfers=transfers,
+    )
     failpoints.reach("weekly:audited")
     interrupts.check("publication")
-    if audit["success"] or accept_failed_audit:
-        record = {
-            "audit_passed": audit["success"],
-            "accepted_failed_audit": run["accepted_failed_audit"],
-            "failed_checks": failed,
-            "replaced_run": base_run,
-        }
+    rendered_markdown: str | None = None
+    if audit.success or accept_failed_audit:
+        record = PublicationRecord(
+            audit_passed=audit.success,
+            replaced_run=base_run,
+            accepted_failed_audit=run.accepted_failed_audit,
+            failed_checks=tuple(failed),
+        )
         # From here a signal no longer stops the run: its files and manifest swap take seconds, and
         # a half-finished publication (catalog or report behind the manifest) helps nobody.
         with interrupts.publishing():
-            run["removed_runs"] = publish.publish_week(
+            run.removed_runs = publish.publish_week(
                 settings.warehouse, week, run_id, tables, record, base_run, settings.keep_runs
             )
-            publish.build_catalog(settings.warehouse)
+            run.published = True
+            rebuild_catalog(settings)
             failpoints.reach("weekly:catalog-built")
-            run["published"] = True
             stages.done("publish", rows=sum(t.height for t in tables.values()))
-            rendered = report.build_report(settings.warehouse, week)
-            run["report"] = str(report.write_report(settings.warehouse, rendered))
-            stages.done("report", bytes_=len(rendered.html))
+            rendered_markdown = _render_report_or_warn(settings, run)
+            stages.done("report")
         if interrupts.requested():
             logger.warning("interrupted during publication: week %s was published, catalog and report finished", week)
         if failed:
@@ -737,22 +599,52 @@ def _run_stages(
     if failed:
         # The GX Data Docs of the failed run go beside its summary, for whoever reads the failure.
         docs = settings.warehouse / "reports" / str(week) / f"data_docs-{run_id}"
-        storage.put_tree(stage / "data_docs", docs)
-        run["data_docs"] = f"{docs}/index.html"
-    run["seconds"] = round(time.monotonic() - started, 1)
-    summary = markdown_summary(window, tables, run)
+        storage.put_tree(layout.data_docs, docs)
+        run.data_docs = f"{docs}/index.html"
+    run.seconds = round(time.monotonic() - started, 1)
+    summary = week_tables.markdown_summary(window.week, window.timezone, tables, run)
     summary_path = settings.warehouse / "reports" / str(week) / f"summary-{run_id}.md"
     storage.write_bytes(summary_path, summary.encode())
     create_markdown_artifact(summary, key=f"weekly-report-{week}", description=f"Week of {week}")
-    if not run["published"]:
+    if not run.published:
         raise AuditFailed(
             f"week {week}: audit failed, nothing published; {len(failed)} failed checks: "
             + "; ".join(failed[:8])
-            + f"; report: {summary_path}, data docs: {run['data_docs']}"
+            + f"; report: {summary_path}, data docs: {run.data_docs}"
         )
-    create_markdown_artifact(rendered.markdown, key=f"report-{week}", description=f"Report, week of {week}")
-    logger.info("week %s published by run %s in %.1f s", week, run_id, run["seconds"])
+    if rendered_markdown is not None:
+        create_markdown_artifact(rendered_markdown, key=f"report-{week}", description=f"Report, week of {week}")
+    logger.info("week %s published by run %s in %.1f s", week, run_id, run.seconds)
     return run
+
+
+def _render_report_or_warn(settings: Settings, run: WeekRun) -> str | None:
+    """Renders the published week's report; a failure leaves the run published and Completed, with
+    the reason in the run summary, a warning in the log and a `report-failed-<week>` artifact."""
+    week = dt.date.fromisoformat(run.week)
+    try:
+        run.report, markdown = render_report(settings, week)
+        return markdown
+    except Exception as exc:
+        run.report_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        get_run_logger().warning(
+            "week %s is published, but its report was not rendered (%s); `trafficreport report --week %s` retries it",
+            week,
+            run.report_error,
+            week,
+        )
+        create_markdown_artifact(
+            f"# Report of week {week} not rendered\n\nThe week is published (run `{run.run_id}`); rendering its "
+            f"report failed: {run.report_error}.\n\nRetry with `trafficreport report --week {week}`.\n",
+            key=f"report-failed-{week}",
+            description=f"Week of {week}: published, report not rendered",
+        )
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def weekly_report_runner(settings: Settings) -> Any:
@@ -764,10 +656,6 @@ def weekly_report_runner(settings: Settings) -> Any:
 
     runner: Any = DaskTaskRunner(address=settings.dask_address)
     return weekly_report.with_options(task_runner=runner)
-
-
-class AuditFailed(RuntimeError):
-    """A week whose checkpoints failed: nothing of it was published."""
 
 
 def scheduled_local_day(timezone: str) -> dt.date:
@@ -790,7 +678,7 @@ def scheduled_weekly_report(
     exporter_services: dict[str, str] | None = None,
     feed_retries: int = 12,
     feed_retry_delay_seconds: float = 3600.0,
-) -> dict[str, Any]:
+) -> WeekRun:
     """The weekly_report of the last complete Monday-Sunday week before `today` (default: the day
     the run was scheduled for, local time, so a late or retried run still reports the same week).
     `exporter_services` maps exporter name patterns to broadband / mobile."""

@@ -109,3 +109,15 @@ def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def small_settings(tmp_path: Path, small_landing: Path) -> object:
     return _settings(tmp_path, small_landing)
+
+
+# Tests that need one of these run a Prefect server, S3, a generated week through the real flow, or a
+# real tool: all are `slow`, so `pytest -m "not slow"` is the quick loop of pure code and contracts.
+SLOW_FIXTURES = frozenset({"prefect_server", "s3_endpoint", "calibrated_week", "small_landing", "small_settings"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or item.path.parent.name == "tools":
+            item.add_marker(pytest.mark.slow)

@@ -17,6 +17,10 @@ import pytest
 from flows import cli
 from flows.publish import CATALOG, build_catalog, publish_week
 from tests.conftest import WEEK
+from transforms.run_records import PublicationRecord
+
+# Each case builds a warehouse and a catalog (about two seconds each).
+pytestmark = pytest.mark.slow
 
 TRAFFICREPORT = Path(sys.executable).with_name("trafficreport")
 EXAMPLES = Path(__file__).resolve().parents[2] / "sql" / "examples"
@@ -87,7 +91,14 @@ def tiny_week_tables(week: dt.date, scale: float = 1.0) -> dict[str, pl.DataFram
 
 def publish_tiny_week(warehouse: Path, week: dt.date, run_id: str, base_run: str | None = None) -> None:
     """Publishes tiny tables for `week` by run `run_id` (the manifest only, not the catalog)."""
-    publish_week(warehouse, week, run_id, tiny_week_tables(week), {"audit_passed": True}, base_run=base_run)
+    publish_week(
+        warehouse,
+        week,
+        run_id,
+        tiny_week_tables(week),
+        PublicationRecord(audit_passed=True, replaced_run=None),
+        base_run=base_run,
+    )
 
 
 @pytest.fixture()

@@ -117,6 +117,7 @@ def test_a_warehouse_on_another_filesystem_publishes_and_builds_its_catalog(
         assert query.returncode == 0 and query.stderr == "", query.stderr
 
 
+@pytest.mark.slow
 def test_a_full_warehouse_keeps_the_previous_catalog_until_a_build_succeeds(
     tmp_path: Path, tmpdir_on_disk: Path
 ) -> None:

@@ -21,7 +21,7 @@ NEXT_WEEK = WEEK + dt.timedelta(days=7)
 def _two_weeks(tmp_path: Path, small_settings: object, next_users: int) -> object:
     """Publishes the small week; returns settings reading the next week (generated on its own, as
     separately generated weeks collide at their edges in one landing zone) into the same warehouse."""
-    assert weekly_report(WEEK, small_settings)["published"]
+    assert weekly_report(WEEK, small_settings).published
     landing = tmp_path / "next-landing"
     generate_to(landing, NEXT_WEEK, broadband_users=next_users, mobile_phones=300, seed=5)
     return small_settings.model_copy(update={"landing": landing})
@@ -32,11 +32,11 @@ def test_a_steady_next_week_passes_the_drift_checks(
 ) -> None:
     settings = _two_weeks(tmp_path, small_settings, next_users=300)
     run = weekly_report(NEXT_WEEK, settings)
-    drift = [c for c in run["audit"]["checks"] if c["table"] == "drift"]
+    drift = [c for c in run.audit.checks if c.table == "drift"]
     # users and mean per (service, direction), then every port category of both services
     assert len(drift) >= 2 * 2 * 2 + 10
-    assert all(c["success"] for c in drift), [c for c in drift if not c["success"]]
-    assert all(str(WEEK) in c["check"] for c in drift)
+    assert all(c.success for c in drift), [c for c in drift if not c.success]
+    assert all(str(WEEK) in c.check for c in drift)
 
 
 def test_half_the_users_gone_is_a_broken_feed_and_blocks_publication(
@@ -67,8 +67,8 @@ def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
     small_settings: object, prefect_server: str
 ) -> None:
     good = weekly_report(WEEK, small_settings)
-    check = next(c for c in good["audit"]["checks"] if c["table"] == "reconciliation")
-    assert check["success"] and good["ingest"]["reconciliation"]["users_compared"] > 250
+    check = next(c for c in good.audit.checks if c.table == "reconciliation")
+    assert check.success and good.ingest.reconciliation.users_compared > 250
     # A wrong sampling rate (4x what the exporters use) inflates every flow volume.
     wrong = small_settings.model_copy(update={"sampling_override": (("bb-*", 16384),)})
     with pytest.raises(AuditFailed, match="reconciliation: share of broadband users whose flow volume is outside"):
@@ -82,9 +82,9 @@ def test_table_suites_check_schema_and_types(calibrated_week: object) -> None:
     warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
     manifest = read_manifest(warehouse)
     summary = read_published(warehouse, manifest, "usage_summary", str(WEEK))
-    assert all(c["success"] for c in validate_tables({"usage_summary": summary}))
+    assert all(c.success for c in validate_tables({"usage_summary": summary}))
     # A count that became text, and a column nobody declared: both fail, by name.
     broken = summary.with_columns(pl.col("users").cast(pl.String)).with_columns(pl.lit(1).alias("extra"))
-    failed = [c["check"] for c in validate_tables({"usage_summary": broken}) if not c["success"]]
+    failed = [c.check for c in validate_tables({"usage_summary": broken}) if not c.success]
     assert any(c.startswith("expect_column_values_to_be_in_type_list") and '"users"' in c for c in failed)
     assert any(c.startswith("expect_table_columns_to_match_set") for c in failed)

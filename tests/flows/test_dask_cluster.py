@@ -112,15 +112,15 @@ def test_a_week_on_the_dask_cluster_publishes_exactly_the_local_run(
     with Client(dask_scheduler) as client, get_task_stream(client) as stream:
         run = weekly_report_runner(remote)(WEEK, remote)
         cluster_workers = set(client.scheduler_info()["workers"])
-    assert run["published"] and local["published"]
+    assert run.published and local.published
     for name in PUBLISHED_TABLES:
         assert _checksum(remote.warehouse, name) == _checksum(small_settings.warehouse, name), name
     # The per-exporter tasks and the RADIUS task ran on the cluster's workers, not in this process.
-    exporters = len(run["ingest"]["exporters"])
+    exporters = len(run.ingest.exporters)
     ran = [t for t in stream.data if t["key"].split("-")[0] in ("ingest_flows_of_exporter", "attribute_exporter")]
     assert len(ran) >= 2 * exporters, [t["key"] for t in stream.data]
     assert {t["worker"] for t in ran} <= cluster_workers and len(cluster_workers) == 2
     # Only small partial aggregates crossed: every task's arguments and result are paths and counts.
-    assert len(run["transfers"]) == 1 + 2 * exporters
-    for transfer in run["transfers"]:
-        assert transfer["bytes_in"] < 16_384 and transfer["bytes_out"] < 16_384, transfer
+    assert len(run.transfers) == 1 + 2 * exporters
+    for transfer in run.transfers:
+        assert transfer.bytes_in < 16_384 and transfer.bytes_out < 16_384, transfer

@@ -235,8 +235,8 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     assert name is not None
     detail.write_bytes(raw.replace(name.group(0), b'User-Name = "' + name.group(1) + b'\xe9"', 1))
     run = weekly_report(WEEK, settings)
-    assert run["published"] and run["ingest"]["radius"]["quarantined_records"] == 1
-    [problem] = run["ingest"]["radius"]["problems"]
+    assert run.published and run.ingest.radius.quarantined_records == 1
+    [problem] = run.ingest.radius.problems
     assert problem.endswith(": bytes that are not UTF-8") and name.group(1).decode() not in problem
     out, err = capfd.readouterr()
     leaked = (set(TOKEN.findall(out)) | set(TOKEN.findall(err))) & identities
@@ -523,6 +523,7 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
 
     from expectations.audit import run_checks
     from flows.landing import ingest_radius
+    from transforms.run_records import AccountingSummary, ExporterSummary, SamplingSource, WeekIngest
 
     landing = tmp_path / "landing"
     detail = next(p for p in sorted((small_landing / "radius").rglob("detail-*")) if p.is_file())
@@ -535,23 +536,47 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
     assert problems.select("position", "records").rows() == [("line 0", 1)]
     assert not set(TOKEN.findall(" ".join(problems["reason"]))) & _identities(small_landing)
     hours = pl.DataFrame({"in_bytes": [1.0], "out_bytes": [1.0], "unattributed_bytes": [0.0]})
-    exporter = {
-        "exporter": "bb-1",
-        "raw_bytes": 1,
-        "quarantined_bytes": 0,
-        "input_bytes": 1,
-        "unreadable_input_bytes": 0,
-        "records": 1,
-        "records_per_day": {},
-        "sampling": [{"source": "options", "rate": 1, "records": 1}],
-    }
-    radius = {"accounting_records": 10_000, "quarantined_records": 1, "unreadable_files": 1}
-    checks = run_checks({"exporters": [exporter], "radius": radius}, {"traffic_hour": hours}, 0.001, 0.05)
-    [gate] = [c for c in checks if c["check"] == "every accounting file could be read"]
-    assert gate["success"] is False and gate["detail"] == "1 files unreadable or cut short"
-    radius["unreadable_files"] = 0
-    checks = run_checks({"exporters": [exporter], "radius": radius}, {"traffic_hour": hours}, 0.001, 0.05)
-    assert all(c["success"] for c in checks)
+    exporter = ExporterSummary(
+        exporter="bb-1",
+        service="broadband",
+        parts=(),
+        files=1,
+        formats={"ipfix": 1},
+        records=1,
+        messages=1,
+        lost_records=0,
+        lost_datagrams=0,
+        outside_window=0,
+        duplicate_files=0,
+        input_bytes=1,
+        unreadable_input_bytes=0,
+        quarantined_records=0,
+        quarantined_bytes=0,
+        problems=(),
+        sampling=(SamplingSource("options", 1, 1),),
+        raw_bytes=1,
+        records_per_day={},
+        unrated_records=0,
+    )
+    radius = AccountingSummary(
+        accounting_records=10_000,
+        sessions=100,
+        assignments=100,
+        address_conflicts=0,
+        unknown_identities=0,
+        users=50,
+        sessions_closed_by_nas_reset=0,
+        sessions_without_stop=0,
+        quarantined_records=1,
+        unreadable_files=1,
+        problems=(),
+    )
+    checks = run_checks(WeekIngest((exporter,), radius), {"traffic_hour": hours}, 0.001, 0.05)
+    [gate] = [c for c in checks if c.check == "every accounting file could be read"]
+    assert gate.success is False and gate.detail == "1 files unreadable or cut short"
+    readable = radius.model_copy(update={"unreadable_files": 0})
+    checks = run_checks(WeekIngest((exporter,), readable), {"traffic_hour": hours}, 0.001, 0.05)
+    assert all(c.success for c in checks)
 
 
 def test_a_prefect_slot_left_by_a_killed_run_is_shown_and_released(

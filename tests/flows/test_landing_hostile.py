@@ -15,7 +15,7 @@ import zstandard
 from flows import landing
 from flows.weekly import AuditFailed, weekly_report
 from tests.conftest import WEEK
-from transforms import ipfix
+from transforms.decode import ipfix
 
 START = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
 END = START + dt.timedelta(days=7)
@@ -125,10 +125,10 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
 ) -> None:
     settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.01})
     run = weekly_report(WEEK, settings)
-    tokyo = next(e for e in run["ingest"]["exporters"] if e["exporter"] == "bb-tokyo-1")
-    assert tokyo["duplicate_files"] == 1
-    assert tokyo["unreadable_input_bytes"] >= 512
-    problems = " | ".join(tokyo["problems"])
+    tokyo = next(e for e in run.ingest.exporters if e.exporter == "bb-tokyo-1")
+    assert tokyo.duplicate_files == 1
+    assert tokyo.unreadable_input_bytes >= 512
+    problems = " | ".join(tokyo.problems)
     assert "noise.bin: byte 0: not an IPFIX stream" in problems
     # The cut-off file and its duplicate: one is decoded (its complete messages kept), one skipped.
     assert "late-copy.ipfix: byte" in problems and "runs past the end" in problems

@@ -50,7 +50,7 @@ def test_a_file_the_parser_cannot_read_is_one_problem_without_the_error_text(
     broken = _write(tmp_path, "bras-a", "detail-20240603", DETAIL.encode())
     corrupt = _write(tmp_path, "bras-b", "detail-20240603.gz", gzip.compress(DETAIL.encode())[:40])
 
-    def parse_detail(detail: bytes, source: str, timezone: str) -> None:
+    def parse_detail(detail: bytes, source: str, timezone: str, mapper: object = map) -> None:
         # polars messages quote the data they choke on
         raise pl.exceptions.ComputeError('could not parse "u2@bb.example.jp" as dtype i64')
 

@@ -17,9 +17,9 @@ from flows.monthly import write_counters
 from flows.publish import read_manifest, read_published
 from flows.report import build_report
 from tests.conftest import WEEK, PublishedWeek
-from transforms.stats import BYTES_PER_MB, MODE_BIN_DECADES, smoothed_log_histogram
 from transforms.synth.monthly import generate_counter_polls
 from transforms.synth.reference import usage_targets
+from transforms.tables.stats import BYTES_PER_MB, MODE_BIN_DECADES, smoothed_log_histogram
 
 EARLIER = dt.date(2019, 6, 3)
 
@@ -49,7 +49,7 @@ def _bins_apart(a: float, b: float) -> float:
 
 def test_one_backfill_publishes_both_weeks_and_every_month_with_counters(lookback: tuple[object, list]) -> None:
     settings, results = lookback
-    ran = [(r["kind"], r["period"], r["status"]) for r in results if r["status"] != "skipped"]
+    ran = [(r.kind, r.period, r.status) for r in results if r.status != "skipped"]
     assert ran == [
         ("month", "2019-05", "published"),
         ("month", "2019-06", "published"),
@@ -62,13 +62,13 @@ def test_one_backfill_publishes_both_weeks_and_every_month_with_counters(lookbac
     ]
     # The poller's files of August 2019 hold only the poll that closed July: half a month (less)
     # is never published.
-    [august] = [r for r in results if r["period"] == "2019-08"]
-    assert "least-covered interface covers >= 0.95 of the month (observed 0.00" in august["why"]
+    [august] = [r for r in results if r.period == "2019-08"]
+    assert "least-covered interface covers >= 0.95 of the month (observed 0.00" in august.why
     # 2024-07 ends after the range; months without counters are skipped as nothing landed.
-    skipped = {r["period"]: r["why"] for r in results if r["status"] == "skipped"}
+    skipped = {r.period: r.why for r in results if r.status == "skipped"}
     assert skipped["2020-03"] == "nothing landed" and "2024-07" not in skipped
     again = run_backfill(dt.date(2019, 1, 1), dt.date(2024, 6, 30), settings, weeks=[EARLIER, WEEK])  # type: ignore[arg-type]
-    assert {r["status"] for r in again if r["period"] != "2019-08"} == {"skipped"}
+    assert {r.status for r in again if r.period != "2019-08"} == {"skipped"}
 
 
 def test_each_year_is_close_to_its_own_reference_row(lookback: tuple[object, list]) -> None:

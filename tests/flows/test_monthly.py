@@ -30,11 +30,11 @@ def test_a_month_is_published_at_the_level_its_counters_carry(
     settings = _settings(tmp_path, tmp_path / "landing")
     run = monthly_traffic_report("2024-06", settings)
     june = counter_polls.filter(pl.col("time_s").is_between(1717167600, 1719759600, closed="left"))
-    assert run["published"] and run["polls"] == june.height > 5 * 30 * 24 - 5  # five interfaces, hourly
+    assert run.published and run.polls == june.height > 5 * 30 * 24 - 5  # five interfaces, hourly
     warehouse = settings.warehouse  # type: ignore[attr-defined]
     manifest = read_manifest(warehouse)
     rows = read_published(warehouse, manifest, "monthly_traffic", "2024-06")
-    assert manifest["runs"][run["run_id"]]["month"] == "2024-06"
+    assert manifest["runs"][run.run_id]["month"] == "2024-06"
     for row in rows.iter_rows(named=True):
         for direction in ("in", "out"):
             expected = BASE_BPS[row["service"]] * monthly_level(row["service"], direction, "2024-06")
@@ -42,7 +42,7 @@ def test_a_month_is_published_at_the_level_its_counters_carry(
             assert row[f"{direction}_bps"] == pytest.approx(expected, rel=0.01), (row["service"], direction)
         assert row["coverage"] > 0.99
     # The counter reboots the generator put in are reported, not counted as traffic.
-    assert rows["counter_resets"].sum() == run["counter_resets"]
+    assert rows["counter_resets"].sum() == run.counter_resets
 
 
 def test_a_poller_outage_with_a_reboot_fails_the_coverage_gate_and_publishes_nothing(
@@ -87,7 +87,7 @@ def test_unknown_interfaces_and_unreadable_lines_are_quarantined_and_gate_the_mo
     [unknown] = list(quarantine.glob("month=2024-06/run=*/counters.unknown_interfaces.parquet"))
     assert pl.read_parquet(unknown).rows() == [("pgw-osaka-1", "ae99", 1)]
     # Under the default gate (0.1%), the same month publishes.
-    assert monthly_traffic_report("2024-06", settings)["published"]
+    assert monthly_traffic_report("2024-06", settings).published
 
 
 def test_a_month_without_its_own_counter_file_is_a_missing_feed(
@@ -111,5 +111,5 @@ def test_the_scheduled_monthly_run_publishes_the_month_before_its_day(
         warehouse=str(tmp_path / "warehouse"),
         staging=str(tmp_path / "staging"),
     )
-    assert run["month"] == "2024-06" and run["published"]
+    assert run.month == "2024-06" and run.published
     assert set(read_manifest(tmp_path / "warehouse")["tables"]["monthly_traffic"]) == {"2024-06"}

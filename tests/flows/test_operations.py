@@ -72,4 +72,4 @@ def test_a_run_of_a_week_another_run_holds_does_not_start(small_settings: Any, p
         assert time.monotonic() - started >= 10  # it waited for the slot, then gave up
         assert read_manifest(small_settings.warehouse)["tables"] == {}
     # Released: the week runs.
-    assert weekly_report(WEEK, small_settings)["published"] is True
+    assert weekly_report(WEEK, small_settings).published is True

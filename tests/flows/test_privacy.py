@@ -18,7 +18,7 @@ from flows.landing import directory_file
 from flows.settings import load_settings
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
-from transforms.privacy import pseudonym
+from transforms.accounting.privacy import pseudonym
 
 
 def _clear_identities(landing: Path) -> set[str]:
@@ -87,7 +87,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     # Keep the run's staging folder (decoded flows, partials) so its files are scanned too.
     state = weekly_report(WEEK, small_settings.model_copy(update={"keep_staging": True}), return_state=True)
     run = state.result()
-    assert run["published"]
+    assert run.published
     root = Path(small_settings.staging).parent  # type: ignore[attr-defined]
     written = [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(small_landing)]
     assert any(p.suffix == ".parquet" for p in written) and any(p.suffix == ".duckdb" for p in written)

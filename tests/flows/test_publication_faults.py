@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -17,8 +18,11 @@ from flows import failpoints
 from flows.publish import CATALOG, MANIFEST, ConcurrentPublication, publish_week, published_run, read_manifest
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import TEST_KEY, WEEK
+from transforms.run_records import PublicationRecord
 
 CLI = [sys.executable, "-m", "flows.cli"]
+
+RECORD = PublicationRecord(audit_passed=True, replaced_run=None)
 
 
 def _weekly_in_subprocess(settings: object, api_url: str, failpoint: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +82,7 @@ def test_a_run_killed_at_any_step_leaves_old_or_new_week_and_a_rerun_succeeds(
     warehouse: Path = small_settings.warehouse  # type: ignore[attr-defined]
     first = weekly_report(WEEK, small_settings)
     old_run, old_rows = _published_state(warehouse)
-    assert old_run == first["run_id"]
+    assert old_run == first.run_id
     outcomes = {}
     for step in failpoints.STEPS:
         before = (warehouse / MANIFEST).read_bytes()
@@ -98,7 +102,7 @@ def test_a_run_killed_at_any_step_leaves_old_or_new_week_and_a_rerun_succeeds(
         assert catalog_rows == old_rows["user_week_usage"]
     rerun = weekly_report(WEEK, small_settings)
     final_run, _ = _published_state(warehouse)
-    assert final_run == rerun["run_id"]
+    assert final_run == rerun.run_id
     # Files of the killed runs that never published are gone; retention keeps the newest 3 runs.
     manifest = read_manifest(warehouse)
     kept = {final_run, *(r["run_id"] for r in manifest["retained"][str(WEEK)])}
@@ -118,20 +122,20 @@ def _tiny_tables(value: float) -> dict[str, pl.DataFrame]:
 
 
 def test_two_runs_of_one_week_cannot_both_publish(tmp_path: Path) -> None:
-    publish_week(tmp_path, WEEK, "run-a", _tiny_tables(1.0), {}, base_run=None)
+    publish_week(tmp_path, WEEK, "run-a", _tiny_tables(1.0), RECORD, base_run=None)
     # run-b started before run-a published (it saw nothing published): it must not overwrite.
     with pytest.raises(ConcurrentPublication, match="run run-a published it while run run-b was working"):
-        publish_week(tmp_path, WEEK, "run-b", _tiny_tables(2.0), {}, base_run=None)
+        publish_week(tmp_path, WEEK, "run-b", _tiny_tables(2.0), RECORD, base_run=None)
     assert published_run(read_manifest(tmp_path), WEEK) == "run-a"
     # run-b's files never became visible and are removed by the next publication of the week.
-    publish_week(tmp_path, WEEK, "run-c", _tiny_tables(3.0), {}, base_run="run-a")
+    publish_week(tmp_path, WEEK, "run-c", _tiny_tables(3.0), RECORD, base_run="run-a")
     assert sorted(p.name for p in (tmp_path / "usage_summary" / f"week={WEEK}").iterdir()) == ["run=run-a", "run=run-c"]
 
 
 def test_retention_keeps_the_newest_publications_of_a_week(tmp_path: Path) -> None:
     base = None
     for index in range(5):
-        removed = publish_week(tmp_path, WEEK, f"run-{index}", _tiny_tables(index), {}, base_run=base, keep_runs=2)
+        removed = publish_week(tmp_path, WEEK, f"run-{index}", _tiny_tables(index), RECORD, base_run=base, keep_runs=2)
         base = f"run-{index}"
     assert removed == [f"usage_summary/week={WEEK}/run=run-2"]
     manifest = read_manifest(tmp_path)
@@ -146,7 +150,37 @@ def test_accepted_failed_audit_is_published_and_recorded(
 ) -> None:
     strict = small_settings.model_copy(update={"max_unattributed_share": 0.0})
     run = weekly_report(WEEK, strict, accept_failed_audit=True)
-    assert run["published"] and not run["audit_passed"] and run["accepted_failed_audit"]
-    record = read_manifest(strict.warehouse)["runs"][run["run_id"]]
+    assert run.published and not run.audit_passed and run.accepted_failed_audit
+    record = read_manifest(strict.warehouse)["runs"][run.run_id]
     assert record["audit_passed"] is False and record["accepted_failed_audit"] is True
     assert any("unattributed share of bytes <= 0.0" in check for check in record["failed_checks"])
+
+
+def test_a_report_that_fails_after_publication_leaves_the_run_completed_with_a_warning(
+    small_settings: Any, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows import report
+
+    def broken_report(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("figure renderer crashed\nsecond line")
+
+    monkeypatch.setattr(report, "build_report", broken_report)
+    state = weekly_report(WEEK, small_settings, return_state=True)
+    assert state.is_completed(), state
+    run = state.result()
+    assert run.published and run.report is None
+    assert run.report_error == "RuntimeError: figure renderer crashed"
+    manifest = read_manifest(small_settings.warehouse)
+    assert manifest["tables"]["usage_summary"][str(WEEK)]["run_id"] == run.run_id
+    assert (small_settings.warehouse / CATALOG).exists()
+    summary = (small_settings.warehouse / "reports" / str(WEEK) / f"summary-{run.run_id}.md").read_text()
+    assert "not rendered: RuntimeError: figure renderer crashed" in summary
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"report-failed-{WEEK}"]))
+        )
+    assert [a.flow_run_id for a in artifacts] == [state.state_details.flow_run_id]
+    assert "trafficreport report --week 2024-06-03" in str(artifacts[0].data)

@@ -18,7 +18,7 @@ FIGURES = tuple(f"Figure {n}" for n in range(2, 12))  # Figure 1 needs published
 
 
 def test_the_weekly_flow_renders_the_report_with_every_figure(calibrated_week: PublishedWeek) -> None:
-    page_path = Path(str(calibrated_week.run["report"]))
+    page_path = Path(str(calibrated_week.run.report))
     page = page_path.read_text()
     for figure in FIGURES:
         match = re.search(rf"<img alt='{figure}' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", page)
@@ -28,7 +28,7 @@ def test_the_weekly_flow_renders_the_report_with_every_figure(calibrated_week: P
         assert saved.read_bytes().startswith(PNG)
     markdown = (page_path.parent / "report.md").read_text()
     assert all(f"![{figure}]" in markdown for figure in FIGURES)
-    assert "Data quality" in page and str(calibrated_week.run["run_id"]) in page
+    assert "Data quality" in page and str(calibrated_week.run.run_id) in page
 
 
 def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek) -> None:

@@ -18,6 +18,9 @@ from flows import storage
 from flows.publish import MANIFEST, local_catalog, publish_week, read_manifest, read_published
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import WEEK
+from transforms.run_records import PublicationRecord
+
+RECORD = PublicationRecord(audit_passed=True, replaced_run=None)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,8 @@ def test_weekly_flow_on_s3_publishes_what_the_local_run_publishes(
         }
     )
     remote = weekly_report(WEEK, remote_settings)
-    assert remote["published"] and local["published"]
-    assert remote["ingest"]["exporters"][0]["files"] == local["ingest"]["exporters"][0]["files"]
+    assert remote.published and local.published
+    assert remote.ingest.exporters[0].files == local.ingest.exporters[0].files
     for name in PUBLISHED_TABLES:
         assert _table(remote_settings.warehouse, name).equals(_table(small_settings.warehouse, name)), name  # type: ignore[attr-defined]
     # The catalog was built by DuckDB reading S3 through s3fs; analysts get it as a local file.
@@ -158,7 +161,7 @@ def _tiny() -> dict[str, pl.DataFrame]:
 def test_s3_errors_are_retried(faulty_s3: _FaultyS3) -> None:
     faulty_s3.failures = 3
     warehouse = storage.storage_path("s3://warehouse/flaky")
-    publish_week(warehouse, WEEK, "run-a", _tiny(), {}, base_run=None)
+    publish_week(warehouse, WEEK, "run-a", _tiny(), RECORD, base_run=None)
     assert faulty_s3.requests > 3
     assert read_manifest(warehouse)["tables"]["usage_summary"][str(WEEK)]["run_id"] == "run-a"
 
@@ -167,7 +170,7 @@ def test_an_s3_endpoint_that_keeps_failing_fails_the_publication_cleanly(faulty_
     faulty_s3.failures = 10**6
     warehouse = storage.storage_path("s3://warehouse/down")
     with pytest.raises(OSError, match="SlowDown|reduce your request rate|503"):
-        publish_week(warehouse, WEEK, "run-a", _tiny(), {}, base_run=None)
+        publish_week(warehouse, WEEK, "run-a", _tiny(), RECORD, base_run=None)
     assert faulty_s3.requests >= storage.S3_RETRY_ATTEMPTS
     # Nothing became visible: the warehouse has no manifest (checked behind the proxy's back).
     direct = s3fs.S3FileSystem(endpoint_url=faulty_s3.target and f"http://{faulty_s3.target}")

@@ -18,11 +18,11 @@ import zstandard
 
 from flows import landing
 from tests.flows.test_landing_hostile import END, START, _announcement, _data, _records, _write_day
-from transforms import ipfix, pcap
-from transforms._records import ExporterState
+from transforms.decode import ipfix, pcap
+from transforms.decode._records import ExporterState
+from transforms.decode.exports import decode_flow_file
+from transforms.decode.nfdump_csv import decode_nfdump_csv
 from transforms.errors import InputFormatError
-from transforms.exports import decode_flow_file
-from transforms.nfdump_csv import decode_nfdump_csv
 
 DAY = dt.date(2024, 6, 3)
 MONDAY_MS = 1_717_340_400_000

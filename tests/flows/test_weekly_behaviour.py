@@ -55,7 +55,7 @@ def test_backfill_skips_published_weeks_unless_forced(
     settings = small_settings.model_copy(update={"landing": landing})
     seen: list[dict[str, object]] = []
     first = run_backfill(dt.date(2024, 5, 20), dt.date(2024, 6, 23), settings, on_result=seen.append)
-    weeks = [(r["period"], r["status"]) for r in first if r["kind"] == "week"]
+    weeks = [(r.period, r.status) for r in first if r.kind == "week"]
     assert weeks == [
         ("2024-05-20", "skipped"),
         ("2024-05-27", "skipped"),
@@ -64,10 +64,10 @@ def test_backfill_skips_published_weeks_unless_forced(
         ("2024-06-17", "skipped"),
     ]
     assert sorted(map(str, seen), key=str) == sorted(map(str, first), key=str)  # reported as they finished
-    assert first[0]["why"] == "nothing landed"
-    assert "feed late or missing" in str(first[3]["why"])
-    assert f"flows/{exporter.name}: no files for 2024-06-11, 2024-06-12" in str(first[3]["why"])
-    assert [r for r in first if r["kind"] == "month"] == []  # no month lies wholly in the range
+    assert first[0].why == "nothing landed"
+    assert "feed late or missing" in str(first[3].why)
+    assert f"flows/{exporter.name}: no files for 2024-06-11, 2024-06-12" in str(first[3].why)
+    assert [r for r in first if r.kind == "month"] == []  # no month lies wholly in the range
     summary = format_summary(first)
     assert "failed: 1" in summary and "published: 1" in summary and "2024-06-10  failed" in summary
     warehouse = settings.warehouse
@@ -75,9 +75,9 @@ def test_backfill_skips_published_weeks_unless_forced(
     second = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings)
     assert second == [{"kind": "week", "period": "2024-06-03", "status": "skipped", "why": "already published"}]
     forced = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings, force=True)
-    assert forced[0]["status"] == "published" and forced[0]["run_id"] != run_id
+    assert forced[0].status == "published" and forced[0].run_id != run_id
     manifest = json.loads((warehouse / MANIFEST).read_text())
-    assert manifest["tables"]["usage_summary"][str(WEEK)]["run_id"] == forced[0]["run_id"]
+    assert manifest["tables"]["usage_summary"][str(WEEK)]["run_id"] == forced[0].run_id
     assert len(manifest["tables"]["usage_summary"]) == 1
 
 

@@ -69,13 +69,13 @@ def test_manifest_lists_every_table_and_only_files_that_exist(calibrated_week: P
     warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
     manifest = json.loads((warehouse / MANIFEST).read_text())
     assert set(manifest["tables"]) == set(PUBLISHED_TABLES)
-    assert len(PUBLISHED_TABLES) == 8
+    assert len(PUBLISHED_TABLES) == 9
     run_ids = {entry[str(WEEK)]["run_id"] for entry in manifest["tables"].values()}
-    assert run_ids == {calibrated_week.run["run_id"]}
+    assert run_ids == {calibrated_week.run.run_id}
     for entry in manifest["tables"].values():
         for f in entry[str(WEEK)]["files"]:
             assert (warehouse / f).is_file()
-    assert manifest["runs"][calibrated_week.run["run_id"]]["audit_passed"] is True
+    assert manifest["runs"][calibrated_week.run.run_id]["audit_passed"] is True
 
 
 def test_clear_subscriber_ids_and_phone_numbers_never_reach_the_warehouse(calibrated_week: PublishedWeek) -> None:
@@ -106,3 +106,18 @@ def test_hourly_profile_peaks_in_the_evening_for_broadband_downloads(calibrated_
         con.close()
     assert len(rows) == 24
     assert rows[0][0] in range(19, 24)
+
+
+def test_every_exporter_has_a_row_for_every_day_with_its_staged_records(calibrated_week: PublishedWeek) -> None:
+    warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
+    manifest = json.loads((warehouse / MANIFEST).read_text())
+    [file] = manifest["tables"]["exporter_day_records"][str(WEEK)]["files"]
+    rows = pl.read_parquet(warehouse / file)
+    ingest = calibrated_week.run.ingest
+    assert ingest is not None
+    assert rows.height == 7 * len(ingest.exporters)
+    assert sorted(set(rows["day"].to_list())) == [WEEK + dt.timedelta(days=d) for d in range(7)]
+    for exporter in ingest.exporters:
+        mine = rows.filter(pl.col("exporter") == exporter.exporter)
+        assert mine["records"].sum() == exporter.records > 0
+        assert set(mine["service"]) == {exporter.service}

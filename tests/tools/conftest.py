@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from transforms.pcap import ethernet_ipv4_frame, tcp_segment, udp_segment, write_pcap
+from transforms.decode.pcap import ethernet_ipv4_frame, tcp_segment, udp_segment, write_pcap
 
 START = 1_717_340_400.0  # 2024-06-03 00:00 JST
 

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from tests.tools.conftest import capture_udp, expected_totals, free_udp_port, require
-from transforms._records import ExporterState
 from transforms.addresses import format_address
-from transforms.exports import decode_flow_file
-from transforms.nfdump_csv import decode_nfdump_csv
+from transforms.decode._records import ExporterState
+from transforms.decode.exports import decode_flow_file
+from transforms.decode.nfdump_csv import decode_nfdump_csv
 
 
 def totals(flows: pl.DataFrame, scale: int = 1) -> dict[str, tuple[int, int]]:

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from tests.tools.conftest import free_udp_port, require
+from transforms.accounting.radius import billing_usage_by_day, build_sessions, parse_detail, sessions_to_assignments
 from transforms.addresses import address_key
-from transforms.radius import billing_usage_by_day, build_sessions, parse_detail, sessions_to_assignments
 
 TZ = "Asia/Tokyo"
 T0 = 1_717_340_400  # 2024-06-03 00:00 JST

@@ -1,4 +1,4 @@
-"""The polars parser of FreeRADIUS `detail` files that `transforms.radius.parse_detail` replaced.
+"""The polars parser of FreeRADIUS `detail` files that `transforms.accounting.radius.parse_detail` replaced.
 
 Kept verbatim (regex per attribute line, group_by + pivot) as the reference the columnar parser is
 compared with: by the differential tests here and by `bench/bench_radius.py` (old vs new).
@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.radius import ATTRIBUTES, GIGAWORD, NOT_UTF8, OTHER_STATUS_TYPES, RECORD_SCHEMA, STATUS_TYPES, UNDECODED
+from transforms.accounting.radius import (
+    ATTRIBUTES,
+    GIGAWORD,
+    NOT_UTF8,
+    OTHER_STATUS_TYPES,
+    RECORD_SCHEMA,
+    STATUS_TYPES,
+    UNDECODED,
+)
 
 
 def _event_time(timezone: str) -> pl.Expr:

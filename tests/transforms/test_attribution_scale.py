@@ -8,16 +8,9 @@ import polars as pl
 import pytest
 
 from transforms.addresses import V4_MAPPED
-from transforms.attribution import (
-    Pieces,
-    Totals,
-    add_chunk,
-    build_lookup,
-    group_identities,
-    number_user_days,
-    port_hour_volumes,
-    user_day_volumes,
-)
+from transforms.attribution import Totals, add_chunk, build_lookup, port_hour_volumes, user_day_volumes
+from transforms.attribution._grid import Pieces, number_user_days
+from transforms.attribution._lookup import group_identities
 
 EPOCH = 1_717_000_000
 DAY = 86_400

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from transforms import counters
+from transforms.accounting import counters
 
 HOUR = 3600
 

@@ -8,12 +8,13 @@ import struct
 
 import numpy as np
 import polars as pl
+import pytest
 
-from transforms import ipfix, netflow
-from transforms._records import ExporterState
-from transforms.exports import decode_flow_file
-from transforms.nfdump_csv import decode_nfdump_csv
-from transforms.pcap import ethernet_ipv4_frame, udp_segment, write_pcap
+from transforms.decode import ipfix, netflow
+from transforms.decode._records import ExporterState
+from transforms.decode.exports import decode_flow_file
+from transforms.decode.nfdump_csv import decode_nfdump_csv
+from transforms.decode.pcap import ethernet_ipv4_frame, udp_segment, write_pcap
 from transforms.synth.exporter import ExportShape, encode_export_stream
 from transforms.synth.week import WeekSpec, generate_week
 
@@ -169,7 +170,7 @@ def test_nfdump_csv_addresses_read_in_columns_agree_with_pythons_ipaddress() -> 
     import polars as pl
 
     from transforms.addresses import V4_MAPPED
-    from transforms.nfdump_csv import _addresses
+    from transforms.decode.nfdump_csv import _addresses
 
     rng = np.random.default_rng(7)
     texts = [str(ipaddress.IPv4Address(int(v))) for v in rng.integers(0, 2**32, 2000, dtype=np.uint64)]
@@ -282,6 +283,7 @@ def _pcapng(frames: list[bytes], interface_of: list[int] | None = None, sections
     return out
 
 
+@pytest.mark.slow
 def test_pcapng_read_in_one_pass_gives_what_the_block_by_block_walk_gives() -> None:
     week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=8, mobile_phones=8, seed=5))
     exporter = week.spec.exporters[0]

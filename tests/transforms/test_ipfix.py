@@ -3,9 +3,9 @@ import struct
 import numpy as np
 import polars as pl
 
-from transforms import ipfix
-from transforms._records import ExporterState
-from transforms.sampling import ANNOUNCEMENT_SCHEMA, announcements_frame, resolve_sampling
+from transforms.decode import ipfix
+from transforms.decode._records import ExporterState
+from transforms.decode.sampling import ANNOUNCEMENT_SCHEMA, announcements_frame, resolve_sampling
 
 
 def _records(n: int, start_ms: int = 1_717_340_400_000) -> dict[int, np.ndarray]:

@@ -10,10 +10,10 @@ import random
 import polars as pl
 import pytest
 
-from transforms import nfdump_csv
-from transforms._records import FLOW_FIELDS, NO_SELECTOR
+from transforms.decode import nfdump_csv
+from transforms.decode._records import FLOW_FIELDS, NO_SELECTOR
+from transforms.decode.nfdump_csv import LEGACY, MODERN, _addresses, _timestamp, decode_nfdump_csv
 from transforms.errors import InputFormatError
-from transforms.nfdump_csv import LEGACY, MODERN, _addresses, _timestamp, decode_nfdump_csv
 
 LEGACY_HEADER = (
     "ts,te,td,sa,da,sp,dp,pr,flg,fwd,stos,ipkt,ibyt,opkt,obyt,in,out,sas,das,smk,dmk,dtos,dir,nh,nhb,svln,dvln,"

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from transforms.ports import BROADBAND_CATEGORIES, classify_port, share_by_category
+from transforms.tables.ports import BROADBAND_CATEGORIES, classify_port, share_by_category
 
 
 def test_lower_port_decides_the_category() -> None:

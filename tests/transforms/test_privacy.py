@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.privacy import pseudonym, pseudonymize
+from transforms.accounting.privacy import pseudonym, pseudonymize
 
 KEY = b"a-test-key-of-20-bytes"
 

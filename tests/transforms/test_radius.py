@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from transforms.radius import (
+from transforms.accounting.radius import (
     billing_usage_by_day,
     build_sessions,
     format_detail,

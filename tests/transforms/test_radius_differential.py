@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from tests.transforms import radius_reference
-from transforms import radius
-from transforms.radius import ATTRIBUTES, format_detail, parse_detail
+from transforms.accounting import radius
+from transforms.accounting.radius import ATTRIBUTES, format_detail, parse_detail
 
 TZ = "Asia/Tokyo"
 OTHER_NAMES = ["NAS-Port", "Acct-Unique-Session-Id", "Service-Type", "Acct-Session", "User-Name-X", "Timestamp2"]

@@ -7,8 +7,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from transforms.radius import RECORD_SCHEMA
-from transforms.reconcile import compare_flows_to_radius, radius_week_volumes
+from transforms.accounting.radius import RECORD_SCHEMA
+from transforms.tables.reconcile import compare_flows_to_radius, radius_week_volumes
 
 START = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)  # 2024-06-03 00:00 JST
 END = START + dt.timedelta(days=7)

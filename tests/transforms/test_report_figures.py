@@ -7,8 +7,8 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from transforms import ports
-from transforms import report as derive
+from transforms.report import figures as derive
+from transforms.tables import ports
 
 WEEK = dt.date(2024, 6, 3)
 

@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from transforms.stats import mode_of_log_volume, summarize_usage, top_share
+from transforms.tables.stats import mode_of_log_volume, summarize_usage, top_share
 
 
 def test_mode_is_the_centre_of_the_peak_bin() -> None:

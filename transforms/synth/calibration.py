@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special
 
-from transforms.stats import MODE_BIN_DECADES, MODE_SMOOTHING_DECADES
+from transforms.tables.stats import MODE_BIN_DECADES, MODE_SMOOTHING_DECADES
 
 GRID_STEP = 0.002
 GRID_MARGIN_SD = 9.0

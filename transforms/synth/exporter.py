@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from transforms import ipfix
-from transforms._records import Template
+from transforms.decode import ipfix
+from transforms.decode._records import Template
 
 MTU_MESSAGE = 1400
 SEQUENCE_SPACE = 1 << 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.privacy import pseudonymize
+from transforms.accounting.privacy import pseudonymize
 
 
 def phone_directory(directory: pl.DataFrame) -> pl.DataFrame:

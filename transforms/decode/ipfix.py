@@ -11,8 +11,8 @@ import struct
 
 import numpy as np
 
-from transforms._messages import MessageTable, decode_table, fields
-from transforms._records import (
+from transforms.decode._messages import MessageTable, decode_table, fields
+from transforms.decode._records import (
     IE_DST_PORT,
     IE_DST_V4,
     IE_DST_V6,
@@ -34,7 +34,7 @@ from transforms._records import (
     Template,
     record_dtype,
 )
-from transforms._walk import ipfix_message_starts
+from transforms.decode._walk import ipfix_message_starts
 
 IPFIX_VERSION = 10
 HEADER = struct.Struct("!HHIII")

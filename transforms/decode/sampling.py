@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms._records import NO_SELECTOR, SamplingAnnouncement
+from transforms.decode._records import NO_SELECTOR, SamplingAnnouncement
 
 ANNOUNCEMENT_SCHEMA: dict[str, pl.DataType] = {
     "origin": pl.String(),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms import ipfix, netflow
-from transforms._messages import MessageTable, be16, be32, decode_table
-from transforms._records import Accumulator, DecodeResult, ExporterState
+from transforms.decode import ipfix, netflow
+from transforms.decode._messages import MessageTable, be16, be32, decode_table
+from transforms.decode._records import Accumulator, DecodeResult, ExporterState
+from transforms.decode.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
+from transforms.decode.pcap import Datagrams, capture_frames, is_capture, udp_payloads
 from transforms.errors import InputFormatError
-from transforms.pcap import Datagrams, capture_frames, is_capture, udp_payloads
+from transforms.mapping import Mapper
 
 
 def decode_capture(data: bytes, exporter: str, source: str, state: ExporterState) -> DecodeResult:
@@ -84,14 +86,34 @@ def _decode_ipfix(data: bytes, buf: np.ndarray, datagrams: Datagrams, chosen: np
     decode_table(data, buf, table, acc, ipfix.parse_template_set)
 
 
-def decode_flow_file(data: bytes, exporter: str, source: str, state: ExporterState) -> DecodeResult:
-    """Flows of one (already decompressed) flow file, whatever its kind."""
+def decode_flow_file(
+    data: bytes, exporter: str, source: str, state: ExporterState, nfdump_timezone: str = "UTC", mapper: Mapper = map
+) -> DecodeResult:
+    """Flows of one (already decompressed) flow file, whatever its kind (told by content): an IPFIX
+    stream, a pcap/pcapng capture of NetFlow v5/v9/IPFIX, or nfdump CSV (local times in
+    `nfdump_timezone`; its columns derived through `mapper`)."""
     if is_capture(data):
         return decode_capture(data, exporter, source, state)
     if data[:2] == ipfix.IPFIX_VERSION.to_bytes(2, "big"):
         return ipfix.decode_ipfix(data, exporter, source, state)
+    if is_nfdump_csv(data):
+        return _decode_nfdump_csv(data, exporter, source, state, nfdump_timezone, mapper)
     result = Accumulator(exporter, source, state).result()
     result.problems.append(
         InputFormatError(source, "byte 0", "not an IPFIX stream, a pcap/pcapng capture or nfdump CSV", len(data))
     )
+    return result
+
+
+def _decode_nfdump_csv(
+    data: bytes, exporter: str, source: str, state: ExporterState, timezone: str, mapper: Mapper
+) -> DecodeResult:
+    """An nfdump CSV file as a DecodeResult: each problem sets one line (one record) aside."""
+    result = Accumulator(exporter, source, state).result()
+    try:
+        result.flows, problems = decode_nfdump_csv(data, exporter, source, timezone, mapper)
+    except InputFormatError as exc:
+        problems = [exc]
+    result.problems = [InputFormatError(p.source, p.position, p.reason, p.length, records=1) for p in problems]
+    result.formats["nfdump_csv"] = 1
     return result

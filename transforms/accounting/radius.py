@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from transforms.addresses import parse_address_column
+from transforms.mapping import Mapper
 
 GIGAWORD = 1 << 32
 STATUS_TYPES = ("Start", "Stop", "Interim-Update", "Accounting-On", "Accounting-Off", "Alive")
@@ -530,10 +530,12 @@ def _local_event_times(
     return local_ms, ok, utc
 
 
-def parse_detail(detail: bytes | str, source: str, timezone: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def parse_detail(
+    detail: bytes | str, source: str, timezone: str, mapper: Mapper = map
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Accounting records (RECORD_SCHEMA) of a detail file (its bytes, or text already decoded), and
     problems (source, line, reason) in line order. Problems never quote the record: it would carry
-    clear identities (User-Name, Calling-Station-Id).
+    clear identities (User-Name, Calling-Station-Id). The file's slices are scanned through `mapper`.
 
     A record holding a line that is not UTF-8 is set aside as a whole (reason NOT_UTF8, the first
     such line), whatever else it holds.
@@ -548,10 +550,9 @@ def parse_detail(detail: bytes | str, source: str, timezone: str) -> tuple[pl.Da
             undecodable = _not_utf8_lines(data, buf)
     u64 = _words(buf, "<u8")
     has_cr = data.find(b"\r") >= 0
-    # Slices are independent, and numpy lets go of the GIL while it works: two threads scan them.
-    with ThreadPoolExecutor(max_workers=max(1, min(2, pl.thread_pool_size()))) as pool:
-        scanned = pool.map(lambda b: _scan_slice(data, buf, u64, b[0], b[1], has_cr), _slices(data) if data else [])
-        slices = list(scanned)
+    # Slices are independent (and numpy lets go of the GIL while it works on one).
+    scanned = mapper(lambda b: _scan_slice(data, buf, u64, b[0], b[1], has_cr), _slices(data) if data else [])
+    slices = list(scanned)
     line_base = np.cumsum([0] + [s.lines for s in slices])
     record_base = np.cumsum([0] + [s.header.size for s in slices])
     headers = np.concatenate([s.header + base for s, base in zip(slices, line_base)] + [np.empty(0, np.int64)])

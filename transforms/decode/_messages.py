@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from transforms._records import (
+from transforms.decode._records import (
     CHUNK_RECORDS,
     IE_END_UPTIME,
     IE_START_UPTIME,
@@ -34,7 +34,7 @@ from transforms._records import (
     record_dtype,
     sampling_from_options,
 )
-from transforms._walk import copy_runs, sequence_gaps, sets_of_messages
+from transforms.decode._walk import copy_runs, sequence_gaps, sets_of_messages
 
 NO_INIT = np.iinfo(np.int64).min
 BLOCK_RECORDS = 1 << 18

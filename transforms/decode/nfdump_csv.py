@@ -13,16 +13,18 @@ when some row of it did not parse as a number.
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from transforms._records import FLOW_FIELDS, NO_SELECTOR
 from transforms.addresses import V4_MAPPED
+from transforms.decode._records import FLOW_FIELDS, NO_SELECTOR
 from transforms.errors import InputFormatError
+from transforms.mapping import Mapper, call
 
 LEGACY = {
     "first": "ts",
@@ -311,18 +313,23 @@ def _number(value: pl.Series, dtype: pl.DataType) -> pl.Series:
     return value.cast(dtype, strict=False)
 
 
-def _derive(frame: pl.DataFrame, names: dict[str, str], timezone: str, pool: ThreadPoolExecutor) -> pl.DataFrame:
+def _derive(frame: pl.DataFrame, names: dict[str, str], timezone: str, mapper: Mapper) -> pl.DataFrame:
     """The flow columns of each row (null where a value cannot be read), plus reverse counts.
 
-    Columns are derived two at a time on `pool` (numpy and polars let go of the GIL)."""
-    src = pool.submit(_address_columns, frame[names["src"]], "src")
-    dst = pool.submit(_address_columns, frame[names["dst"]], "dst")
-    first_ts = pool.submit(_timestamps, frame[names["first"]], timezone)
-    last_ts = pool.submit(_timestamps, frame[names["last"]], timezone) if "last" in names else None
-    protocol = pool.submit(_protocols, frame[names["proto"]])
-    first = first_ts.result().alias("first_ts")
-    if last_ts is not None:
-        last = last_ts.result()
+    The address, time and protocol columns are derived through `mapper` (independent of each other)."""
+    pieces: list[Callable[[], Any]] = [
+        lambda: _address_columns(frame[names["src"]], "src"),
+        lambda: _address_columns(frame[names["dst"]], "dst"),
+        lambda: _timestamps(frame[names["first"]], timezone),
+        lambda: _protocols(frame[names["proto"]]),
+    ]
+    if "last" in names:
+        pieces.append(lambda: _timestamps(frame[names["last"]], timezone))
+    results = list(mapper(call, pieces))
+    src, dst, first_ts, protocol = results[:4]
+    first = first_ts.alias("first_ts")
+    if "last" in names:
+        last = results[4]
     elif "duration" in names:
         seconds = _number(frame[names["duration"]], pl.Float64()).fill_null(0)
         millis = (seconds * 1000).cast(pl.Int64, strict=False)
@@ -332,11 +339,11 @@ def _derive(frame: pl.DataFrame, names: dict[str, str], timezone: str, pool: Thr
     columns = [
         first,
         last.alias("last_ts"),
-        *src.result(),
-        *dst.result(),
+        *src,
+        *dst,
         _number(frame[names["sport"]], pl.Float64()).cast(pl.UInt16, strict=False).alias("src_port"),
         _number(frame[names["dport"]], pl.Float64()).cast(pl.UInt16, strict=False).alias("dst_port"),
-        protocol.result().alias("protocol"),
+        protocol.alias("protocol"),
         _number(frame[names["packets"]], pl.UInt64()).alias("packets"),
         _number(frame[names["bytes"]], pl.UInt64()).alias("bytes"),
     ]
@@ -420,9 +427,10 @@ def _chunks(data: bytes, body: int) -> list[tuple[int, int]]:
 
 
 def decode_nfdump_csv(
-    data: bytes, exporter: str, source: str, timezone: str
+    data: bytes, exporter: str, source: str, timezone: str, mapper: Mapper = map
 ) -> tuple[pl.DataFrame, list[InputFormatError]]:
-    """Flows (FLOW_SCHEMA plus sampling) of an nfdump CSV export, and the lines that could not be read."""
+    """Flows (FLOW_SCHEMA plus sampling) of an nfdump CSV export, and the lines that could not be
+    read; a chunk's columns are derived through `mapper`."""
     header_line, header_start, body, header = _header(data, source)
     names = LEGACY if "ts" in header else MODERN
     missing = [c for key, c in names.items() if key not in OPTIONAL and c not in header]
@@ -437,26 +445,25 @@ def decode_nfdump_csv(
     first_line = header_line + 2  # the file's line number (1-based) of the first row
     # Chunk by chunk (each with the header in front), so that memory beyond the file's own bytes
     # is a chunk's columns plus the flows so far.
-    with ThreadPoolExecutor(2) as pool:
-        for start, end in _chunks(data, body):
-            text = b"".join([view[header_start:body], view[start:end]])
-            chunk = _decode_chunk(text, body - header_start, names, dtypes, timezone, pool, end == len(data))
-            del text
-            for row, column in chunk.unread:
-                if unread < MAX_REPORTED:
-                    problems.append(InputFormatError(source, f"line {first_line + row}", f"unreadable {column}"))
-                unread += 1
-            if chunk.cut:
-                # nfdump ends every line: a last line without one was cut off, and its last field may
-                # read as a smaller number (98765 bytes cut to 98). Before a Summary trailer nothing is cut.
-                at = data.rindex(b"\n") + 1
-                reason = f"truncated: the line at byte {at} has no line end, the file ends after {len(data)}"
-                line = f"line {first_line + chunk.rows - 1}"
-                problems.insert(0, InputFormatError(source, line, reason, len(data) - at))
-            first_line += chunk.rows
-            parts.append(chunk.flows)
-            if chunk.trailer:
-                break
+    for start, end in _chunks(data, body):
+        text = b"".join([view[header_start:body], view[start:end]])
+        chunk = _decode_chunk(text, body - header_start, names, dtypes, timezone, mapper, end == len(data))
+        del text
+        for row, column in chunk.unread:
+            if unread < MAX_REPORTED:
+                problems.append(InputFormatError(source, f"line {first_line + row}", f"unreadable {column}"))
+            unread += 1
+        if chunk.cut:
+            # nfdump ends every line: a last line without one was cut off, and its last field may
+            # read as a smaller number (98765 bytes cut to 98). Before a Summary trailer nothing is cut.
+            at = data.rindex(b"\n") + 1
+            reason = f"truncated: the line at byte {at} has no line end, the file ends after {len(data)}"
+            line = f"line {first_line + chunk.rows - 1}"
+            problems.insert(0, InputFormatError(source, line, reason, len(data) - at))
+        first_line += chunk.rows
+        parts.append(chunk.flows)
+        if chunk.trailer:
+            break
     if unread > MAX_REPORTED:
         problems.append(InputFormatError(source, "lines", f"{unread - MAX_REPORTED} more unreadable lines"))
     # Chunks stay chunks (no copy into one buffer): the flows are most of the memory a file takes.
@@ -508,7 +515,7 @@ def _decode_chunk(
     names: dict[str, str],
     dtypes: dict[str, pl.DataType],
     timezone: str,
-    pool: ThreadPoolExecutor,
+    mapper: Mapper,
     last: bool,
 ) -> _Chunk:
     """One chunk: a header line, then rows from byte `body` (the file's end when `last`)."""
@@ -518,7 +525,7 @@ def _decode_chunk(
     except pl.exceptions.ComputeError:
         encoding = "utf8-lossy"  # not UTF-8: read as before, bad bytes replaced
         frame = _read(text, dtypes, encoding)
-    flows = _derive(frame, names, timezone, pool)
+    flows = _derive(frame, names, timezone, mapper)
     numbers = [c for key, c in names.items() if key in NUMBERS]
     suspect = flows.select(pl.any_horizontal(pl.col(REQUIRED).is_null())).to_series()
     if numbers:
@@ -539,7 +546,7 @@ def _decode_chunk(
     odd = odd[(odd < end) & keep[odd]]
     unread: list[tuple[int, str]] = []
     if odd.size:
-        flows = _read_again(text, frame, flows, names, odd, encoding, timezone)
+        flows = _read_again(text, frame, flows, names, odd, encoding, timezone, mapper)
         for row, values in zip(odd, flows[odd].select(REQUIRED).iter_rows(), strict=True):
             missing = [c for c, v in zip(REQUIRED, values, strict=True) if v is None]
             if missing:
@@ -559,6 +566,7 @@ def _read_again(
     rows: np.ndarray,
     encoding: str,
     timezone: str,
+    mapper: Mapper,
 ) -> pl.DataFrame:
     """`flows` with the given rows derived again from their text where the reader gave a number column none."""
     nulls = frame[rows].null_count()
@@ -566,6 +574,5 @@ def _read_again(
     if not again:
         return flows
     texts = _read(text, dict.fromkeys(again, pl.String()), encoding)
-    with ThreadPoolExecutor(2) as pool:
-        fixed = _derive(frame[rows].with_columns(texts[rows]), names, timezone, pool)
+    fixed = _derive(frame[rows].with_columns(texts[rows]), names, timezone, mapper)
     return flows.with_columns(flows[c].scatter(rows, fixed[c]) for c in flows.columns)

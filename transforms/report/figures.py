@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from transforms.stats import BYTES_PER_MB, MODE_BIN_DECADES, smoothing_kernel
+from transforms.tables.stats import BYTES_PER_MB, MODE_BIN_DECADES, smoothing_kernel
 
 # Figures 3, 4 and 11 span 10 KB to 100 GB a day.
 LOG10_MB_RANGE = (-2.0, 5.0)

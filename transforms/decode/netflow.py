@@ -10,8 +10,8 @@ import struct
 
 import numpy as np
 
-from transforms._messages import count_sequences, gather_records
-from transforms._records import (
+from transforms.decode._messages import count_sequences, gather_records
+from transforms.decode._records import (
     IE_DST_PORT,
     IE_DST_V4,
     IE_END_UPTIME,
@@ -33,7 +33,7 @@ from transforms._records import (
     Template,
     record_dtype,
 )
-from transforms.pcap import Datagrams
+from transforms.decode.pcap import Datagrams
 
 V9_HEADER = struct.Struct("!HHIIII")
 V5_HEADER = struct.Struct("!HHIIIIBBH")

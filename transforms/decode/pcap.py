@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms._messages import be16
-from transforms._walk import pcap_records, pcapng_blocks
+from transforms.decode._messages import be16
+from transforms.decode._walk import pcap_records, pcapng_blocks
 from transforms.errors import InputFormatError
 
 PCAP_MAGICS = {

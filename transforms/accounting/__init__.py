@@ -1,0 +1,2 @@
+"""Who had which address when, and what they used: RADIUS accounting, the subscriber directory,
+pseudonyms, interface counters."""

@@ -1,0 +1,1 @@
+"""Figure data of the report page, from published tables."""
