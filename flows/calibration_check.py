@@ -15,7 +15,7 @@ from flows.generate import TRUTH_DIR, generated_weeks
 from flows.generate import truth_dir as truth_dir_of
 from flows.publish import local_catalog, query_frame
 from flows.storage import AnyPath
-from transforms.accounting.privacy import pseudonym
+from transforms.accounting.privacy import pseudonymize
 from transforms.synth.calibration import mode_bin_of
 from transforms.synth.reference import port_share_targets, usage_targets
 from transforms.tables import ports, stats
@@ -140,11 +140,12 @@ def calibration_report(
         & (pl.col("customer_type") == "personal")
         & (pl.col("out_bytes_per_day") >= 1e9)
     )
-    heavy = heavy.with_columns(
-        user_key=pl.concat_str(
+    identities = heavy.select(
+        pl.concat_str(
             [pl.lit("broadband|"), pl.col("user_id"), pl.lit("|"), pl.col("service").str.split("_").list.last()]
-        ).map_elements(lambda v: pseudonym(key, v), return_dtype=pl.String)
-    ).join(
+        )
+    ).to_series()
+    heavy = heavy.with_columns(user_key=pseudonymize(identities, key)).join(
         published_users.select("user_key", pl.col("out_bytes_per_day").alias("published_out")),
         on="user_key",
         how="left",

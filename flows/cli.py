@@ -256,8 +256,8 @@ def _print_held_locks(settings: Any) -> None:
         except Exception as exc:  # the server may be down: the rest of the status still helps
             print(f"Prefect slots: not known ({type(exc).__name__} from {prefect_api.configured_api_url()})")
     for row in held:
-        print(f"running: {row['period']} ({row['kind']}, {row['holder']})")
-    if any(row["kind"] == "Prefect slot" for row in held):
+        print(f"running: {row.period} ({row.kind}, {row.holder})")
+    if any(row.kind == "Prefect slot" for row in held):
         print("a slot whose run is gone (killed, server restarted) is freed by `trafficreport release --week W`")
 
 
@@ -272,9 +272,9 @@ def cmd_release(args: argparse.Namespace) -> int:
             "release frees a slot of a persistent Prefect server: set PREFECT_API_URL (without one, "
             "runs hold only file locks, which the kernel frees when their process ends)"
         )
-    alive = [r for r in locks.held_locks(_settings(args).lock_dir) if r["period"] == str(period)]
+    alive = [r for r in locks.held_locks(_settings(args).lock_dir) if r.period == str(period)]
     if alive:
-        raise UsageError(f"{period} is held by a running run here ({alive[0]['holder']}): not releasing it")
+        raise UsageError(f"{period} is held by a running run here ({alive[0].holder}): not releasing it")
     held = locks.release_prefect_slot(str(period))
     print(f"{period}: released {held} Prefect slot(s)" if held else f"{period}: no slot was held")
     return 0

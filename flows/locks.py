@@ -24,8 +24,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from flows import prefect_api
 from flows.failures import WeekBusy as WeekBusy  # raised here; defined with the other errors
@@ -128,33 +128,42 @@ def one_run_at_a_time(
         yield
 
 
-def held_locks(lock_dir: Path) -> list[dict[str, Any]]:
-    """Rows (period, kind, holder) of the file locks under `lock_dir` held right now."""
+@dataclass(frozen=True)
+class HeldPeriod:
+    """A week or month a run holds right now: by a file lock here or a Prefect slot."""
+
+    period: str
+    kind: str
+    holder: str
+
+
+def held_locks(lock_dir: Path) -> list[HeldPeriod]:
+    """The file locks under `lock_dir` held right now."""
     rows = []
     for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
         try:
             handle = open(path)  # noqa: SIM115 - read-only is enough for flock: another account can look too
         except OSError:
-            rows.append({"period": path.stem, "kind": "file lock", "holder": "unknown (cannot open the lock)"})
+            rows.append(HeldPeriod(path.stem, "file lock", "unknown (cannot open the lock)"))
             continue
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                rows.append({"period": path.stem, "kind": "file lock", "holder": _holder_text(path)})
+                rows.append(HeldPeriod(path.stem, "file lock", _holder_text(path)))
             else:
                 fcntl.flock(handle, fcntl.LOCK_UN)
     return rows
 
 
-def held_prefect_slots() -> list[dict[str, Any]]:
-    """Rows (period, kind, holder) of this project's Prefect concurrency limits with a slot taken."""
+def held_prefect_slots() -> list[HeldPeriod]:
+    """This project's Prefect concurrency limits with a slot taken."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         limits = client.read_global_concurrency_limits(limit=200)
     return [
-        {"period": limit.name[len(LIMIT_PREFIX) :], "kind": "Prefect slot", "holder": f"{limit.active_slots} active"}
+        HeldPeriod(limit.name[len(LIMIT_PREFIX) :], "Prefect slot", f"{limit.active_slots} active")
         for limit in limits
         if limit.name.startswith(LIMIT_PREFIX) and limit.active_slots > 0
     ]

@@ -17,7 +17,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import duckdb
 import polars as pl
@@ -63,16 +63,53 @@ class QueryRefused(UsageError, duckdb.Error):
     exit 2. Also a duckdb.Error, so code that catches DuckDB's errors still catches it."""
 
 
-def empty_manifest() -> dict[str, Any]:
+class TableEntry(TypedDict):
+    """The published files of one table for one week (or month), and the run that wrote them."""
+
+    run_id: str
+    files: list[str]
+    rows: NotRequired[int]  # absent in manifests written before rows were counted
+
+
+class RetainedRun(TypedDict):
+    """An earlier publication of a week kept for `keep_runs` (its files stay until dropped)."""
+
+    run_id: str
+    files: list[str]
+
+
+class RunEntry(TypedDict, total=False):
+    """A run that published: its PublicationRecord, the partition (`week` or `month`) and when."""
+
+    audit_passed: bool
+    replaced_run: str | None
+    accepted_failed_audit: bool
+    failed_checks: list[str]
+    polls: int | None
+    week: str
+    month: str
+    published_at: str
+
+
+class Manifest(TypedDict):
+    """The published state of a warehouse (`_manifest.json`)."""
+
+    version: int
+    tables: dict[str, dict[str, TableEntry]]
+    runs: dict[str, RunEntry]
+    retained: dict[str, list[RetainedRun]]
+
+
+def empty_manifest() -> Manifest:
     return {"version": MANIFEST_VERSION, "tables": {}, "runs": {}, "retained": {}}
 
 
-def read_manifest_versioned(warehouse: AnyPath) -> tuple[dict[str, Any], str | None]:
+def read_manifest_versioned(warehouse: AnyPath) -> tuple[Manifest, str | None]:
     """The published state and the manifest's version (None before the first publication)."""
     data, version = storage.read_versioned(warehouse / MANIFEST)
     if data is None:
         return empty_manifest(), None
-    manifest = {**empty_manifest(), **json.loads(data)}
+    manifest = cast(Manifest, {**empty_manifest(), **json.loads(data)})
     if int(manifest["version"]) > MANIFEST_VERSION:
         raise UsageError(
             f"{warehouse / MANIFEST}: manifest layout version {manifest['version']} is newer than this "
@@ -83,12 +120,12 @@ def read_manifest_versioned(warehouse: AnyPath) -> tuple[dict[str, Any], str | N
     return manifest, version
 
 
-def read_manifest(warehouse: AnyPath) -> dict[str, Any]:
+def read_manifest(warehouse: AnyPath) -> Manifest:
     """The published state: {"tables": {table: {week: entry}}, "runs": {run_id: record}, "retained": ...}."""
     return read_manifest_versioned(warehouse)[0]
 
 
-def published_run(manifest: dict[str, Any], key: dt.date | str) -> str | None:
+def published_run(manifest: Manifest, key: dt.date | str) -> str | None:
     """The run whose tables are published for a week (or a month, "YYYY-MM"), if any."""
     for parts in manifest["tables"].values():
         if str(key) in parts:
@@ -96,7 +133,7 @@ def published_run(manifest: dict[str, Any], key: dt.date | str) -> str | None:
     return None
 
 
-def read_published(warehouse: AnyPath, manifest: dict[str, Any], table: str, week: str) -> pl.DataFrame:
+def read_published(warehouse: AnyPath, manifest: Manifest, table: str, week: str) -> pl.DataFrame:
     """The rows of one table for one published week, from the files the manifest lists."""
     entry = manifest["tables"][table][week]
     return pl.concat([pl.read_parquet(io.BytesIO((warehouse / f).read_bytes())) for f in entry["files"]])
@@ -142,7 +179,7 @@ def publish_partition(
     """Writes a partition's files (a week, or a month) under new run folders, then swaps the manifest
     in one conditional write, provided the partition is still published by `base_run` (the run found
     at the start). Returns the run folders removed by retention (the newest `keep_runs` are kept)."""
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, TableEntry] = {}
     for name, frame in tables.items():
         rel = f"{name}/{column}={key}/run={run_id}/part-0.parquet"
         storage.write_parquet(warehouse / rel, frame)
@@ -162,7 +199,7 @@ def publish_partition(
                 0,
                 {
                     "run_id": current,
-                    "files": [f for parts in manifest["tables"].values() for f in parts.get(key, {}).get("files", [])],
+                    "files": [f for parts in manifest["tables"].values() if key in parts for f in parts[key]["files"]],
                 },
             )
         dropped = retained[max(keep_runs - 1, 0) :]
@@ -173,11 +210,14 @@ def publish_partition(
         for name, parts in manifest["tables"].items():
             if name not in entries:
                 parts.pop(key, None)
-        manifest["runs"][run_id] = {
-            **as_json_dict(record),
-            column: key,
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+        manifest["runs"][run_id] = cast(
+            RunEntry,
+            {
+                **as_json_dict(record),
+                column: key,
+                "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
         for old in dropped:
             manifest["runs"].pop(old["run_id"], None)
         text = json.dumps(manifest, indent=1, sort_keys=True).encode()
@@ -191,9 +231,7 @@ def publish_partition(
     raise ConcurrentPublication(f"{column} {key}: manifest kept changing under run {run_id}; gave up")
 
 
-def _remove_unlisted_runs(
-    warehouse: AnyPath, manifest: dict[str, Any], column: str, key: str, run_id: str
-) -> list[str]:
+def _remove_unlisted_runs(warehouse: AnyPath, manifest: Manifest, column: str, key: str, run_id: str) -> list[str]:
     """Deletes this partition's run folders that the manifest no longer lists: runs dropped by
     retention, and files of runs that crashed or lost a race before their manifest swap."""
     listed = {run_id, *(r["run_id"] for r in manifest["retained"].get(key, []))}
@@ -237,7 +275,7 @@ def _wal(database: Path) -> Path:
     return database.with_name(database.name + ".wal")
 
 
-def _write_catalog(local: Path, warehouse: AnyPath, manifest: dict[str, Any], version: str | None) -> None:
+def _write_catalog(local: Path, warehouse: AnyPath, manifest: Manifest, version: str | None) -> None:
     """Writes a new catalog database at `local` and checks it holds every listed row."""
     expected_rows: dict[str, int] = {}
     con = duckdb.connect(str(local))

@@ -3,7 +3,6 @@ markdown version, made from the published warehouse only (the DuckDB catalog and
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 import io
@@ -18,6 +17,7 @@ from flows import publish, storage
 from flows.resources import sql_folder
 from flows.storage import AnyPath
 from transforms.report import figures as derive
+from transforms.report import page as report_page
 
 SQL = sql_folder()
 SCATTER_USERS = 5000
@@ -161,64 +161,6 @@ def _scatter_figure(users: pl.DataFrame, title: str) -> bytes:
     return _png(figure)
 
 
-def _html_table(frame: pl.DataFrame, digits: int = 1) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    rows = []
-    for row in frame.iter_rows():
-        cells = "".join(
-            f"<td class='n'>{v:,.{digits}f}</td>"
-            if isinstance(v, float)
-            else f"<td class='n'>{v:,}</td>"
-            if isinstance(v, int) and not isinstance(v, bool)
-            else f"<td>{html.escape(str(v))}</td>"
-            for v in row
-        )
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _md_table(frame: pl.DataFrame, digits: int = 1) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.iter_rows():
-        lines.append("| " + " | ".join(f"{v:,.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _with_growth(table: pl.DataFrame) -> pl.DataFrame:
-    """Adds, per direction, each statistic's factor against the earliest published week."""
-    first = table.sort("week").group_by("direction", maintain_order=True).first()
-    joined = table.join(
-        first.select("direction", *(pl.col(c).alias(f"{c}_0") for c in ("mean_mb", "median_mb", "mode_mb"))),
-        on="direction",
-    )
-    grown = joined.with_columns(
-        (pl.col(c) / pl.col(f"{c}_0")).alias(f"{c.removesuffix('_mb')} x") for c in ("mean_mb", "median_mb", "mode_mb")
-    ).drop("mean_mb_0", "median_mb_0", "mode_mb_0")
-    return grown.rename(
-        {
-            "mean_mb": "mean",
-            "median_mb": "median",
-            "mode_mb": "mode",
-            "top1_pct": "top 1% (%)",
-            "top10_pct": "top 10% (%)",
-        }
-    )
-
-
-def _ports_by_week(ports: pl.DataFrame, week: dt.date) -> pl.DataFrame:
-    """One row per category, one column of shares per published week; this week's rows first, in
-    its order (the report's categories change between years: missing cells stay empty)."""
-    wide = ports.with_columns(pl.col("week").cast(pl.String)).pivot(
-        on="week", index="category", values="share_pct", sort_columns=True
-    )
-    order = ports.filter(pl.col("week") == week).select("category", "position")
-    return (
-        wide.join(order, on="category", how="left")
-        .sort(pl.col("position").is_null(), "position", "category")
-        .drop("position")
-    )
-
-
 def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """True when the catalog's table `name` (a declared table: it always exists, empty until
     published) holds rows."""
@@ -229,17 +171,8 @@ def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def _figure_section(
     figures: dict[str, bytes], name: str, png: bytes, title: str, note: str = ""
 ) -> tuple[str, str, str]:
-    key = name.lower().replace(" ", "")
-    figures[key] = png
-    html_note = f"<p class='note'>{html.escape(note)}</p>" if note else ""
-    md_note = f"\n\n{note}" if note else ""
-    return (f"{name}: {title}", f"<img alt='{name}' src='{key}'>{html_note}", f"![{name}]({key}.png){md_note}")
-
-
-def _table_section(title: str, frame: pl.DataFrame, digits: int = 1, note: str = "") -> tuple[str, str, str]:
-    html_note = f"<p class='note'>{html.escape(note)}</p>" if note else ""
-    md_note = f"\n\n{note}" if note else ""
-    return (title, _html_table(frame, digits) + html_note, _md_table(frame, digits) + md_note)
+    figures[report_page.figure_key(name)] = png
+    return report_page.figure_section(name, title, note)
 
 
 def _monthly_sections(
@@ -264,7 +197,7 @@ def _monthly_sections(
     ]
     growth = derive.traffic_growth(levels, f"{week:%Y-%m}")
     sections.append(
-        _table_section(
+        report_page.table_section(
             f"Traffic growth to {week:%Y-%m} (average monthly traffic)",
             growth,
             2,
@@ -281,7 +214,7 @@ def _five_year_section(con: duckdb.DuckDBPyConnection, week: dt.date, published:
         note = f"No week near {week - dt.timedelta(weeks=260)} is published: no five-year comparison."
         return (title, f"<p class='note'>{note}</p>", note)
     growth = derive.usage_growth(_query(con, "usage_summaries"), week, earlier)
-    return _table_section(
+    return report_page.table_section(
         f"{title} (week of {earlier} to week of {week})",
         growth,
         2,
@@ -330,9 +263,9 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
         for service, (usage_name, *_) in SERVICES.items():
             view = "table1_broadband_usage" if service == "broadband" else "table2_mobile_usage"
             sections.append(
-                _table_section(
+                report_page.table_section(
                     f"{usage_name}: {service} daily usage per user (MB/day), every published week",
-                    _with_growth(_query(con, view)),
+                    report_page.with_growth(_query(con, view)),
                     2,
                     "x: factor against the earliest published week; top 1% / 10%: share of all volume "
                     "carried by the heaviest users.",
@@ -392,9 +325,9 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
         for service, (_, ports_name, *_) in SERVICES.items():
             port_view = "table3_broadband_ports" if service == "broadband" else "table4_mobile_ports"
             sections.append(
-                _table_section(
+                report_page.table_section(
                     f"{ports_name}: {service} usage by port (% of bytes), every published week",
-                    _ports_by_week(_query(con, port_view), week),
+                    report_page.ports_by_week(_query(con, port_view), week),
                 )
             )
         bucket_weeks = [w for w in (year_before, week) if w is not None]
@@ -434,56 +367,26 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
         f"<p>Published by run <code>{html.escape(str(run_id))}</code> "
         f"on {html.escape(str(record.get('published_at', '?')))}; audit {audit}.</p>"
         + "<h3>Feeds: records, set aside, sampling</h3>"
-        + _html_table(feeds, 2)
+        + report_page.html_table(feeds, 2)
         + "<h3>Attributed and unattributed traffic</h3>"
-        + _html_table(unattributed, 2)
+        + report_page.html_table(unattributed, 2)
         + "<h3>Published tables</h3>"
-        + _html_table(publications)
+        + report_page.html_table(publications)
     )
     sections.append(
         (
             "Data quality",
             quality,
             f"Run `{run_id}`, audit {audit}.\n\n"
-            + _md_table(feeds, 2)
+            + report_page.md_table(feeds, 2)
             + "\n\n"
-            + _md_table(unattributed, 2)
+            + report_page.md_table(unattributed, 2)
             + "\n\n"
-            + _md_table(publications),
+            + report_page.md_table(publications),
         )
     )
-    page, markdown = _assemble(week, sections, figures)
+    page, markdown = report_page.assemble_page(week, sections, figures)
     return Report(week, page, markdown, figures, round(time.monotonic() - started, 2))
-
-
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; white-space: nowrap; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-td:last-child:not(.n) { white-space: normal; }
-img { max-width: 100%; }
-.note { color: #666; font-size: 0.85em; }
-"""
-
-
-def _assemble(week: dt.date, sections: list[tuple[str, str, str]], figures: dict[str, bytes]) -> tuple[str, str]:
-    body = []
-    for title, content, _ in sections:
-        for key, png in figures.items():
-            content = content.replace(f"src='{key}'", f"src='data:image/png;base64,{base64.b64encode(png).decode()}'")
-        body.append(f"<section><h2>{html.escape(title)}</h2>{content}</section>")
-    page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Broadband Traffic Report, week of {week}</title>"
-        f"<style>{STYLE}</style></head><body><h1>Broadband Traffic Report, week of {week}</h1>"
-        "<p class='note'>IN = upload (from users), OUT = download (to users). MB = 10<sup>6</sup> bytes. "
-        "Made from the published warehouse only.</p>" + "".join(body) + "</body></html>"
-    )
-    markdown = f"# Broadband Traffic Report, week of {week}\n\n" + "\n\n".join(
-        f"## {title}\n\n{md}" for title, _, md in sections
-    )
-    return page, markdown + "\n"
 
 
 def write_report(warehouse: AnyPath, report: Report) -> AnyPath:

@@ -70,3 +70,21 @@ def test_transforms_do_no_io_calls() -> None:
         and "resources.files(__package__)" not in line
     ]
     assert impure == []
+
+
+POLARS_CALLBACK = re.compile(r"\.(map_elements|map_batches|map_rows|map_groups)\(")
+
+
+def test_no_python_callbacks_run_inside_polars() -> None:
+    # A callback runs on polars' thread pool and waits there for the GIL; a thread holding the GIL
+    # while it waits for that pool (to_pandas, for one) then deadlocks both. A backfill running a
+    # month's audit beside a week's accounting hung this way: Python work is done on distinct
+    # values outside polars instead (transforms/addresses.py, transforms/accounting/privacy.py).
+    found = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for package in ("flows", "transforms", "expectations")
+        for path in (ROOT / package).rglob("*.py")
+        for line in path.read_text().splitlines()
+        if POLARS_CALLBACK.search(line)
+    ]
+    assert found == []

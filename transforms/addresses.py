@@ -7,7 +7,6 @@ import ipaddress
 import polars as pl
 
 V4_MAPPED = 0xFFFF_0000_0000
-ADDRESS_KEY = pl.Struct({"family": pl.String, "key": pl.UInt64, "prefix_len": pl.Int64})
 
 
 def prefix_mask(length: int) -> int:
@@ -30,9 +29,23 @@ def address_key(text: str | None) -> dict[str, object] | None:
     return {"family": "v6", "key": upper & prefix_mask(length), "prefix_len": length}
 
 
-def parse_address_column(column: pl.Expr) -> pl.Expr:
-    """Struct (family, key, prefix_len) of textual IPv4 addresses / IPv6 prefixes."""
-    return column.map_elements(address_key, return_dtype=ADDRESS_KEY, skip_nulls=True)
+def parse_addresses(texts: pl.Series) -> pl.DataFrame:
+    """Columns family, key, prefix_len (null where unreadable) of textual IPv4 addresses / IPv6
+    prefixes, row for row; each distinct text is parsed once."""
+    # In Python, not in a polars callback: a callback waits for the GIL inside polars' thread pool,
+    # which another thread holding the GIL may be waiting for (a deadlock).
+    distinct = texts.drop_nulls().unique().to_list()
+    keys = [address_key(text) or {"family": None, "key": None, "prefix_len": None} for text in distinct]
+    table = pl.DataFrame(
+        {
+            "_text": pl.Series(distinct, dtype=pl.String),
+            "family": pl.Series([k["family"] for k in keys], dtype=pl.String),
+            "key": pl.Series([k["key"] for k in keys], dtype=pl.UInt64),
+            "prefix_len": pl.Series([k["prefix_len"] for k in keys], dtype=pl.Int64),
+        }
+    )
+    joined = texts.cast(pl.String).to_frame("_text").join(table, on="_text", how="left", maintain_order="left")
+    return joined.drop("_text")
 
 
 def format_address(hi: int, lo: int) -> str:

@@ -5,6 +5,7 @@ the audit."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -574,7 +575,7 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
     checks = run_checks(WeekIngest((exporter,), radius), {"traffic_hour": hours}, 0.001, 0.05)
     [gate] = [c for c in checks if c.check == "every accounting file could be read"]
     assert gate.success is False and gate.detail == "1 files unreadable or cut short"
-    readable = radius.model_copy(update={"unreadable_files": 0})
+    readable = dataclasses.replace(radius, unreadable_files=0)
     checks = run_checks(WeekIngest((exporter,), readable), {"traffic_hour": hours}, 0.001, 0.05)
     assert all(c.success for c in checks)
 

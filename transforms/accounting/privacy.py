@@ -15,15 +15,13 @@ def pseudonym(key: bytes, identity: str) -> str:
     return hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:USER_KEY_HEX]
 
 
-def pseudonymize(identities: pl.Expr, key: bytes) -> pl.Expr:
+def pseudonymize(identities: pl.Series, key: bytes) -> pl.Series:
     """user_key for each identity string (e.g. 'broadband|BB0000001|pppoe', 'mobile|8190...'), null
-    for null. Each distinct identity is hashed once (accounting repeats one per session record)."""
-
-    def by_distinct(column: pl.Series) -> pl.Series:
-        distinct = column.drop_nulls().unique()
-        keys = pl.Series([pseudonym(key, value) for value in distinct], dtype=pl.String)
-        table = pl.DataFrame({"identity": distinct, "user_key": keys})
-        joined = column.to_frame("identity").join(table, on="identity", how="left", maintain_order="left")
-        return joined["user_key"]
-
-    return identities.map_batches(by_distinct, return_dtype=pl.String)
+    for null, row for row. Each distinct identity is hashed once (accounting repeats one per
+    session record), in Python: not in a polars callback, which waits for the GIL inside polars'
+    thread pool while another thread holding the GIL may wait for that pool (a deadlock)."""
+    distinct = identities.drop_nulls().unique()
+    keys = pl.Series([pseudonym(key, value) for value in distinct.to_list()], dtype=pl.String)
+    table = pl.DataFrame({"identity": distinct, "user_key": keys})
+    joined = identities.to_frame("identity").join(table, on="identity", how="left", maintain_order="left")
+    return joined["user_key"]

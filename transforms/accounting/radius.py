@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from transforms.addresses import parse_address_column
+from transforms.addresses import parse_addresses
 from transforms.mapping import Mapper
 
 GIGAWORD = 1 << 32
@@ -819,7 +819,8 @@ def sessions_to_assignments(sessions: pl.DataFrame, max_silence: dt.timedelta) -
     """
     v4 = sessions.filter(pl.col("framed_ip").is_not_null()).with_columns(address=pl.col("framed_ip"))
     v6 = sessions.filter(pl.col("ipv6_prefix").is_not_null()).with_columns(address=pl.col("ipv6_prefix"))
-    rows = pl.concat([v4, v6]).with_columns(parse_address_column(pl.col("address")).alias("parsed")).unnest("parsed")
+    rows = pl.concat([v4, v6])
+    rows = pl.concat([rows, parse_addresses(rows["address"])], how="horizontal")
     rows = rows.filter(pl.col("family").is_not_null())
     silence_end = pl.col("last_seen_ts") + pl.duration(seconds=int(max_silence.total_seconds()))
     rows = rows.with_columns(valid_to=pl.coalesce("stop_ts", silence_end)).sort("start_ts")

@@ -68,7 +68,7 @@ def identify_assignments(assignments: pl.DataFrame, directory: pl.DataFrame, key
         .otherwise(pl.concat_str([pl.lit("unknown|"), pl.coalesce("user_name", "calling_station_id", pl.lit("?"))])),
     )
     return identified.with_columns(
-        user_key=pseudonymize(pl.col("identity"), key),
+        user_key=pseudonymize(identified["identity"], key),
         known=pl.col("service") != "unknown",
     ).drop("_m_sub", "_m_type", "_b_sub", "_b_type", "identity", "user_name", "calling_station_id")
 
@@ -77,8 +77,9 @@ def identify_phones(billing: pl.DataFrame, directory: pl.DataFrame, key: bytes) 
     """Billing rows plus user_key, service 'mobile', customer_type, and `known` (false: number not in the directory)."""
     phones = phone_directory(directory)
     joined = billing.join(phones, left_on="calling_station_id", right_on="phone", how="left")
+    identities = joined.select(pl.concat_str([pl.lit("mobile|"), pl.col("calling_station_id")])).to_series()
     return joined.with_columns(
-        user_key=pseudonymize(pl.concat_str([pl.lit("mobile|"), pl.col("calling_station_id")]), key),
+        user_key=pseudonymize(identities, key),
         service=pl.lit("mobile"),
         customer_type=pl.col("customer_type").fill_null("unknown"),
         known=pl.col("subscription_id").is_not_null(),

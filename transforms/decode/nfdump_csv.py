@@ -95,10 +95,6 @@ def is_nfdump_csv(data: bytes) -> bool:
     return head.startswith(b"ts,te,td,sa,da") or head.startswith(b"firstSeen,")
 
 
-def _split_address() -> pl.Expr:
-    return pl.col("_addr").map_elements(_address_halves, return_dtype=pl.List(pl.UInt64), skip_nulls=True)
-
-
 def _address_halves(text: str) -> list[int] | None:
     import ipaddress
 
@@ -135,14 +131,16 @@ def _addresses(frame: pl.DataFrame, column: str, prefix: str) -> pl.DataFrame:
         pl.lit(0, dtype=pl.UInt64).alias(f"{prefix}_hi"),
         (pl.col("_v4") | V4_MAPPED).alias(f"{prefix}_lo"),
     )
-    other = (
-        distinct.filter(pl.col("_v4").is_null() & pl.col("_addr").is_not_null())
-        .with_columns(_halves=_split_address())
-        .select(
-            "_addr",
-            pl.col("_halves").list.get(0, null_on_oob=True).alias(f"{prefix}_hi"),
-            pl.col("_halves").list.get(1, null_on_oob=True).alias(f"{prefix}_lo"),
-        )
+    # Parsed in Python here, not in a polars callback: a callback waits for the GIL inside polars'
+    # thread pool, which another thread holding the GIL may be waiting for (a deadlock).
+    texts = distinct.filter(pl.col("_v4").is_null() & pl.col("_addr").is_not_null())["_addr"].to_list()
+    halves: list[list[int] | list[None]] = [_address_halves(text) or [None, None] for text in texts]
+    other = pl.DataFrame(
+        {
+            "_addr": pl.Series(texts, dtype=pl.String),
+            f"{prefix}_hi": pl.Series([h[0] for h in halves], dtype=pl.UInt64),
+            f"{prefix}_lo": pl.Series([h[1] for h in halves], dtype=pl.UInt64),
+        }
     )
     lookup = pl.concat([v4, other])
     return frame.join(lookup, left_on=column, right_on="_addr", how="left")
