@@ -8,8 +8,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
+    from transforms.run_records import WeekRun
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -20,8 +25,8 @@ TEST_KEY = "test-only-pseudonym-key"
 
 @dataclass
 class PublishedWeek:
-    settings: object
-    run: dict[str, object]
+    settings: Settings
+    run: WeekRun
     landing: Path
 
 
@@ -77,7 +82,7 @@ def pseudonym_key() -> Iterator[str]:
         os.environ["TRAFFICREPORT_HMAC_KEY"] = previous
 
 
-def _settings(root: Path, landing: Path) -> object:
+def _settings(root: Path, landing: Path) -> Settings:
     from flows.settings import load_settings
 
     return load_settings(landing=landing, warehouse=root / "warehouse", staging=root / "staging")
@@ -107,7 +112,7 @@ def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def small_settings(tmp_path: Path, small_landing: Path) -> object:
+def small_settings(tmp_path: Path, small_landing: Path) -> Settings:
     return _settings(tmp_path, small_landing)
 
 

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from flows.backfill import _noticing_interrupts, run_backfill
 from flows.generate import generate_to
 from flows.publish import MANIFEST, read_manifest
+from flows.settings import Settings
 from tests.conftest import TEST_KEY, WEEK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ YEAR_BEFORE = dt.date(2023, 6, 5)
 
 
 def test_an_interrupted_backfill_resumes_with_only_what_is_missing(
-    small_settings: Any, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     landing = tmp_path / "landing"
     shutil.copytree(small_settings.landing, landing)

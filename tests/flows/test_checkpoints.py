@@ -12,13 +12,14 @@ import pytest
 
 from flows.generate import generate_to
 from flows.publish import read_manifest
+from flows.settings import Settings
 from flows.weekly import AuditFailed, weekly_report
 from tests.conftest import WEEK
 
 NEXT_WEEK = WEEK + dt.timedelta(days=7)
 
 
-def _two_weeks(tmp_path: Path, small_settings: object, next_users: int) -> object:
+def _two_weeks(tmp_path: Path, small_settings: Settings, next_users: int) -> object:
     """Publishes the small week; returns settings reading the next week (generated on its own, as
     separately generated weeks collide at their edges in one landing zone) into the same warehouse."""
     assert weekly_report(WEEK, small_settings).published
@@ -28,7 +29,7 @@ def _two_weeks(tmp_path: Path, small_settings: object, next_users: int) -> objec
 
 
 def test_a_steady_next_week_passes_the_drift_checks(
-    tmp_path: Path, small_settings: object, prefect_server: str
+    tmp_path: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     settings = _two_weeks(tmp_path, small_settings, next_users=300)
     run = weekly_report(NEXT_WEEK, settings)
@@ -40,7 +41,7 @@ def test_a_steady_next_week_passes_the_drift_checks(
 
 
 def test_half_the_users_gone_is_a_broken_feed_and_blocks_publication(
-    tmp_path: Path, small_settings: object, prefect_server: str
+    tmp_path: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     settings = _two_weeks(tmp_path, small_settings, next_users=150)
     with pytest.raises(AuditFailed, match=r"drift: broadband (in|out) users: relative change vs week 2024-06-03"):
@@ -49,7 +50,7 @@ def test_half_the_users_gone_is_a_broken_feed_and_blocks_publication(
 
 
 def test_an_exporter_silent_for_a_day_fails_the_audit(
-    tmp_path: Path, small_landing: Path, small_settings: object, prefect_server: str
+    tmp_path: Path, small_landing: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     # The day's folder holds a file, so the feed check passes, but no flow in it is of that day.
     landing = tmp_path / "landing"
@@ -64,7 +65,7 @@ def test_an_exporter_silent_for_a_day_fails_the_audit(
 
 
 def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
-    small_settings: object, prefect_server: str
+    small_settings: Settings, prefect_server: str
 ) -> None:
     good = weekly_report(WEEK, small_settings)
     check = next(c for c in good.audit.checks if c.table == "reconciliation")

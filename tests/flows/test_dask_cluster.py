@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -20,6 +19,7 @@ import s3fs
 
 from flows import storage
 from flows.publish import read_manifest, read_published
+from flows.settings import Settings
 from flows.weekly import PUBLISHED_TABLES, weekly_report, weekly_report_runner
 from tests.conftest import TEST_KEY, WEEK
 
@@ -92,7 +92,7 @@ def _checksum(warehouse: storage.AnyPath, name: str) -> str:
 
 
 def test_a_week_on_the_dask_cluster_publishes_exactly_the_local_run(
-    dask_scheduler: str, s3_endpoint: str, small_landing: Path, small_settings: Any
+    dask_scheduler: str, s3_endpoint: str, small_landing: Path, small_settings: Settings
 ) -> None:
     from distributed import Client, get_task_stream
 

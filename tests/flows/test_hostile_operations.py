@@ -24,6 +24,7 @@ import pytest
 from flows.failures import RunFailed
 from flows.landing import directory_file
 from flows.publish import read_manifest
+from flows.settings import Settings
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.errors import InputFormatError
@@ -172,7 +173,7 @@ def test_a_directory_that_cannot_be_used_is_refused_naming_file_line_and_reason(
 
 
 def test_a_broken_directory_ends_the_command_in_one_line_before_prefect_starts(
-    small_settings: Any, tmp_path: Path
+    small_settings: Settings, tmp_path: Path
 ) -> None:
     landing = _copy_landing(small_settings.landing, tmp_path)
     path = _unclose_a_quote(landing)
@@ -193,7 +194,7 @@ def small_landing_of(settings: Any) -> Path:
 
 
 def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_database(
-    small_settings: Any,
+    small_settings: Settings,
     prefect_server: str,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
@@ -272,7 +273,7 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     ids=["tuesday", "future", "no-key", "no-landing"],
 )
 def test_a_mistake_is_refused_in_one_line_with_exit_2_before_any_work(
-    small_settings: Any, tmp_path: Path, args: list[str], env_change: dict[str, str], line: str
+    small_settings: Settings, tmp_path: Path, args: list[str], env_change: dict[str, str], line: str
 ) -> None:
     env = _env(None, TRAFFICREPORT_HMAC_KEY_FILE=str(tmp_path / "absent.key"))
     env.update(env_change)
@@ -315,7 +316,7 @@ def _processes_with_env(name: str, value: str) -> list[int]:
 
 
 def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_staging(
-    small_settings: Any, tmp_path: Path
+    small_settings: Settings, tmp_path: Path
 ) -> None:
     home = tmp_path / "prefect-home"
     env = _env(None, PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
@@ -345,7 +346,7 @@ def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_stag
 
 
 def test_status_shows_a_week_a_run_holds_and_forgets_it_when_the_run_is_killed(
-    small_settings: Any, tmp_path: Path
+    small_settings: Settings, tmp_path: Path
 ) -> None:
     holder = subprocess.Popen(
         [
@@ -435,7 +436,7 @@ def _interrupt_when(settings: Any, api_url: str, marker: str) -> subprocess.Comp
 
 
 def test_ctrl_c_during_the_audit_stops_the_run_before_publication_with_exit_130(
-    small_settings: Any, prefect_server: str
+    small_settings: Settings, prefect_server: str
 ) -> None:
     result = _interrupt_when(small_settings, prefect_server, "stage=reconcile")
     assert result.returncode == 130, result.stderr[-3000:]
@@ -445,7 +446,7 @@ def test_ctrl_c_during_the_audit_stops_the_run_before_publication_with_exit_130(
 
 
 def test_ctrl_c_after_the_manifest_swap_finishes_the_publication_and_says_so(
-    small_settings: Any, prefect_server: str
+    small_settings: Settings, prefect_server: str
 ) -> None:
     result = _interrupt_when(small_settings, prefect_server, "stage=publish")
     assert result.returncode == 130, result.stderr[-3000:]
@@ -460,7 +461,7 @@ def test_ctrl_c_after_the_manifest_swap_finishes_the_publication_and_says_so(
 
 
 def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by_name(
-    small_settings: Any, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     from flows.failures import UsageError
 
@@ -581,7 +582,7 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
 
 
 def test_a_prefect_slot_left_by_a_killed_run_is_shown_and_released(
-    small_settings: Any, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     from flows.locks import WeekBusy, one_run_at_a_time
 

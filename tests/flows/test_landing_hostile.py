@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from flows import landing
+from flows.settings import Settings
 from flows.weekly import AuditFailed, weekly_report
 from tests.conftest import WEEK
 from transforms.decode import ipfix
@@ -121,7 +122,7 @@ def hostile_landing(tmp_path: Path, small_landing: Path) -> Path:
 
 
 def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes(
-    hostile_landing: Path, small_settings: object, prefect_server: str
+    hostile_landing: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.01})
     run = weekly_report(WEEK, settings)
@@ -140,7 +141,7 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
 
 
 def test_the_audit_fails_the_week_when_too_much_input_is_unreadable(
-    hostile_landing: Path, small_settings: object, prefect_server: str
+    hostile_landing: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.0})
     with pytest.raises(AuditFailed, match="could not be decoded"):

@@ -14,6 +14,7 @@ import pytest
 from flows.landing import MissingFeed
 from flows.locks import WeekBusy, one_run_at_a_time
 from flows.publish import read_manifest
+from flows.settings import Settings
 from flows.weekly import weekly_report
 from tests.conftest import WEEK
 
@@ -38,7 +39,7 @@ def _task_run_counts(state: Any) -> dict[str, int]:
 
 
 def test_a_late_feed_is_waited_for_and_the_week_published_once_it_lands(
-    small_settings: Any, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     settings, held_back, folder = _landing_without_last_day(small_settings, tmp_path)
     # The exporter's Sunday arrives three seconds after the run started.
@@ -54,7 +55,7 @@ def test_a_late_feed_is_waited_for_and_the_week_published_once_it_lands(
 
 
 def test_a_feed_still_missing_after_the_retries_fails_the_run_and_publishes_nothing(
-    small_settings: Any, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     settings, _, folder = _landing_without_last_day(small_settings, tmp_path)
     exporter = folder.parent.name
@@ -63,7 +64,7 @@ def test_a_feed_still_missing_after_the_retries_fails_the_run_and_publishes_noth
     assert read_manifest(settings.warehouse)["tables"] == {}
 
 
-def test_a_run_of_a_week_another_run_holds_does_not_start(small_settings: Any, prefect_server: str) -> None:
+def test_a_run_of_a_week_another_run_holds_does_not_start(small_settings: Settings, prefect_server: str) -> None:
     # Another run (here: this test, through the same Prefect API) holds the week's slot.
     with one_run_at_a_time(WEEK):
         started = time.monotonic()

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from flows.landing import directory_file
-from flows.settings import load_settings
+from flows.settings import Settings, load_settings
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.accounting.privacy import pseudonym
@@ -72,7 +72,7 @@ def _leaks(tokens: dict[str, set[str]], identities: set[str]) -> dict[str, list[
 
 
 def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
-    small_settings: object,
+    small_settings: Settings,
     small_landing: Path,
     prefect_server: str,
     caplog: pytest.LogCaptureFixture,
@@ -126,7 +126,7 @@ def test_the_demo_key_file_is_created_private(tmp_path: Path, monkeypatch: pytes
 
 
 def test_the_key_can_come_from_a_prefect_secret_block(
-    small_settings: object, monkeypatch: pytest.MonkeyPatch, prefect_server: str
+    small_settings: Settings, monkeypatch: pytest.MonkeyPatch, prefect_server: str
 ) -> None:
     from prefect.blocks.system import Secret
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
@@ -16,6 +15,7 @@ import pytest
 
 from flows import failpoints
 from flows.publish import CATALOG, MANIFEST, ConcurrentPublication, publish_week, published_run, read_manifest
+from flows.settings import Settings
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.run_records import PublicationRecord
@@ -77,7 +77,7 @@ def _catalog_run(warehouse: Path) -> tuple[str, int]:
 
 
 def test_a_run_killed_at_any_step_leaves_old_or_new_week_and_a_rerun_succeeds(
-    small_settings: object, prefect_server: str
+    small_settings: Settings, prefect_server: str
 ) -> None:
     warehouse: Path = small_settings.warehouse  # type: ignore[attr-defined]
     first = weekly_report(WEEK, small_settings)
@@ -146,7 +146,7 @@ def test_retention_keeps_the_newest_publications_of_a_week(tmp_path: Path) -> No
 
 
 def test_accepted_failed_audit_is_published_and_recorded(
-    tmp_path: Path, small_settings: object, prefect_server: str
+    tmp_path: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     strict = small_settings.model_copy(update={"max_unattributed_share": 0.0})
     run = weekly_report(WEEK, strict, accept_failed_audit=True)
@@ -157,7 +157,7 @@ def test_accepted_failed_audit_is_published_and_recorded(
 
 
 def test_a_report_that_fails_after_publication_leaves_the_run_completed_with_a_warning(
-    small_settings: Any, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+    small_settings: Settings, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -57,7 +57,7 @@ def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek
 
 
 def test_port_table_lines_up_weeks_whose_categories_differ() -> None:
-    from flows.report import _ports_by_week
+    from transforms.report.page import ports_by_week
 
     earlier, now = WEEK.replace(year=2023), WEEK
     ports = pl.DataFrame(
@@ -68,7 +68,7 @@ def test_port_table_lines_up_weeks_whose_categories_differ() -> None:
             "share_pct": [80.0, 3.0, 70.0, 20.0],
         }
     )
-    table = _ports_by_week(ports, now)
+    table = ports_by_week(ports, now)
     assert table.columns == ["category", str(earlier), str(now)]
     assert table.rows() == [
         ("TCP", 80.0, 70.0),

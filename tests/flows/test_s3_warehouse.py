@@ -16,6 +16,7 @@ import s3fs
 
 from flows import storage
 from flows.publish import MANIFEST, local_catalog, publish_week, read_manifest, read_published
+from flows.settings import Settings
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import WEEK
 from transforms.run_records import PublicationRecord
@@ -44,7 +45,7 @@ def _table(warehouse: storage.AnyPath, name: str) -> pl.DataFrame:
 
 
 def test_weekly_flow_on_s3_publishes_what_the_local_run_publishes(
-    s3_landing: str, small_settings: object, prefect_server: str
+    s3_landing: str, small_settings: Settings, prefect_server: str
 ) -> None:
     local = weekly_report(WEEK, small_settings)
     remote_settings = small_settings.model_copy(

@@ -30,6 +30,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _no_s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # s3:// settings become paths with the endpoint of the environment as a storage option; the
+    # expected values below are made at import, before a session's S3 fixture sets one.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+
 def _toml(tmp_path: Path, text: str) -> Path:
     config = tmp_path / "settings.toml"
     config.write_text(text)

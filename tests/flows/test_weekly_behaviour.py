@@ -15,12 +15,14 @@ from flows.backfill import format_summary, run_backfill
 from flows.generate import generate_to
 from flows.landing import directory_file
 from flows.publish import MANIFEST, read_manifest
+from flows.settings import Settings
 from flows.weekly import PUBLISHED_TABLES, AuditFailed, weekly_report
 from tests.conftest import WEEK
+from transforms.run_records import PeriodOutcome
 
 
 def test_failed_audit_publishes_nothing(
-    tmp_path: Path, small_landing: Path, small_settings: object, prefect_server: str
+    tmp_path: Path, small_landing: Path, small_settings: Settings, prefect_server: str
 ) -> None:
     # A directory that lost a third of the broadband subscriptions: their traffic is unattributed.
     landing = tmp_path / "landing"
@@ -45,7 +47,7 @@ def test_failed_audit_publishes_nothing(
 
 
 def test_backfill_skips_published_weeks_unless_forced(
-    small_settings: object, prefect_server: str, tmp_path: Path
+    small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     # A copy of the landing zone where one exporter has started delivering the next week.
     landing = tmp_path / "landing"
@@ -53,7 +55,7 @@ def test_backfill_skips_published_weeks_unless_forced(
     exporter = sorted((landing / "flows").iterdir())[0]
     shutil.copytree(exporter / "2024-06-03", exporter / "2024-06-10")
     settings = small_settings.model_copy(update={"landing": landing})
-    seen: list[dict[str, object]] = []
+    seen: list[PeriodOutcome] = []
     first = run_backfill(dt.date(2024, 5, 20), dt.date(2024, 6, 23), settings, on_result=seen.append)
     weeks = [(r.period, r.status) for r in first if r.kind == "week"]
     assert weeks == [
@@ -73,7 +75,7 @@ def test_backfill_skips_published_weeks_unless_forced(
     warehouse = settings.warehouse
     run_id = read_manifest(warehouse)["tables"]["usage_summary"][str(WEEK)]["run_id"]
     second = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings)
-    assert second == [{"kind": "week", "period": "2024-06-03", "status": "skipped", "why": "already published"}]
+    assert second == [PeriodOutcome("week", "2024-06-03", "skipped", why="already published")]
     forced = run_backfill(dt.date(2024, 6, 3), dt.date(2024, 6, 9), settings, force=True)
     assert forced[0].status == "published" and forced[0].run_id != run_id
     manifest = json.loads((warehouse / MANIFEST).read_text())
