@@ -25,7 +25,7 @@ def test_ruff_lint_and_format_are_clean() -> None:
 
 
 def test_mypy_is_clean() -> None:
-    result = _run(str(BIN / "mypy"), "flows", "transforms", "expectations")
+    result = _run(str(BIN / "mypy"), "flows", "transforms", "expectations", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -19,6 +19,7 @@ from flows.backfill import _noticing_interrupts, run_backfill
 from flows.generate import generate_to
 from flows.publish import MANIFEST, read_manifest
 from flows.settings import Settings
+from flows.storage import local_path
 from tests.conftest import TEST_KEY, WEEK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def test_an_interrupted_backfill_resumes_with_only_what_is_missing(
     small_settings: Settings, prefect_server: str, tmp_path: Path
 ) -> None:
     landing = tmp_path / "landing"
-    shutil.copytree(small_settings.landing, landing)
+    shutil.copytree(local_path(small_settings.landing), landing)
     generate_to(landing, YEAR_BEFORE, year=2023, broadband_users=300, mobile_phones=300, seed=23)
     warehouse, staging = tmp_path / "warehouse", tmp_path / "staging"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TRAFFICREPORT_HMAC_KEY": TEST_KEY}

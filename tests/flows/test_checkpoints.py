@@ -19,7 +19,7 @@ from tests.conftest import WEEK
 NEXT_WEEK = WEEK + dt.timedelta(days=7)
 
 
-def _two_weeks(tmp_path: Path, small_settings: Settings, next_users: int) -> object:
+def _two_weeks(tmp_path: Path, small_settings: Settings, next_users: int) -> Settings:
     """Publishes the small week; returns settings reading the next week (generated on its own, as
     separately generated weeks collide at their edges in one landing zone) into the same warehouse."""
     assert weekly_report(WEEK, small_settings).published
@@ -33,6 +33,7 @@ def test_a_steady_next_week_passes_the_drift_checks(
 ) -> None:
     settings = _two_weeks(tmp_path, small_settings, next_users=300)
     run = weekly_report(NEXT_WEEK, settings)
+    assert run.audit is not None
     drift = [c for c in run.audit.checks if c.table == "drift"]
     # users and mean per (service, direction), then every port category of both services
     assert len(drift) >= 2 * 2 * 2 + 10
@@ -46,7 +47,7 @@ def test_half_the_users_gone_is_a_broken_feed_and_blocks_publication(
     settings = _two_weeks(tmp_path, small_settings, next_users=150)
     with pytest.raises(AuditFailed, match=r"drift: broadband (in|out) users: relative change vs week 2024-06-03"):
         weekly_report(NEXT_WEEK, settings)
-    assert str(NEXT_WEEK) not in read_manifest(settings.warehouse)["tables"]["usage_summary"]  # type: ignore[attr-defined]
+    assert str(NEXT_WEEK) not in read_manifest(settings.warehouse)["tables"]["usage_summary"]
 
 
 def test_an_exporter_silent_for_a_day_fails_the_audit(
@@ -68,6 +69,7 @@ def test_flows_that_disagree_with_radius_counters_fail_the_reconciliation(
     small_settings: Settings, prefect_server: str
 ) -> None:
     good = weekly_report(WEEK, small_settings)
+    assert good.audit is not None and good.ingest is not None and good.ingest.reconciliation is not None
     check = next(c for c in good.audit.checks if c.table == "reconciliation")
     assert check.success and good.ingest.reconciliation.users_compared > 250
     # A wrong sampling rate (4x what the exporters use) inflates every flow volume.

@@ -25,6 +25,7 @@ from flows.failures import RunFailed
 from flows.landing import directory_file
 from flows.publish import read_manifest
 from flows.settings import Settings
+from flows.storage import local_path
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.errors import InputFormatError
@@ -175,7 +176,7 @@ def test_a_directory_that_cannot_be_used_is_refused_naming_file_line_and_reason(
 def test_a_broken_directory_ends_the_command_in_one_line_before_prefect_starts(
     small_settings: Settings, tmp_path: Path
 ) -> None:
-    landing = _copy_landing(small_settings.landing, tmp_path)
+    landing = _copy_landing(local_path(small_settings.landing), tmp_path)
     path = _unclose_a_quote(landing)
     identities = _identities(small_landing_of(small_settings))
     started = time.monotonic()
@@ -204,7 +205,7 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     assert len(identities) > 500
     # A directory broken in three ways the flow meets (the preflight of the command is bypassed),
     # an unforeseen error quoting an identity, then RADIUS files with CRLF lines and Latin-1 bytes.
-    landing = _copy_landing(small_settings.landing, tmp_path)
+    landing = _copy_landing(local_path(small_settings.landing), tmp_path)
     _unclose_a_quote(landing)
     settings = small_settings.model_copy(update={"landing": landing})
     with pytest.raises(InputFormatError, match=r"subscribers\.csv: line 3: a quoted field is never closed"):
@@ -237,7 +238,7 @@ def test_broken_identity_inputs_in_a_run_leak_no_identity_to_logs_or_prefects_da
     assert name is not None
     detail.write_bytes(raw.replace(name.group(0), b'User-Name = "' + name.group(1) + b'\xe9"', 1))
     run = weekly_report(WEEK, settings)
-    assert run.published and run.ingest.radius.quarantined_records == 1
+    assert run.published and run.ingest is not None and run.ingest.radius.quarantined_records == 1
     [problem] = run.ingest.radius.problems
     assert problem.endswith(": bytes that are not UTF-8") and name.group(1).decode() not in problem
     out, err = capfd.readouterr()
@@ -454,7 +455,7 @@ def test_ctrl_c_after_the_manifest_swap_finishes_the_publication_and_says_so(
         "trafficreport: interrupted after publication began: the run finished publishing"
     )
     assert str(WEEK) in read_manifest(small_settings.warehouse)["tables"]["usage_summary"]
-    assert (Path(small_settings.warehouse) / "reports" / str(WEEK) / "report.html").exists()
+    assert (local_path(small_settings.warehouse) / "reports" / str(WEEK) / "report.html").exists()
 
 
 # 8: input delivered twice
@@ -465,7 +466,7 @@ def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by
 ) -> None:
     from flows.failures import UsageError
 
-    landing = _copy_landing(small_settings.landing, tmp_path)
+    landing = _copy_landing(local_path(small_settings.landing), tmp_path)
     shutil.copytree(landing / "flows" / "mobile-gw-1", landing / "flows" / "mobile-gw-1.bak")
     settings = small_settings.model_copy(update={"landing": landing})
     # Through the command: a run failing inside the flow ends in one line, no traceback, exit 1.

@@ -126,6 +126,7 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
 ) -> None:
     settings = small_settings.model_copy(update={"landing": hostile_landing, "max_quarantined_share": 0.01})
     run = weekly_report(WEEK, settings)
+    assert run.ingest is not None
     tokyo = next(e for e in run.ingest.exporters if e.exporter == "bb-tokyo-1")
     assert tokyo.duplicate_files == 1
     assert tokyo.unreadable_input_bytes >= 512

@@ -13,16 +13,20 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from pydantic import SecretStr
 
 from flows.landing import directory_file
 from flows.settings import Settings, load_settings
+from flows.storage import local_path
 from flows.weekly import weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.accounting.privacy import pseudonym
 
 
 def _clear_identities(landing: Path) -> set[str]:
-    directory = pl.read_csv(directory_file(landing, dt.date.max), schema_overrides={"phone_numbers": pl.String})
+    directory = pl.read_csv(
+        local_path(directory_file(landing, dt.date.max)), schema_overrides={"phone_numbers": pl.String}
+    )
     ids = set(directory["subscription_id"].drop_nulls()) | set(directory["login"].drop_nulls())
     phones = {p for cell in directory["phone_numbers"].drop_nulls() for p in cell.split(";") if p}
     calling = set()
@@ -81,7 +85,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     identities = _clear_identities(small_landing)
     assert len(identities) > 500  # subscriptions, logins and phone numbers of 600 users
     # The scanner finds them where they are: the landing zone's directory.
-    assert _leaks({"directory": _tokens_of(directory_file(small_landing, dt.date.max))}, identities)
+    assert _leaks({"directory": _tokens_of(local_path(directory_file(small_landing, dt.date.max)))}, identities)
     logging.getLogger("prefect").setLevel(logging.DEBUG)
     caplog.set_level(logging.DEBUG)
     # Keep the run's staging folder (decoded flows, partials) so its files are scanned too.
@@ -97,7 +101,9 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        flow_run_id = state.state_details.flow_run_id
+        assert flow_run_id is not None
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     assert logs  # the run did log
     out, err = capfd.readouterr()
     lines = {"log records": caplog.text, "stdout": out, "stderr": err, "api logs": "\n".join(r.message for r in logs)}
@@ -106,7 +112,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     # The pseudonyms are there instead: every broadband user_key is the keyed HMAC of a directory
     # subscription and its access type.
     published = pl.read_parquet(next(p for p in written if "user_week_usage" in str(p) and "warehouse" in str(p)))
-    directory = pl.read_csv(directory_file(small_landing, dt.date.max))
+    directory = pl.read_csv(local_path(directory_file(small_landing, dt.date.max)))
     expected = {
         pseudonym(TEST_KEY.encode(), f"broadband|{sid}|{access}")
         for sid in directory.filter(pl.col("service") == "broadband")["subscription_id"]
@@ -130,7 +136,7 @@ def test_the_key_can_come_from_a_prefect_secret_block(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    Secret(value="key-from-a-secret-block").save("trafficreport-test-key", overwrite=True)
+    Secret(value=SecretStr("key-from-a-secret-block")).save("trafficreport-test-key", overwrite=True)
     monkeypatch.delenv("TRAFFICREPORT_HMAC_KEY")
     settings = small_settings.model_copy(update={"hmac_key_secret": "trafficreport-test-key"})
     assert settings.hmac_key() == b"key-from-a-secret-block"

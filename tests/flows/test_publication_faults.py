@@ -16,6 +16,7 @@ import pytest
 from flows import failpoints
 from flows.publish import CATALOG, MANIFEST, ConcurrentPublication, publish_week, published_run, read_manifest
 from flows.settings import Settings
+from flows.storage import local_path
 from flows.weekly import PUBLISHED_TABLES, weekly_report
 from tests.conftest import TEST_KEY, WEEK
 from transforms.run_records import PublicationRecord
@@ -79,7 +80,7 @@ def _catalog_run(warehouse: Path) -> tuple[str, int]:
 def test_a_run_killed_at_any_step_leaves_old_or_new_week_and_a_rerun_succeeds(
     small_settings: Settings, prefect_server: str
 ) -> None:
-    warehouse: Path = small_settings.warehouse  # type: ignore[attr-defined]
+    warehouse = local_path(small_settings.warehouse)
     first = weekly_report(WEEK, small_settings)
     old_run, old_rows = _published_state(warehouse)
     assert old_run == first.run_id

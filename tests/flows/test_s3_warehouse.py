@@ -56,6 +56,7 @@ def test_weekly_flow_on_s3_publishes_what_the_local_run_publishes(
     )
     remote = weekly_report(WEEK, remote_settings)
     assert remote.published and local.published
+    assert remote.ingest is not None and local.ingest is not None
     assert remote.ingest.exporters[0].files == local.ingest.exporters[0].files
     for name in PUBLISHED_TABLES:
         assert _table(remote_settings.warehouse, name).equals(_table(small_settings.warehouse, name)), name  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from flows.generate import generate_to
 from flows.landing import directory_file
 from flows.publish import MANIFEST, read_manifest
 from flows.settings import Settings
+from flows.storage import local_path
 from flows.weekly import PUBLISHED_TABLES, AuditFailed, weekly_report
 from tests.conftest import WEEK
 from transforms.run_records import PeriodOutcome
@@ -27,11 +28,13 @@ def test_failed_audit_publishes_nothing(
     # A directory that lost a third of the broadband subscriptions: their traffic is unattributed.
     landing = tmp_path / "landing"
     shutil.copytree(small_landing, landing)
-    directory = pl.read_csv(directory_file(landing, dt.date.max), schema_overrides={"phone_numbers": pl.String})
+    directory = pl.read_csv(
+        local_path(directory_file(landing, dt.date.max)), schema_overrides={"phone_numbers": pl.String}
+    )
     broadband = directory.filter(pl.col("service") == "broadband")
     directory.filter(
         ~pl.col("subscription_id").is_in(broadband["subscription_id"].head(broadband.height // 3).to_list())
-    ).write_csv(directory_file(landing, dt.date.max))
+    ).write_csv(local_path(directory_file(landing, dt.date.max)))
     settings = small_settings.model_copy(update={"landing": landing})
     with pytest.raises(AuditFailed, match="unattributed share") as failure:
         weekly_report(WEEK, settings)
@@ -51,7 +54,7 @@ def test_backfill_skips_published_weeks_unless_forced(
 ) -> None:
     # A copy of the landing zone where one exporter has started delivering the next week.
     landing = tmp_path / "landing"
-    shutil.copytree(small_settings.landing, landing)  # type: ignore[attr-defined]
+    shutil.copytree(local_path(small_settings.landing), landing)
     exporter = sorted((landing / "flows").iterdir())[0]
     shutil.copytree(exporter / "2024-06-03", exporter / "2024-06-10")
     settings = small_settings.model_copy(update={"landing": landing})

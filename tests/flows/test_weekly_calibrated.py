@@ -12,6 +12,7 @@ import pytest
 from flows.calibration_check import calibration_report
 from flows.landing import directory_file
 from flows.publish import CATALOG, MANIFEST
+from flows.storage import local_path
 from flows.weekly import PUBLISHED_TABLES
 from tests.conftest import WEEK, PublishedWeek
 
@@ -80,7 +81,7 @@ def test_manifest_lists_every_table_and_only_files_that_exist(calibrated_week: P
 
 def test_clear_subscriber_ids_and_phone_numbers_never_reach_the_warehouse(calibrated_week: PublishedWeek) -> None:
     directory = pl.read_csv(
-        directory_file(calibrated_week.landing, dt.date.max), schema_overrides={"phone_numbers": pl.String}
+        local_path(directory_file(calibrated_week.landing, dt.date.max)), schema_overrides={"phone_numbers": pl.String}
     )
     secrets = set(directory["subscription_id"].to_list())
     secrets |= {p for cell in directory["phone_numbers"].drop_nulls().to_list() for p in cell.split(";") if p}
@@ -90,7 +91,7 @@ def test_clear_subscriber_ids_and_phone_numbers_never_reach_the_warehouse(calibr
     warehouse = calibrated_week.settings.warehouse  # type: ignore[attr-defined]
     for path in warehouse.rglob("*"):
         if path.is_file() and path.suffix in (".parquet", ".json", ".md"):
-            text = pl.read_parquet(path).write_csv() if path.suffix == ".parquet" else path.read_text()
+            text = pl.read_parquet(local_path(path)).write_csv() if path.suffix == ".parquet" else path.read_text()
             leaked = [s for s in secrets if s in text]
             assert leaked == [], f"{path} holds clear identities, e.g. {leaked[:3]}"
 
