@@ -40,6 +40,20 @@ def prefect_server() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
+@pytest.fixture(autouse=True)
+def _no_slot_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the Prefect server, frees the week and month slots still taken: a run
+    killed or interrupted by a test keeps its slot until the lease expires (5 minutes), and a later
+    test of the same week then waits for it (test_operations once waited 5 minutes in a full run)."""
+    yield
+    if "prefect_server" not in request.fixturenames:
+        return
+    from flows import locks
+
+    for held in locks.held_prefect_slots():
+        locks.release_prefect_slot(held.period)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 HTTP server (moto) on 127.0.0.1, with the environment pointing at it."""
