@@ -27,6 +27,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (DuckDB's carry the SQL and a caret below it; an
+    OSError's reason without the path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class UsageError(Exception):
     """The command, its settings, paths or keys are wrong: nothing was started (exit 2)."""
 

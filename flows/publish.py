@@ -24,7 +24,7 @@ import polars as pl
 
 from flows import failpoints, storage
 from flows.failures import ConcurrentPublication as ConcurrentPublication  # raised here; defined with the other errors
-from flows.failures import RunFailed, UsageError
+from flows.failures import RunFailed, UsageError, one_line
 from flows.resources import sql_folder
 from flows.storage import AnyPath
 from transforms.run_records import PublicationRecord, as_json_dict
@@ -327,7 +327,7 @@ def _write_catalog(local: Path, warehouse: AnyPath, manifest: Manifest, version:
             try:
                 con.execute(f"create view {sql_file.stem} as {sql_file.read_text().strip().rstrip(';')}")
             except duckdb.Error as exc:
-                raise RuntimeError(f"view {sql_file.name} does not compile: {_one_line(exc)}") from exc
+                raise RuntimeError(f"view {sql_file.name} does not compile: {one_line(exc)}") from exc
         con.execute(
             "create table _catalog as select $version as manifest_version, now() as built_at",
             {"version": version or ""},
@@ -354,14 +354,6 @@ def _write_catalog(local: Path, warehouse: AnyPath, manifest: Manifest, version:
         check.close()
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error's message (DuckDB's carry the SQL and a caret below it)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _not_rebuilt(warehouse: AnyPath, exc: BaseException) -> RunFailed:
     try:
         kept = catalog_version(warehouse)
@@ -369,9 +361,9 @@ def _not_rebuilt(warehouse: AnyPath, exc: BaseException) -> RunFailed:
         kept = "?"
     remedy = "the next run or `trafficreport rebuild-catalog` rebuilds it"
     if kept is None:
-        return RunFailed(f"catalog not rebuilt: {_one_line(exc)}; there is no previous catalog; {remedy}")
+        return RunFailed(f"catalog not rebuilt: {one_line(exc)}; there is no previous catalog; {remedy}")
     return RunFailed(
-        f"catalog not rebuilt: {_one_line(exc)}; the previous catalog (manifest version {short_version(kept)}) "
+        f"catalog not rebuilt: {one_line(exc)}; the previous catalog (manifest version {short_version(kept)}) "
         f"is kept; {remedy}"
     )
 
@@ -412,7 +404,7 @@ def describe_catalog(warehouse: AnyPath, manifest: str | None) -> str:
     try:
         catalog = catalog_version(warehouse)
     except duckdb.Error as exc:
-        return f"catalog unreadable: {_one_line(exc)}; `trafficreport rebuild-catalog` rebuilds it"
+        return f"catalog unreadable: {one_line(exc)}; `trafficreport rebuild-catalog` rebuilds it"
     return catalog_lag(catalog, manifest) or f"catalog: up to date (manifest version {short_version(manifest)})"
 
 
@@ -463,7 +455,7 @@ def open_analyst_catalog(path: Path) -> duckdb.DuckDBPyConnection:
 
 def query_refused(exc: duckdb.Error) -> QueryRefused:
     """The one-line refusal of an analyst's SQL that DuckDB did not run."""
-    return QueryRefused(f"query refused: {_one_line(exc)}")
+    return QueryRefused(f"query refused: {one_line(exc)}")
 
 
 def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:

@@ -33,7 +33,7 @@ from flows import (
     storage,
 )
 from flows.failures import AuditFailed as AuditFailed  # raised here; defined with the other errors
-from flows.failures import RunFailed, UsageError
+from flows.failures import RunFailed, UsageError, one_line
 from flows.settings import Settings, load_settings
 from flows.staging import StageLayout, remove_stale_runs, run_folder
 from transforms import attribution
@@ -626,7 +626,7 @@ def _render_report_or_warn(settings: Settings, run: WeekRun) -> str | None:
         run.report, markdown = render_report(settings, week)
         return markdown
     except Exception as exc:
-        run.report_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        run.report_error = f"{type(exc).__name__}: {one_line(exc)}"
         get_run_logger().warning(
             "week %s is published, but its report was not rendered (%s); `trafficreport report --week %s` retries it",
             week,
@@ -640,11 +640,6 @@ def _render_report_or_warn(settings: Settings, run: WeekRun) -> str | None:
             description=f"Week of {week}: published, report not rendered",
         )
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def weekly_report_runner(settings: Settings) -> Any:

@@ -526,7 +526,8 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
 
     from expectations.audit import run_checks
     from flows.landing import ingest_radius
-    from transforms.run_records import AccountingSummary, ExporterSummary, SamplingSource, WeekIngest
+    from tests.records import accounting_summary, exporter_summary
+    from transforms.run_records import WeekIngest
 
     landing = tmp_path / "landing"
     detail = next(p for p in sorted((small_landing / "radius").rglob("detail-*")) if p.is_file())
@@ -539,41 +540,8 @@ def test_an_accounting_file_cut_short_is_one_problem_and_fails_the_audit(small_l
     assert problems.select("position", "records").rows() == [("line 0", 1)]
     assert not set(TOKEN.findall(" ".join(problems["reason"]))) & _identities(small_landing)
     hours = pl.DataFrame({"in_bytes": [1.0], "out_bytes": [1.0], "unattributed_bytes": [0.0]})
-    exporter = ExporterSummary(
-        exporter="bb-1",
-        service="broadband",
-        parts=(),
-        files=1,
-        formats={"ipfix": 1},
-        records=1,
-        messages=1,
-        lost_records=0,
-        lost_datagrams=0,
-        outside_window=0,
-        duplicate_files=0,
-        input_bytes=1,
-        unreadable_input_bytes=0,
-        quarantined_records=0,
-        quarantined_bytes=0,
-        problems=(),
-        sampling=(SamplingSource("options", 1, 1),),
-        raw_bytes=1,
-        records_per_day={},
-        unrated_records=0,
-    )
-    radius = AccountingSummary(
-        accounting_records=10_000,
-        sessions=100,
-        assignments=100,
-        address_conflicts=0,
-        unknown_identities=0,
-        users=50,
-        sessions_closed_by_nas_reset=0,
-        sessions_without_stop=0,
-        quarantined_records=1,
-        unreadable_files=1,
-        problems=(),
-    )
+    exporter = exporter_summary()
+    radius = accounting_summary(quarantined_records=1, unreadable_files=1)
     checks = run_checks(WeekIngest((exporter,), radius), {"traffic_hour": hours}, 0.001, 0.05)
     [gate] = [c for c in checks if c.check == "every accounting file could be read"]
     assert gate.success is False and gate.detail == "1 files unreadable or cut short"

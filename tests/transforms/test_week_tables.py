@@ -7,35 +7,27 @@ import datetime as dt
 
 import polars as pl
 
-from transforms.run_records import AccountingSummary, ExporterSummary, SamplingSource
+from tests.records import accounting_summary, exporter_summary
+from transforms.run_records import SamplingSource
 from transforms.tables import registry
 from transforms.tables.week import combine_week_tables, exporter_day_records_table, ingest_quality_table
 
 WEEK = dt.date(2024, 6, 3)
 DAYS = [str(WEEK + dt.timedelta(days=d)) for d in range(7)]
-EXPORTER = ExporterSummary(
-    exporter="bb-1",
-    service="broadband",
-    parts=(),
+EXPORTER = exporter_summary(
     files=7,
     formats={"ipfix": 7},
     records=30,
     messages=3,
-    lost_records=0,
-    lost_datagrams=0,
-    outside_window=0,
-    duplicate_files=0,
     input_bytes=1000,
-    unreadable_input_bytes=0,
     quarantined_records=2,
     quarantined_bytes=10,
-    problems=(),
     sampling=(SamplingSource("options template", 1024, 20), SamplingSource("default_sampling", 512, 10)),
     raw_bytes=900,
     records_per_day={day: (10 if i < 3 else 0) for i, day in enumerate(DAYS)},
     unrated_records=1,
 )
-RADIUS = AccountingSummary(1000, 10, 10, 0, 0, 5, 0, 0, 4, 0, ())
+RADIUS = accounting_summary(accounting_records=1000, sessions=10, assignments=10, users=5, quarantined_records=4)
 
 
 def test_exporter_day_records_has_every_day_of_every_exporter_silent_days_as_zero() -> None:
