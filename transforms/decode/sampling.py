@@ -3,6 +3,7 @@ configured, or else quarantined (never scaled by 1)."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from transforms.decode._records import NO_SELECTOR, SamplingAnnouncement
@@ -120,3 +121,37 @@ def resolve_sampling(
     in the record or export header, else as rates_of_keys says for the flow's key."""
     keys = keys_needing_announcements(flows) if not override_rate else flows.select(SAMPLING_KEY).unique()
     return apply_rates(flows, rates_of_keys(keys, announcements, default_rate, override_rate), override_rate)
+
+
+def divide_scaled_counts(flows: pl.DataFrame, rates: pl.Series | None, source: str) -> pl.DataFrame:
+    """`flows` (FLOW_SCHEMA) whose packets/bytes a collector already multiplied by its 1-in-N rate,
+    back as sampled counts: packets and bytes divided by the row's rate, with record_rate set, so
+    volumes are unchanged and `packets` counts the samples the volume rests on.
+
+    `rates` (one per row, null where the source did not say) is the rate the collector used; a row
+    whose counts it does not divide, or without one, gets the greatest common divisor of the
+    file's counts instead (source `<source>:inferred`). The true rate divides every scaled count,
+    so that divisor is at least the true rate: the sample count it gives is never above the true
+    one, and a tolerance built on it is never narrower than the true one.
+    """
+    if flows.is_empty():
+        return flows
+    packets = flows["packets"].to_numpy().astype(np.uint64, copy=False)
+    octets = flows["bytes"].to_numpy().astype(np.uint64, copy=False)
+    divisor = np.gcd.reduce(np.concatenate([packets, octets]).astype(np.uint64))
+    inferred = int(divisor) if divisor > 0 else 1
+    if rates is None:
+        given = np.zeros(flows.height, dtype=np.uint64)
+    else:
+        given = rates.fill_null(0).cast(pl.UInt64).to_numpy().astype(np.uint64, copy=False)
+    safe = np.where(given > 0, given, 1)
+    stated = (given > 0) & (packets % safe == 0) & (octets % safe == 0)
+    rate = np.where(stated, given, np.uint64(inferred))
+    return flows.with_columns(
+        pl.Series("packets", packets // rate, dtype=pl.UInt64),
+        pl.Series("bytes", octets // rate, dtype=pl.UInt64),
+        pl.Series("record_rate", rate, dtype=pl.UInt64).cast(pl.UInt32),
+        pl.when(pl.Series(stated)).then(pl.lit(source)).otherwise(pl.lit(f"{source}:inferred")).alias(
+            "record_rate_source"
+        ),
+    )
