@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.context import FlowRunContext
 
 from flows import landing, monthly, publish, report
+from flows.flow_files import flow_files_of_days
 from flows.settings import Settings, load_settings
 from transforms.run_records import MonthRun, PeriodOutcome, WeekRun
 
@@ -91,7 +92,10 @@ def _noticing_interrupts() -> Iterator[threading.Event]:
 
 def _week_landed(settings: Settings, week: dt.date) -> bool:
     days = [week + dt.timedelta(days=i) for i in range(7)]
-    return any(landing.day_dirs(settings.landing / "flows" / e, days) for e in landing.list_exporters(settings.landing))
+    return any(
+        flow_files_of_days(settings.landing / "flows" / e, days, settings.timezone, settings.nfdump_timezone)
+        for e in landing.list_exporters(settings.landing)
+    )
 
 
 def _month_landed(settings: Settings, month: str) -> bool:

@@ -14,6 +14,7 @@ import polars as pl
 
 from flows import processes, progress
 from flows.failures import MissingFeed as MissingFeed  # raised here; defined with the other errors
+from flows.flow_files import ExporterInputs, flow_files_of_days
 from flows.storage import AnyPath, entries
 from transforms.accounting import subscribers
 from transforms.accounting.radius import RECORD_SCHEMA, parse_detail
@@ -162,14 +163,13 @@ def ingest_exporter(
     days: list[dt.date],
     start: dt.datetime,
     end: dt.datetime,
-    default_rate: int | None,
-    override_rate: int | None,
-    nfdump_timezone: str,
+    inputs: ExporterInputs,
     state_dir: Path,
     stage: Path,
 ) -> ExporterIngest:
-    """Decodes every flow file of one exporter for `days` (IPFIX, captures of v5/v9/IPFIX, nfdump CSV),
-    keeps flows starting in [start, end), resolves their sampling rate, and sets aside the rest.
+    """Decodes every flow file of one exporter for `days` (IPFIX, captures of v5/v9/IPFIX, nfcapd
+    files, nfdump CSV; in the landing zone's day folders or a collector's own layout), keeps flows
+    starting in [start, end), resolves their sampling rate, and sets aside the rest.
 
     One file is in memory at a time: a first pass decodes each file to a raw part (templates and
     sampling announcements accumulate in the exporter state), a second pass resolves the rate of
@@ -184,7 +184,9 @@ def ingest_exporter(
     in_window = (pl.col("first_ts") >= lo) & (pl.col("first_ts") < hi)
     written: list[_StagedPart] = []
     seen: set[str] = set()
-    candidates = [path for folder in day_dirs(landing / "flows" / exporter, days) for path in entries(folder)]
+    default_rate, override_rate = inputs.default_rate, inputs.override_rate
+    found = flow_files_of_days(landing / "flows" / exporter, days, inputs.timezone, inputs.collector_timezone)
+    candidates = [f.path for f in found]
     for done, path in enumerate(candidates, start=1):
         progress.report("ingest", exporter, done, len(candidates))
         if not path.is_file() or path.name.startswith("."):
@@ -206,7 +208,9 @@ def ingest_exporter(
         result.files.append(str(path))
         result.input_bytes += len(data)
         with processes.thread_mapper(2) as mapper:
-            decoded = decode_flow_file(data, exporter, str(path), state, nfdump_timezone, mapper)
+            decoded = decode_flow_file(
+                data, exporter, str(path), state, inputs.collector_timezone, mapper, inputs.collector_sampling
+            )
         flows = decoded.flows
         result.messages += decoded.messages
         result.lost_records += decoded.lost_records
@@ -516,14 +520,14 @@ def _csv_structure_problem(text: str) -> tuple[int, str]:
     return 0, ""
 
 
-def check_feeds(landing: AnyPath, exporters: list[str], days: list[dt.date]) -> None:
+def check_feeds(
+    landing: AnyPath, exporters: list[str], days: list[dt.date], timezone: str = "UTC", collector_timezone: str = "UTC"
+) -> None:
     """Raises MissingFeed naming every exporter and day without flow files, and a week without RADIUS."""
     gaps = []
     for exporter in exporters:
-        present = {
-            p.name for p in day_dirs(landing / "flows" / exporter, days) if any(f.is_file() for f in p.iterdir())
-        }
-        missing = [d.isoformat() for d in days if d.isoformat() not in present]
+        present = {f.day for f in flow_files_of_days(landing / "flows" / exporter, days, timezone, collector_timezone)}
+        missing = [d.isoformat() for d in days if d not in present]
         if missing:
             gaps.append(f"flows/{exporter}: no files for {', '.join(missing)}")
     radius_root = landing / "radius"

@@ -12,7 +12,7 @@ Text forms (of environment variables, which are text; in the TOML file numbers a
 be TOML numbers and booleans, lists and tables may also be given as text):
 - numbers: `0.1`, `5`; booleans: 1/0, true/false, yes/no, on/off (any case);
 - `exporters`: comma-separated names (`bb-tokyo-1,mobile-gw-1`) or a JSON list;
-- `exporter_services`, `default_sampling`, `sampling_override`: comma-separated `pattern=value`
+- `exporter_services`, `default_sampling`, `sampling_override`, `collector_sampling`: comma-separated `pattern=value`
   pairs in order (`mobile*=mobile,*=broadband`, `bb-*=1024`) or a JSON object. In TOML they are
   tables (`[exporter_services]` with `"mobile*" = "mobile"`), order kept.
 An empty variable counts as unset.
@@ -42,6 +42,7 @@ from pydantic_settings import (
 from upath import UPath
 
 from flows.failures import UsageError
+from flows.flow_files import ExporterInputs
 from flows.storage import storage_path
 
 ENV_PREFIX = "TRAFFICREPORT_"
@@ -139,7 +140,12 @@ class Settings(BaseSettings):
     default_sampling: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     # Exporter name (glob) -> 1-in-N rate that replaces whatever the exporter announces.
     sampling_override: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
-    # Local time zone of nfdump CSV timestamps (nfdump prints local time without a zone).
+    # Exporter name (glob) -> 1-in-N rate its collector already multiplied counts by, for files
+    # that do not say it (nfdump CSV; nfcapd files without sampler records). Without it the rate
+    # is inferred from the counts, and the reconciliation's tolerance says so.
+    collector_sampling: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    # The collector's local time zone: of nfdump CSV timestamps (nfdump prints local time without
+    # a zone) and of the times in nfcapd's and pmacct's file names.
     nfdump_timezone: str = "Asia/Tokyo"
     # Where exporter state (templates, sampling, sequence numbers) survives between runs, and
     # where set-aside input goes; both default to folders beside the staging area.
@@ -181,9 +187,12 @@ class Settings(BaseSettings):
         "exporter_services": "service",
         "default_sampling": "rate",
         "sampling_override": "rate",
+        "collector_sampling": "rate",
     }
 
-    _mapping = field_validator("exporter_services", "default_sampling", "sampling_override", mode="before")(_pairs)
+    _mapping = field_validator(
+        "exporter_services", "default_sampling", "sampling_override", "collector_sampling", mode="before"
+    )(_pairs)
     _inventory = field_validator("exporters", mode="before")(_names)
 
     @classmethod
@@ -223,6 +232,16 @@ class Settings(BaseSettings):
 
     def override_rate_of(self, exporter: str) -> int | None:
         return _first_match(self.sampling_override, exporter)
+
+    def exporter_inputs(self, exporter: str) -> ExporterInputs:
+        """How `exporter`'s files are found and read."""
+        return ExporterInputs(
+            default_rate=self.default_rate_of(exporter),
+            override_rate=self.override_rate_of(exporter),
+            collector_sampling=_first_match(self.collector_sampling, exporter),
+            collector_timezone=self.nfdump_timezone,
+            timezone=self.timezone,
+        )
 
     def hmac_key(self, create: bool = False) -> bytes:
         """The pseudonym key: $TRAFFICREPORT_HMAC_KEY, else the Prefect Secret block named by

@@ -150,9 +150,7 @@ def ingest_flows_of_exporter(
         days,
         window.start,
         window.end,
-        settings.default_rate_of(exporter),
-        settings.override_rate_of(exporter),
-        settings.nfdump_timezone,
+        settings.exporter_inputs(exporter),
         settings.state_path,
         parts_dir,
     )
@@ -412,7 +410,7 @@ def wait_for_complete_feeds(settings: Settings, window: WeekWindow) -> list[str]
     exporters = landing.list_exporters(settings.landing)
     if not exporters:
         raise landing.MissingFeed(f"{settings.landing / 'flows'}: no exporter folders: nothing to report yet")
-    landing.check_feeds(settings.landing, exporters, window.days)
+    landing.check_feeds(settings.landing, exporters, window.days, settings.timezone, settings.nfdump_timezone)
     return exporters
 
 

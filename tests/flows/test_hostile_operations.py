@@ -598,7 +598,7 @@ def test_blank_lines_in_the_directory_are_no_rows_and_problems_keep_their_line()
 
 
 def test_empty_files_of_two_idle_exporters_are_not_one_file_delivered_twice(tmp_path: Path) -> None:
-    from flows.landing import duplicate_inputs, ingest_exporter
+    from flows.landing import ExporterInputs, duplicate_inputs, ingest_exporter
 
     start = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
     found = []
@@ -612,9 +612,7 @@ def test_empty_files_of_two_idle_exporters_are_not_one_file_delivered_twice(tmp_
             [dt.date(2024, 6, 3)],
             start,
             start + dt.timedelta(days=7),
-            None,
-            None,
-            "Asia/Tokyo",
+            ExporterInputs(collector_timezone="Asia/Tokyo", timezone="Asia/Tokyo"),
             tmp_path / "state",
             tmp_path / "stage" / exporter,
         )

@@ -88,7 +88,7 @@ def test_ingest_keeps_the_records_before_the_cut_and_counts_the_unread_bytes(tmp
     last_good = _message_ends(available)[-1]
 
     result = landing.ingest_exporter(
-        tmp_path, "r1", [DAY], START, END, None, None, "UTC", tmp_path / "state", tmp_path / "stage"
+        tmp_path, "r1", [DAY], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
     )
 
     assert len(available) > last_good  # the cut falls inside a message
@@ -241,7 +241,7 @@ def test_a_file_compressed_twice_is_one_problem_for_the_whole_file(
         landing.read_bytes(path)
     assert (error.value.source, error.value.position, error.value.reason) == (str(path), "byte 0", reason)
     result = landing.ingest_exporter(
-        tmp_path, "r1", [DAY], START, END, None, None, "UTC", tmp_path / "state", tmp_path / "stage"
+        tmp_path, "r1", [DAY], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
     )
     assert result.records == 0
     assert result.quarantine.select("reason", "input_bytes").rows() == [(reason, len(once))]

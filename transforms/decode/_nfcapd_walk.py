@@ -171,14 +171,15 @@ def walk_records(
 def _lzo1x(src: Any, dst: Any) -> Any:  # pragma: no cover
     """LZO1X decompression of src into dst; the output length, or -1 (input overrun), -2 (output
     overrun), -3 (a match before the output's start), -4 (bytes after the end marker)."""
-    ip = 0
-    op = 0
-    n_in = src.size
-    n_out = dst.size
-    state = 0
-    nxt = 0
-    t = 0
-    m = 0
+    # Annotated Any for mypy only: numba infers the machine types.
+    ip: Any = 0
+    op: Any = 0
+    n_in: Any = src.size
+    n_out: Any = dst.size
+    state: Any = 0
+    nxt: Any = 0
+    t: Any = 0
+    m: Any = 0
     if n_in == 0:
         return -1
     first = True

@@ -1,15 +1,18 @@
-"""Flow export files of any supported kind: IPFIX message streams, and pcap/pcapng captures of
-NetFlow v5, v9 or IPFIX datagrams. The kind is told by content, not by file name."""
+"""Flow export files of any supported kind: IPFIX message streams, pcap/pcapng captures of NetFlow
+v5, v9 or IPFIX datagrams, nfcapd files, nfdump CSV. The kind is told by content, not by file name."""
 
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 from transforms.decode import ipfix, netflow
 from transforms.decode._messages import MessageTable, be16, be32, decode_table
 from transforms.decode._records import Accumulator, DecodeResult, ExporterState
+from transforms.decode.nfcapd import decode_nfcapd, is_nfcapd
 from transforms.decode.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
 from transforms.decode.pcap import Datagrams, capture_frames, is_capture, udp_payloads
+from transforms.decode.sampling import divide_scaled_counts
 from transforms.errors import InputFormatError
 from transforms.mapping import Mapper
 
@@ -87,31 +90,69 @@ def _decode_ipfix(data: bytes, buf: np.ndarray, datagrams: Datagrams, chosen: np
 
 
 def decode_flow_file(
-    data: bytes, exporter: str, source: str, state: ExporterState, nfdump_timezone: str = "UTC", mapper: Mapper = map
+    data: bytes,
+    exporter: str,
+    source: str,
+    state: ExporterState,
+    nfdump_timezone: str = "UTC",
+    mapper: Mapper = map,
+    collector_sampling: int | None = None,
 ) -> DecodeResult:
     """Flows of one (already decompressed) flow file, whatever its kind (told by content): an IPFIX
-    stream, a pcap/pcapng capture of NetFlow v5/v9/IPFIX, or nfdump CSV (local times in
-    `nfdump_timezone`; its columns derived through `mapper`)."""
+    stream, a pcap/pcapng capture of NetFlow v5/v9/IPFIX, an nfcapd file, or nfdump CSV (local
+    times in `nfdump_timezone`; its columns derived through `mapper`).
+
+    Collectors' files hold counts already multiplied by the sampling rate: they come back as
+    sampled counts with the rate the file states, else `collector_sampling` (the rate the
+    collector is known to have applied), else the largest rate the counts allow (`:inferred`).
+    """
     if is_capture(data):
         return decode_capture(data, exporter, source, state)
     if data[:2] == ipfix.IPFIX_VERSION.to_bytes(2, "big"):
         return ipfix.decode_ipfix(data, exporter, source, state)
+    if is_nfcapd(data):
+        return _decode_nfcapd(data, exporter, source, state, collector_sampling)
     if is_nfdump_csv(data):
-        return _decode_nfdump_csv(data, exporter, source, state, nfdump_timezone, mapper)
+        return _decode_nfdump_csv(data, exporter, source, state, nfdump_timezone, mapper, collector_sampling)
     result = Accumulator(exporter, source, state).result()
     result.problems.append(
-        InputFormatError(source, "byte 0", "not an IPFIX stream, a pcap/pcapng capture or nfdump CSV", len(data))
+        InputFormatError(
+            source, "byte 0", "not an IPFIX stream, a pcap/pcapng capture, an nfcapd file or nfdump CSV", len(data)
+        )
     )
     return result
 
 
-def _decode_nfdump_csv(
-    data: bytes, exporter: str, source: str, state: ExporterState, timezone: str, mapper: Mapper
+def _decode_nfcapd(
+    data: bytes, exporter: str, source: str, state: ExporterState, collector_sampling: int | None
 ) -> DecodeResult:
-    """An nfdump CSV file as a DecodeResult: each problem sets one line (one record) aside."""
+    decoded = decode_nfcapd(data, exporter, source, collector_sampling)
+    result = Accumulator(exporter, source, state).result()
+    result.flows = decoded.flows
+    result.problems = decoded.problems
+    result.messages = decoded.blocks
+    result.formats[f"nfcapd_{decoded.compression}"] = 1
+    return result
+
+
+def _decode_nfdump_csv(
+    data: bytes,
+    exporter: str,
+    source: str,
+    state: ExporterState,
+    timezone: str,
+    mapper: Mapper,
+    collector_sampling: int | None,
+) -> DecodeResult:
+    """An nfdump CSV file as a DecodeResult: each problem sets one line (one record) aside. nfdump
+    prints counts multiplied by the rate nfcapd knew, and not the rate itself."""
     result = Accumulator(exporter, source, state).result()
     try:
-        result.flows, problems = decode_nfdump_csv(data, exporter, source, timezone, mapper)
+        flows, problems = decode_nfdump_csv(data, exporter, source, timezone, mapper)
+        rates = pl.Series([collector_sampling] * flows.height, dtype=pl.UInt32) if collector_sampling else None
+        result.flows = divide_scaled_counts(
+            flows, rates, "config:collector_sampling" if rates is not None else "nfdump"
+        )
     except InputFormatError as exc:
         problems = [exc]
     result.problems = [InputFormatError(p.source, p.position, p.reason, p.length, records=1) for p in problems]

@@ -79,9 +79,11 @@ class NfcapdFile:
     problems: list[InputFormatError]
 
 
-def decode_nfcapd(data: bytes, exporter: str, source: str) -> NfcapdFile:
+def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: int | None = None) -> NfcapdFile:
     """Flows (FLOW_SCHEMA) of one nfcapd file; counts nfcapd scaled are turned back into sampled
-    counts with the rate it used (record_rate_source `nfcapd`, or `nfcapd:inferred`)."""
+    counts with the rate of the file's sampler record (record_rate_source `nfcapd`), else
+    `collector_sampling` (`config:collector_sampling`), else the largest rate the counts allow
+    (`...:inferred`)."""
     problems: list[InputFormatError] = []
     empty = pl.DataFrame(schema=FLOW_SCHEMA)
     refused = _refuse_header(data, source)
@@ -102,7 +104,7 @@ def decode_nfcapd(data: bytes, exporter: str, source: str) -> NfcapdFile:
             )
         )
     exporters, samplers = _exporters_and_samplers(buffer, others)
-    flows = _flow_frame(columns, exporters, samplers, exporter, source, problems, buffer, starts, offsets)
+    flows = _flow_frame(columns, exporters, samplers, exporter, source, problems, starts, offsets, collector_sampling)
     return NfcapdFile(flows, compression, int(starts.size), problems)
 
 
@@ -246,9 +248,9 @@ def _flow_frame(
     exporter: str,
     source: str,
     problems: list[InputFormatError],
-    buffer: np.ndarray,
     starts: np.ndarray,
     offsets: list[int],
+    collector_sampling: int | None,
 ) -> pl.DataFrame:
     problem = columns["problem"]
     bad = np.flatnonzero(problem > 0)
@@ -316,7 +318,9 @@ def _flow_frame(
     rates = _sampler_rates(samplers)
     joined = (
         rows.join(known, on="exporter_id", how="left")
-        .join(rates.rename({"sampler": "selector", "rate": "_selector_rate"}), on=["exporter_id", "selector"], how="left")
+        .join(
+            rates.rename({"sampler": "selector", "rate": "_selector_rate"}), on=["exporter_id", "selector"], how="left"
+        )
         .join(_single_rates(rates), on="exporter_id", how="left")
     )
     flows = joined.select(
@@ -343,10 +347,19 @@ def _flow_frame(
         pl.coalesce("_selector_rate", "_single_rate").alias("_rate"),
         ((pl.col("flags") & V3_FLAG_SAMPLED) > 0).alias("_scaled"),
     ).cast({name: dtype for name, dtype in FLOW_SCHEMA.items()})
-    scaled = flows.filter("_scaled")
-    unscaled = flows.filter(~pl.col("_scaled")).drop("_rate", "_scaled")
-    divided = divide_scaled_counts(scaled.drop("_rate", "_scaled"), scaled["_rate"], "nfcapd")
-    return pl.concat([divided, unscaled]).select(list(FLOW_SCHEMA))
+    stated = flows.filter(pl.col("_scaled") & pl.col("_rate").is_not_null())
+    unstated = flows.filter(pl.col("_scaled") & pl.col("_rate").is_null()).drop("_rate", "_scaled")
+    raw_counts = flows.filter(~pl.col("_scaled")).drop("_rate", "_scaled")
+    configured = pl.Series([collector_sampling] * unstated.height, dtype=pl.UInt32) if collector_sampling else None
+    return pl.concat(
+        [
+            divide_scaled_counts(stated.drop("_rate", "_scaled"), stated["_rate"], "nfcapd"),
+            divide_scaled_counts(
+                unstated, configured, "config:collector_sampling" if configured is not None else "nfcapd"
+            ),
+            raw_counts,
+        ]
+    ).select(list(FLOW_SCHEMA))
 
 
 def _sampler_rates(samplers: dict[tuple[int, int], int]) -> pl.DataFrame:
