@@ -9,7 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from transforms.run_records import AuditCheck, AuditLimits, AuditResult, ReconciliationSummary, WeekIngest
+from transforms.run_records import (
+    AuditCheck,
+    AuditLimits,
+    AuditResult,
+    ExporterSummary,
+    ReconciliationSummary,
+    WeekIngest,
+)
 from transforms.tables import registry
 
 SUITE_DIR = Path(__file__).resolve().parent
@@ -172,11 +179,31 @@ def run_checks(
     ]
 
 
+def inferred_rate_note(exporters: tuple[ExporterSummary, ...]) -> str:
+    """What the reconciliation must say when some sample counts rest on a rate inferred from a
+    collector's scaled counts (the greatest rate they allow: the tolerance is then conservative)."""
+    inferred = [
+        f"{e.exporter} ({s.records:,} records, 1 in {s.rate})"
+        for e in exporters
+        for s in e.sampling
+        if s.source.endswith(":inferred")
+    ]
+    if not inferred:
+        return ""
+    return (
+        "; the collector did not state the sampling rate of "
+        + ", ".join(inferred)
+        + ": inferred from the counts as the largest rate they allow, so those users' tolerance is at least "
+        "as wide as the true one (set collector_sampling to state it)"
+    )
+
+
 def reconciliation_checks(
-    reconciliation: ReconciliationSummary | None, max_unreconciled_share: float
+    reconciliation: ReconciliationSummary | None, max_unreconciled_share: float, note: str = ""
 ) -> list[AuditCheck]:
     """Flows vs RADIUS octet counters: the share of compared broadband users whose flow estimate
-    falls outside its tolerance. No user to compare: reported, not failed."""
+    falls outside its tolerance, with `note` (how the tolerance was built, where it matters). No
+    user to compare: reported, not failed."""
     if reconciliation is None:
         return []
     compared = reconciliation.users_compared
@@ -194,7 +221,8 @@ def reconciliation_checks(
                 f"out {reconciliation.median_error_out or 0.0:.4f})"
                 if compared
                 else " (no broadband user with accounting counters)"
-            ),
+            )
+            + note,
         )
     ]
 
@@ -257,7 +285,9 @@ def audit_week(
     checks = (
         validate_tables(tables, docs_dir)
         + run_checks(ingest, tables, limits.max_quarantined_share, limits.max_unattributed_share)
-        + reconciliation_checks(ingest.reconciliation, limits.max_unreconciled_share)
+        + reconciliation_checks(
+            ingest.reconciliation, limits.max_unreconciled_share, inferred_rate_note(ingest.exporters)
+        )
         + drift_checks(tables, previous, limits.max_user_change, limits.max_mean_change, limits.max_port_share_change)
     )
     return AuditResult(tuple(checks))
