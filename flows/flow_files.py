@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo
 from flows.storage import AnyPath, entries
 
 DAY_FOLDER = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-# A date and a time in a file name: 202406031405, 20240603-1405, 2024-06-03_14:05, 20240603T1405.
-NAME_STAMP = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})[-_T ]?(\d{2})[:.]?(\d{2})(?!\d)")
+# A date and a time in a file name: 202406031405, 20240603-1405, 2024-06-03_14:05, 20240603T1405,
+# with seconds where a collector rotates more often than each minute (nfcapd.20240603140530).
+NAME_STAMP = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})[-_T ]?(\d{2})[:.]?(\d{2})(?:[:.]?(\d{2}))?(?!\d)")
 NUMBER_FOLDER = re.compile(r"^\d{2}$|^\d{4}$")
 # A file named by the start of its interval can hold flows that started a little earlier (a
 # collector's rotation, long flows exported at their end): files named up to two hours before
@@ -137,9 +138,9 @@ def _name_time(name: str, collector: ZoneInfo) -> dt.datetime | None:
     match = NAME_STAMP.search(name)
     if match is None:
         return None
-    year, month, day, hour, minute = (int(g) for g in match.groups())
+    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups())
     try:
-        return dt.datetime(year, month, day, hour, minute, tzinfo=collector)
+        return dt.datetime(year, month, day, hour, minute, second, tzinfo=collector)
     except ValueError:
         return None
 

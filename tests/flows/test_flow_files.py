@@ -28,6 +28,7 @@ def test_nfcapd_tree_by_year_month_day_is_read_by_the_times_in_the_names(tmp_pat
         "2024/06/02/nfcapd.202406022150",  # 2 h 10 min before the week: outside the margin
         "2024/06/02/nfcapd.202406022200",  # within two hours before Monday: may hold Monday's flows
         "2024/06/03/nfcapd.202406030000",
+        "2024/06/03/nfcapd.20240603120530",  # nfcapd -t below a minute adds seconds
         "2024/06/09/nfcapd.202406092355",
         "2024/06/10/nfcapd.202406100005",  # the next day is read when asked for
         "2024/06/11/nfcapd.202406110000",
@@ -37,6 +38,7 @@ def test_nfcapd_tree_by_year_month_day_is_read_by_the_times_in_the_names(tmp_pat
     assert _found(tmp_path, NEXT_DAY) == {
         "2024/06/02/nfcapd.202406022200": dt.date(2024, 6, 2),
         "2024/06/03/nfcapd.202406030000": dt.date(2024, 6, 3),
+        "2024/06/03/nfcapd.20240603120530": dt.date(2024, 6, 3),
         "2024/06/09/nfcapd.202406092355": dt.date(2024, 6, 9),
         "2024/06/10/nfcapd.202406100005": dt.date(2024, 6, 10),
     }
