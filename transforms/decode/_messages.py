@@ -34,7 +34,7 @@ from transforms.decode._records import (
     record_dtype,
     sampling_from_options,
 )
-from transforms.decode._walk import copy_runs, sequence_gaps, sets_of_messages
+from transforms.decode._walk import copy_runs, sets_of_messages
 
 NO_INIT = np.iinfo(np.int64).min
 BLOCK_RECORDS = 1 << 18
@@ -201,6 +201,7 @@ def decode_table(
     # The template in force for each data set. (origin, domain) pairs get a dense number first: a
     # capture may hold datagrams from any number of source addresses.
     data_sets = np.flatnonzero(sets.set_id >= 256)
+    records_of[data_sets] = -1  # until counted: a set of an unknown template or undecodable stays so
     pair_of, pairs = _pairs_of(origin_of[data_sets], domain_of[data_sets])
     codes = (pair_of.astype(np.uint64) << np.uint64(16)) | sets.set_id[data_sets].astype(np.uint64)
     templates: list[Template] = []
@@ -347,9 +348,18 @@ def decode_table(
             acc.batches.append(Batch(columns, origin, domain, rate_source))
 
     n = table.body.size
-    advance = np.ones(n, dtype=np.int64) if v9 else np.bincount(sets.message, weights=records_of, minlength=n)
+    uncounted = records_of < 0
+    records_of[uncounted] = 0
+    whole = np.bincount(sets.message, weights=uncounted, minlength=n) == 0
+    if v9:
+        advance = counted = np.ones(n, dtype=np.int64)
+    else:
+        options_set = np.zeros(sets.pos.size, dtype=bool)
+        options_set[data_sets[options_members]] = True
+        advance = np.bincount(sets.message, weights=records_of, minlength=n).astype(np.int64)
+        counted = np.bincount(sets.message, weights=np.where(options_set, 0, records_of), minlength=n).astype(np.int64)
     count_sequences(
-        table.version, table.origin, table.domain, table.sequence, advance.astype(np.int64), table.origins, acc
+        table.version, table.origin, table.domain, table.sequence, advance, table.origins, acc, counted, whole
     )
 
 
@@ -407,24 +417,28 @@ def count_sequences(
     advance: np.ndarray,
     origins: list[str],
     acc: Accumulator,
+    counted: np.ndarray | None = None,
+    whole: np.ndarray | None = None,
 ) -> None:
     """Losses told by sequence numbers, per (origin, domain), in message order (mod 2^32).
 
-    IPFIX and v5 number records, so a message advances by its records; v9 numbers packets."""
+    IPFIX and v5 number records, so a message advances by its records (`advance`; `counted` of
+    them outside options data, all when not given; `whole` false where some could not be counted,
+    none when not given); v9 numbers packets. Accumulator.count_sequence checks each stream, in
+    whichever numbering its exporter uses."""
     if not origin.size:
         return
+    if counted is None:
+        counted = advance
+    if whole is None:
+        whole = np.ones(origin.size, dtype=bool)
     codes = (origin.astype(np.int64) << 32) | domain.astype(np.int64)
-    key = np.empty(codes.size, dtype=np.int64)
-    names: list[tuple[str, int, int]] = []
-    for index, (code, members) in enumerate(groups_of(codes)):
-        key[members] = index
-        names.append((origins[code >> 32], version, code & 0xFFFF_FFFF))
-    known = np.array([name in acc.state.next_sequence for name in names], dtype=bool)
-    expected = np.array([acc.state.next_sequence.get(name, 0) for name in names], dtype=np.int64)
-    lost = sequence_gaps(key, sequence, advance, expected, known)
-    for index, name in enumerate(names):
-        acc.state.next_sequence[name] = int(expected[index])
-    if version == 9:
-        acc.lost_datagrams += lost
-    else:
-        acc.lost_records += lost
+    for code, members in groups_of(codes):
+        acc.count_sequence(
+            (origins[code >> 32], version, code & 0xFFFF_FFFF),
+            sequence[members],
+            advance[members],
+            counted[members],
+            whole[members],
+            counts_datagrams=version == 9,
+        )

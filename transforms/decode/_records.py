@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from transforms.decode._walk import sequence_gaps
 from transforms.errors import InputFormatError
 
 VARIABLE_LENGTH = 65535
 NO_SELECTOR = (1 << 64) - 1
 NTP_EPOCH_OFFSET_S = 2_208_988_800
+SEQUENCE_MODULUS = 1 << 32
 V4_MAPPED_PREFIX = np.uint64(0xFFFF_0000_0000)
 
 # Information elements (IPFIX registry; NetFlow v9 field types 1-127 share the numbers).
@@ -116,13 +118,19 @@ class ExporterState:
     """What an exporter told us that outlives a file: templates, sampling, clocks, sequence numbers.
 
     Keys carry the export origin (the datagram's source address; "" for stored IPFIX files) and
-    the observation domain / source id, as RFC 7011 and RFC 3954 scope them.
+    the observation domain / source id, as RFC 7011 and RFC 3954 scope them; sequence keys are
+    (origin, version, domain). `next_sequence` is the number the next message should carry as
+    RFC 7011 counts (see Accumulator.count_sequence); `last_records` the (records, records outside
+    options data) of each stream's last message; `sequence_includes_own` says, once a stream
+    showed it, whether its numbers count the message's own records (softflowd) or not (RFC).
     """
 
     templates: dict[tuple[str, int, int], Template] = field(default_factory=dict)
     sampling: list[SamplingAnnouncement] = field(default_factory=list)
     system_init_ms: dict[tuple[str, int], int] = field(default_factory=dict)
     next_sequence: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    last_records: dict[tuple[str, int, int], tuple[int, int]] = field(default_factory=dict)
+    sequence_includes_own: dict[tuple[str, int, int], bool] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -140,6 +148,9 @@ class ExporterState:
                 ],
                 "sampling": [a.__dict__ for a in self.sampling[-1000:]],
                 "system_init_ms": [[o, d, v] for (o, d), v in sorted(self.system_init_ms.items())],
+                "sequence_includes_own": [
+                    [o, v, d, own] for (o, v, d), own in sorted(self.sequence_includes_own.items())
+                ],
             }
         )
 
@@ -154,6 +165,9 @@ class ExporterState:
             )
         state.sampling = [SamplingAnnouncement(**a) for a in data.get("sampling", [])]
         state.system_init_ms = {(o, int(d)): int(v) for o, d, v in data.get("system_init_ms", [])}
+        state.sequence_includes_own = {
+            (o, int(v), int(d)): bool(own) for o, v, d, own in data.get("sequence_includes_own", [])
+        }
         return state
 
 
@@ -212,19 +226,62 @@ class Accumulator:
         self.problems.append(InputFormatError(self.source, f"byte {offset}", reason, length))
 
     def count_sequence(
-        self, key: tuple[str, int, int], sequence: int, advance: int, counts_datagrams: bool = False
+        self,
+        key: tuple[str, int, int],
+        sequence: np.ndarray,
+        records: np.ndarray,
+        counted: np.ndarray,
+        whole: np.ndarray,
+        counts_datagrams: bool = False,
     ) -> None:
-        """Counts what a gap in export sequence numbers says was lost (mod 2^32): records for IPFIX
-        and v5, whose sequence numbers count records; datagrams for v9, whose count packets."""
+        """Counts what gaps in the sequence numbers of one stream's messages (in stream order) say
+        was lost, mod 2^32: records for IPFIX and v5, whose numbers count records (`records` per
+        message); datagrams for v9, whose numbers count packets (`records` all 1). `counted` is
+        how many of a message's records are outside options data; `whole` is false for a message
+        with records that could not be counted (a template not known yet).
+
+        RFC 7011 numbers a message by the records sent before it. softflowd (IPFIX) numbers it by
+        the records sent up to and including its own, so judged by the RFC every message longer
+        or shorter than the one before looks like loss or a step back, and a healthy exporter
+        would be reported as losing records. The numberings differ only where consecutive messages
+        differ in size, so the first such pair of a stream tells them apart (both are read as
+        equally plausible for a message whose exporter may have left its options records out of
+        the count, as softflowd does). The answer is kept per stream, in saved state too: an
+        exporter does not change how it counts, and asking again later would let a real loss of
+        just the right size flip it; for the same reason a message whose records could not all be
+        counted tells nothing. A stream that counts its own records is checked on its numbers minus
+        each message's records, which is the RFC number, so a real gap still counts. A step
+        backwards is a restart or reordering, not loss.
+        """
+        if not sequence.size:
+            return
+        sequence = sequence.astype(np.int64) % SEQUENCE_MODULUS
+        records = records.astype(np.int64)
+        counted = counted.astype(np.int64)
         expected = self.state.next_sequence.get(key)
-        if expected is not None and sequence != expected:
-            gap = (sequence - expected) % (1 << 32)
-            if gap < (1 << 31):  # a step backwards is a restart or reordering, not a loss
-                if counts_datagrams:
-                    self.lost_datagrams += gap
-                else:
-                    self.lost_records += gap
-        self.state.next_sequence[key] = (sequence + advance) % (1 << 32)
+        last = self.state.last_records.get(key)
+        includes_own = self.state.sequence_includes_own.get(key)
+        if includes_own is None:
+            includes_own = _numbering_includes_own(sequence, records, counted, whole, expected, last)
+            if includes_own is not None:
+                self.state.sequence_includes_own[key] = includes_own
+            if includes_own and expected is not None:
+                # The stream was followed the RFC way until now: its next number, the same way.
+                expected = None if last is None else (expected - last[0]) % SEQUENCE_MODULUS
+        numbers = (sequence - records) % SEQUENCE_MODULUS if includes_own else sequence
+        following = np.array([expected or 0], dtype=np.int64)
+        lost = sequence_gaps(
+            np.zeros(sequence.size, dtype=np.int64), numbers, records, following, np.array([expected is not None])
+        )
+        self.state.next_sequence[key] = int(following[0])
+        if whole[-1]:
+            self.state.last_records[key] = (int(records[-1]), int(counted[-1]))
+        else:
+            self.state.last_records.pop(key, None)
+        if counts_datagrams:
+            self.lost_datagrams += lost
+        else:
+            self.lost_records += lost
 
     def flush(self) -> None:
         """Converts pending records into one batch per group, a cache-sized chunk at a time.
@@ -261,6 +318,37 @@ class Accumulator:
             self.lost_datagrams,
             self.formats,
         )
+
+
+def _numbering_includes_own(
+    sequence: np.ndarray,
+    records: np.ndarray,
+    counted: np.ndarray,
+    whole: np.ndarray,
+    expected: int | None,
+    last: tuple[int, int] | None,
+) -> bool | None:
+    """Whether a stream numbers each message by the records up to and including its own (True) or
+    by those before it (False), told by the first pair of consecutive messages where only one of
+    the two fits; None while no pair tells (equal sizes, every step a gap or a restart, or records
+    not all counted).
+
+    The pair across a file boundary counts too, from the previous file's last message (`last` is
+    kept only when that message was whole)."""
+    if expected is not None and last is not None:
+        before = np.concatenate([[(expected - last[0]) % SEQUENCE_MODULUS], sequence[:-1]])
+        before_records = np.concatenate([[last[0]], records[:-1]])
+        before_counted = np.concatenate([[last[1]], counted[:-1]])
+        before_whole = np.concatenate([[True], whole[:-1]])
+        now, now_records, now_counted, now_whole = sequence, records, counted, whole
+    else:
+        before, before_records, before_counted, before_whole = sequence[:-1], records[:-1], counted[:-1], whole[:-1]
+        now, now_records, now_counted, now_whole = sequence[1:], records[1:], counted[1:], whole[1:]
+    step = (now - before) % SEQUENCE_MODULUS
+    rfc = (step >= before_counted) & (step <= before_records)
+    own = (step >= now_counted) & (step <= now_records)
+    telling = np.flatnonzero((rfc != own) & before_whole & now_whole)
+    return bool(own[telling[0]]) if telling.size else None
 
 
 def _field_dtype(ie: int, length: int, index: int) -> list[tuple[str, str]]:

@@ -109,7 +109,11 @@ def apply_rates(
     resolved = resolved.drop("record_rate", "record_rate_source")
     known = resolved.filter(pl.col("sampling_rate").is_not_null())
     unknown = resolved.filter(pl.col("sampling_rate").is_null()).with_columns(
-        reason=pl.lit("no sampling rate known for this exporter/domain/selector")
+        reason=pl.lit(
+            "no sampling rate announced for this exporter/domain/selector and no default_sampling configured:"
+            ' set the 1-in-N rate for exporters that announce none in TOML [default_sampling] "<exporter glob>" = N'
+            ' or env TRAFFICREPORT_DEFAULT_SAMPLING="bb-*=1024"; N = 1 for an exporter that does not sample'
+        )
     )
     return known, unknown
 
