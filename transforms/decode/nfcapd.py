@@ -25,9 +25,9 @@ import numpy as np
 import polars as pl
 import zstandard
 
-from transforms.decode._nfcapd_walk import lzo1x_decompress, walk_records
+from transforms.decode._nfcapd_walk import RATE_UNDIVIDED, lzo1x_decompress, scale_back, walk_records
 from transforms.decode._records import FLOW_SCHEMA, NO_SELECTOR
-from transforms.decode.sampling import divide_scaled_counts
+from transforms.decode.sampling import divide_counts
 from transforms.errors import InputFormatError
 
 MAGIC = 0xA50C
@@ -92,7 +92,7 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
     header = FILE_HEADER.unpack_from(data, 0)
     compression = COMPRESSION[header[4]]
     buffer, starts, ends, offsets = _read_blocks(data, compression, source, problems)
-    columns, others, broken = walk_records(buffer, starts, ends)
+    columns, notes, others, broken = walk_records(buffer, starts, ends)
     for block in np.flatnonzero(broken >= 0).tolist():
         at = int(broken[block] - starts[block])
         problems.append(
@@ -104,7 +104,9 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
             )
         )
     exporters, samplers = _exporters_and_samplers(buffer, others)
-    flows = _flow_frame(columns, exporters, samplers, exporter, source, problems, starts, offsets, collector_sampling)
+    flows = _flow_frame(
+        columns, notes, exporters, samplers, exporter, source, problems, starts, offsets, collector_sampling
+    )
     return NfcapdFile(flows, compression, int(starts.size), problems)
 
 
@@ -132,14 +134,15 @@ def _refuse_header(data: bytes, source: str) -> InputFormatError | None:
 def _read_blocks(
     data: bytes, compression: str, source: str, problems: list[InputFormatError]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """(all record blocks' bytes back to back, each block's start and end in it, each block's
-    offset in the file). A damaged block is one problem; reading stops where the chain breaks."""
-    pieces: list[bytes] = []
+    """(the record blocks' bytes, each block's start and end in them, each block's offset in the
+    file). Uncompressed blocks are read where they are in the file; decompressed ones follow the
+    file's bytes in one buffer. A damaged block is one problem; reading stops where the chain breaks."""
+    pieces: list[bytes] = [data]
     starts: list[int] = []
     ends: list[int] = []
     offsets: list[int] = []
     at = FILE_HEADER.size
-    filled = 0
+    filled = len(data)
     view = memoryview(data)
     while at + BLOCK_HEADER.size <= len(data):
         records, size, kind, flags = BLOCK_HEADER.unpack_from(data, at)
@@ -153,33 +156,32 @@ def _read_blocks(
                     len(data) - at,
                 )
             )
-            return _joined(pieces, starts, ends, offsets)
-        raw = view[body : body + size]
+            at = len(data)
+            break
         if kind == RECORD_BLOCK:
             method = "none" if flags & FLAG_BLOCK_UNCOMPRESSED else compression
-            plain = _decompress(raw, method)
-            if isinstance(plain, str):
-                problems.append(
-                    InputFormatError(source, f"byte {at}", f"{method} block of {records} records: {plain}", size)
-                )
-            else:
-                pieces.append(plain)
-                starts.append(filled)
-                filled += len(plain)
-                ends.append(filled)
+            if method == "none":
+                starts.append(body)
+                ends.append(body + size)
                 offsets.append(at)
+            else:
+                plain = _decompress(view[body : body + size], method)
+                if isinstance(plain, str):
+                    problems.append(
+                        InputFormatError(source, f"byte {at}", f"{method} block of {records} records: {plain}", size)
+                    )
+                else:
+                    pieces.append(plain)
+                    starts.append(filled)
+                    filled += len(plain)
+                    ends.append(filled)
+                    offsets.append(at)
         at = body + size
     if at != len(data):
         problems.append(
             InputFormatError(source, f"byte {at}", "the file ends inside a data block header", len(data) - at)
         )
-    return _joined(pieces, starts, ends, offsets)
-
-
-def _joined(
-    pieces: list[bytes], starts: list[int], ends: list[int], offsets: list[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    buffer = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+    buffer = np.frombuffer(data if len(pieces) == 1 else b"".join(pieces), dtype=np.uint8)
     return buffer, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), offsets
 
 
@@ -215,17 +217,17 @@ def _exporters_and_samplers(
     """Exporter records by sysid, and 1-in-N rates by (sysid, sampler id); later records win."""
     exporters: dict[int, Exporter] = {}
     samplers: dict[tuple[int, int], int] = {}
-    raw = buffer.tobytes() if others.size else b""
     for position, kind, size in others.tolist():
+        raw = buffer[position : position + size].tobytes()
         if kind == EXPORTER_INFO and size >= EXPORTER_INFO_RECORD.size:
-            _, _, version, ip, family, sysid, domain = EXPORTER_INFO_RECORD.unpack_from(raw, position)
+            _, _, version, ip, family, sysid, domain = EXPORTER_INFO_RECORD.unpack_from(raw)
             exporters[sysid] = Exporter(_address(ip, family), domain, version)
         elif kind == SAMPLER and size >= SAMPLER_RECORD.size:
-            _, _, sysid, _, sampler, interval, space = SAMPLER_RECORD.unpack_from(raw, position)
+            _, _, sysid, _, sampler, interval, space = SAMPLER_RECORD.unpack_from(raw)
             if interval > 0:
                 samplers[(sysid, sampler)] = (interval + space) // interval
         elif kind == SAMPLER_LEGACY and size >= SAMPLER_LEGACY_RECORD.size:
-            _, _, sampler, interval, _, sysid = SAMPLER_LEGACY_RECORD.unpack_from(raw, position)
+            _, _, sampler, interval, _, sysid = SAMPLER_LEGACY_RECORD.unpack_from(raw)
             if interval > 0:
                 samplers[(sysid, sampler)] = interval
     return exporters, samplers
@@ -243,6 +245,7 @@ def _address(ip: bytes, family: int) -> str:
 
 def _flow_frame(
     columns: dict[str, np.ndarray],
+    notes: dict[str, np.ndarray],
     exporters: dict[int, Exporter],
     samplers: dict[tuple[int, int], int],
     exporter: str,
@@ -252,133 +255,116 @@ def _flow_frame(
     offsets: list[int],
     collector_sampling: int | None,
 ) -> pl.DataFrame:
-    problem = columns["problem"]
-    bad = np.flatnonzero(problem > 0)
-    if bad.size:
-        block_of = np.searchsorted(starts, columns["position"][bad], side="right") - 1
-        for code in np.unique(problem[bad]).tolist():
-            chosen = problem[bad] == code
-            first = int(np.flatnonzero(chosen)[0])
-            block = int(block_of[first])
-            at = int(columns["position"][bad][first] - starts[block])
-            problems.append(
-                InputFormatError(
-                    source,
-                    f"block at byte {offsets[block]}, record at block byte {at}"
-                    + (f" and {int(chosen.sum()) - 1} more records" if chosen.sum() > 1 else ""),
-                    PROBLEMS[int(code)],
-                    0,
-                    records=int(chosen.sum()),
-                )
-            )
-    good = problem == 0
-    raw = pl.DataFrame({name: values[good] for name, values in columns.items()})
-    forward = raw.select(
-        "exporter_id",
-        "flags",
-        "selector",
-        "first_ms",
-        "last_ms",
-        "src_hi",
-        "src_lo",
-        "dst_hi",
-        "dst_lo",
-        "src_port",
-        "dst_port",
-        "protocol",
-        "packets",
-        "bytes",
-    )
+    named = notes["selector"] >= 0
+    selector = np.full(columns["packets"].size, NO_SELECTOR, dtype=np.uint64)
+    selector[notes["row"][named]] = notes["selector"][named].astype(np.uint64)
+    columns["selector_id"] = selector
     # A bidirectional record (NSEL, some IPFIX biflows) also counts the reverse direction.
-    reverse = raw.filter((pl.col("out_packets") > 0) | (pl.col("out_bytes") > 0)).select(
-        "exporter_id",
-        "flags",
-        "selector",
-        "first_ms",
-        "last_ms",
-        pl.col("dst_hi").alias("src_hi"),
-        pl.col("dst_lo").alias("src_lo"),
-        pl.col("src_hi").alias("dst_hi"),
-        pl.col("src_lo").alias("dst_lo"),
-        pl.col("dst_port").alias("src_port"),
-        pl.col("src_port").alias("dst_port"),
-        "protocol",
-        pl.col("out_packets").alias("packets"),
-        pl.col("out_bytes").alias("bytes"),
-    )
-    rows = pl.concat([forward, reverse])
-    known = pl.DataFrame(
-        {
-            "exporter_id": list(exporters),
-            "origin": [e.origin for e in exporters.values()],
-            "domain_id": [e.domain_id for e in exporters.values()],
-        },
-        schema={"exporter_id": pl.Int64(), "origin": pl.String(), "domain_id": pl.UInt32()},
-    )
-    rates = _sampler_rates(samplers)
-    joined = (
-        rows.join(known, on="exporter_id", how="left")
-        .join(
-            rates.rename({"sampler": "selector", "rate": "_selector_rate"}), on=["exporter_id", "selector"], how="left"
+    reverse = (notes["reverse_packets"] != 0) | (notes["reverse_bytes"] != 0)
+    if reverse.any():
+        columns = _with_reverse_rows(
+            columns, notes["row"][reverse], notes["reverse_packets"][reverse], notes["reverse_bytes"][reverse]
         )
-        .join(_single_rates(rates), on="exporter_id", how="left")
-    )
-    flows = joined.select(
-        pl.lit(exporter).alias("exporter"),
-        pl.col("origin").fill_null(""),
-        pl.col("domain_id").fill_null(0),
-        pl.when(pl.col("selector") >= 0)
-        .then(pl.col("selector").cast(pl.UInt64))
-        .otherwise(pl.lit(NO_SELECTOR, dtype=pl.UInt64))
-        .alias("selector_id"),
-        pl.lit(None, dtype=pl.UInt32).alias("record_rate"),
-        pl.lit(None, dtype=pl.String).alias("record_rate_source"),
-        pl.from_epoch("first_ms", time_unit="ms").dt.replace_time_zone("UTC").alias("first_ts"),
-        pl.from_epoch("last_ms", time_unit="ms").dt.replace_time_zone("UTC").alias("last_ts"),
-        "src_hi",
-        "src_lo",
-        "dst_hi",
-        "dst_lo",
-        "src_port",
-        "dst_port",
-        "protocol",
-        "packets",
-        "bytes",
-        pl.coalesce("_selector_rate", "_single_rate").alias("_rate"),
-        ((pl.col("flags") & V3_FLAG_SAMPLED) > 0).alias("_scaled"),
-    ).cast({name: dtype for name, dtype in FLOW_SCHEMA.items()})
-    stated = flows.filter(pl.col("_scaled") & pl.col("_rate").is_not_null())
-    unstated = flows.filter(pl.col("_scaled") & pl.col("_rate").is_null()).drop("_rate", "_scaled")
-    raw_counts = flows.filter(~pl.col("_scaled")).drop("_rate", "_scaled")
-    configured = pl.Series([collector_sampling] * unstated.height, dtype=pl.UInt32) if collector_sampling else None
-    return pl.concat(
-        [
-            divide_scaled_counts(stated.drop("_rate", "_scaled"), stated["_rate"], "nfcapd"),
-            divide_scaled_counts(
-                unstated, configured, "config:collector_sampling" if configured is not None else "nfcapd"
-            ),
-            raw_counts,
-        ]
-    ).select(list(FLOW_SCHEMA))
-
-
-def _sampler_rates(samplers: dict[tuple[int, int], int]) -> pl.DataFrame:
-    return pl.DataFrame(
+    rate, code = scale_back(columns, (notes["row"][named], notes["selector"][named]), samplers, collector_sampling)
+    packets, octets = columns["packets"], columns["bytes"]
+    undivided = np.flatnonzero(code >= RATE_UNDIVIDED)
+    if undivided.size:
+        # Scaled counts no known rate divides: the largest rate they allow (see divide_counts).
+        packets[undivided], octets[undivided], rate[undivided], _ = divide_counts(
+            packets[undivided], octets[undivided], np.zeros(undivided.size, dtype=np.uint64)
+        )
+    ids = sorted(exporters)
+    lookup = np.full(max([*ids, 0]) + 2, len(ids), dtype=np.int64)
+    lookup[ids] = np.arange(len(ids))
+    where = lookup[np.minimum(columns["exporter_id"], lookup.size - 1)]
+    origins = pl.Series([exporters[i].origin for i in ids] + [""], dtype=pl.String)
+    domains = np.array([exporters[i].domain_id for i in ids] + [0], dtype=np.uint32)
+    frame = pl.DataFrame(
         {
-            "exporter_id": [sysid for sysid, _ in samplers],
-            "sampler": [sampler for _, sampler in samplers],
-            "rate": list(samplers.values()),
-        },
-        schema={"exporter_id": pl.Int64(), "sampler": pl.Int64(), "rate": pl.Int64()},
+            "exporter": pl.Series([exporter], dtype=pl.String).gather(np.zeros(packets.size, dtype=np.int64)),
+            "origin": origins.gather(where),
+            "domain_id": domains[where],
+            "selector_id": columns["selector_id"],
+            # Records nfcapd did not scale keep their raw counts and no rate: resolved like other flows.
+            "record_rate": pl.Series(rate.astype(np.uint32)).replace(0, None),
+            "record_rate_source": RATE_SOURCES.gather(code),
+            "first_ts": pl.Series(columns["first_ms"]).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            "last_ts": pl.Series(columns["last_ms"]).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            "src_hi": columns["src_hi"],
+            "src_lo": columns["src_lo"],
+            "dst_hi": columns["dst_hi"],
+            "dst_lo": columns["dst_lo"],
+            "src_port": columns["src_port"],
+            "dst_port": columns["dst_port"],
+            "protocol": columns["protocol"],
+            "packets": packets,
+            "bytes": octets,
+        }
     )
+    problem = columns["problem"]
+    bad_notes = problem[notes["row"]] > 0 if notes["row"].size else np.zeros(0, dtype=bool)
+    if bad_notes.any():
+        _report_bad_records(
+            notes["position"][bad_notes], problem[notes["row"][bad_notes]], starts, offsets, source, problems
+        )
+        frame = frame.filter(pl.Series(problem == 0))
+    return frame
 
 
-def _single_rates(rates: pl.DataFrame) -> pl.DataFrame:
-    """The rate of each exporter whose samplers all have one rate: what a record naming no
-    sampler was scaled by."""
-    return (
-        rates.group_by("exporter_id")
-        .agg(pl.col("rate").n_unique().alias("_n"), pl.col("rate").first().alias("_single_rate"))
-        .filter(pl.col("_n") == 1)
-        .drop("_n")
-    )
+# record_rate_source by the code scale_back gives.
+RATE_SOURCES = pl.Series(
+    [
+        None,
+        "nfcapd",
+        "config:collector_sampling",
+        "nfcapd:inferred",
+        "nfcapd:inferred",
+        "config:collector_sampling:inferred",
+    ],
+    dtype=pl.String,
+)
+
+
+def _with_reverse_rows(
+    columns: dict[str, np.ndarray], rows: np.ndarray, reverse_packets: np.ndarray, reverse_bytes: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The columns with one more row per bidirectional record: its reverse direction."""
+    swapped = {
+        "src_hi": "dst_hi",
+        "src_lo": "dst_lo",
+        "dst_hi": "src_hi",
+        "dst_lo": "src_lo",
+        "src_port": "dst_port",
+        "dst_port": "src_port",
+    }
+    out = {name: np.concatenate([values, columns[swapped.get(name, name)][rows]]) for name, values in columns.items()}
+    out["packets"][-rows.size :] = reverse_packets.astype(np.uint64)
+    out["bytes"][-rows.size :] = reverse_bytes.astype(np.uint64)
+    return out
+
+
+def _report_bad_records(
+    position: np.ndarray,
+    problem: np.ndarray,
+    starts: np.ndarray,
+    offsets: list[int],
+    source: str,
+    problems: list[InputFormatError],
+) -> None:
+    """One problem per kind of damage: where the first such record is, and how many there are
+    (`position`, `problem`: of the damaged records, in file order)."""
+    for code in np.unique(problem).tolist():
+        chosen = np.flatnonzero(problem == code)
+        first = int(chosen[0])
+        block = int(np.searchsorted(starts, position[first], side="right") - 1)
+        at = int(position[first] - starts[block])
+        more = f" and {chosen.size - 1} more records" if chosen.size > 1 else ""
+        problems.append(
+            InputFormatError(
+                source,
+                f"block at byte {offsets[block]}, record at block byte {at}{more}",
+                PROBLEMS[int(code)],
+                0,
+                records=int(chosen.size),
+            )
+        )

@@ -127,6 +127,22 @@ def resolve_sampling(
     return apply_rates(flows, rates_of_keys(keys, announcements, default_rate, override_rate), override_rate)
 
 
+def divide_counts(
+    packets: np.ndarray, octets: np.ndarray, rates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sampled packets, sampled bytes, rate, whether the given rate was used) of counts a
+    collector multiplied by its rate: each row's given rate (0: none) where it divides both
+    counts, else the greatest common divisor of all the counts (an upper bound on the true rate,
+    which divides every scaled count)."""
+    safe = np.where(rates > 0, rates, 1).astype(np.uint64)
+    stated = (rates > 0) & (packets % safe == 0) & (octets % safe == 0)
+    if stated.all():
+        return packets // safe, octets // safe, safe, stated
+    divisor = int(np.gcd.reduce(np.concatenate([packets, octets]).astype(np.uint64))) if packets.size else 1
+    rate = np.where(stated, safe, np.uint64(max(divisor, 1)))
+    return packets // rate, octets // rate, rate, stated
+
+
 def divide_scaled_counts(flows: pl.DataFrame, rates: pl.Series | None, source: str) -> pl.DataFrame:
     """`flows` (FLOW_SCHEMA) whose packets/bytes a collector already multiplied by its 1-in-N rate,
     back as sampled counts: packets and bytes divided by the row's rate, with record_rate set, so
@@ -140,22 +156,22 @@ def divide_scaled_counts(flows: pl.DataFrame, rates: pl.Series | None, source: s
     """
     if flows.is_empty():
         return flows
-    packets = flows["packets"].to_numpy().astype(np.uint64, copy=False)
-    octets = flows["bytes"].to_numpy().astype(np.uint64, copy=False)
-    divisor = np.gcd.reduce(np.concatenate([packets, octets]).astype(np.uint64))
-    inferred = int(divisor) if divisor > 0 else 1
-    if rates is None:
-        given = np.zeros(flows.height, dtype=np.uint64)
-    else:
-        given = rates.fill_null(0).cast(pl.UInt64).to_numpy().astype(np.uint64, copy=False)
-    safe = np.where(given > 0, given, 1)
-    stated = (given > 0) & (packets % safe == 0) & (octets % safe == 0)
-    rate = np.where(stated, given, np.uint64(inferred))
+    given = (
+        np.zeros(flows.height, dtype=np.uint64)
+        if rates is None
+        else rates.fill_null(0).cast(pl.UInt64).to_numpy().astype(np.uint64, copy=False)
+    )
+    packets, octets, rate, stated = divide_counts(
+        flows["packets"].to_numpy().astype(np.uint64, copy=False),
+        flows["bytes"].to_numpy().astype(np.uint64, copy=False),
+        given,
+    )
     return flows.with_columns(
-        pl.Series("packets", packets // rate, dtype=pl.UInt64),
-        pl.Series("bytes", octets // rate, dtype=pl.UInt64),
+        pl.Series("packets", packets, dtype=pl.UInt64),
+        pl.Series("bytes", octets, dtype=pl.UInt64),
         pl.Series("record_rate", rate, dtype=pl.UInt64).cast(pl.UInt32),
-        pl.when(pl.Series(stated)).then(pl.lit(source)).otherwise(pl.lit(f"{source}:inferred")).alias(
-            "record_rate_source"
-        ),
+        pl.when(pl.Series(stated))
+        .then(pl.lit(source))
+        .otherwise(pl.lit(f"{source}:inferred"))
+        .alias("record_rate_source"),
     )
