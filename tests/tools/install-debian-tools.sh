@@ -3,7 +3,7 @@
 # Does nothing when they are present; says so and carries on when it cannot install them
 # (not root, no apt-get): those tests then skip outside CI and fail in CI.
 set -u
-tools="nfdump nfpcapd nfreplay softflowd freeradius radclient tshark"
+tools="nfdump nfpcapd nfreplay softflowd freeradius radclient tshark nfacctd"
 missing=""
 for t in $tools; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
 [ -z "$missing" ] && exit 0
@@ -13,5 +13,5 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null && \
-  apt-get install -y -qq --no-install-recommends nfdump softflowd freeradius freeradius-utils tshark >/dev/null \
+  apt-get install -y -qq --no-install-recommends nfdump softflowd freeradius freeradius-utils tshark pmacct >/dev/null \
   || { echo "install-debian-tools: apt-get install failed" >&2; exit 1; }
