@@ -41,6 +41,8 @@ class ExporterInputs:
     override_rate: int | None = None
     # The rate a collector multiplied counts by, where its files do not say (nfdump CSV).
     collector_sampling: int | None = None
+    # pmacct files of nfacctd with `nfacctd_renormalize: true` (None: told by each row's SAMPLING_RATE).
+    pmacct_renormalized: bool | None = None
     # Local zone of nfdump CSV times and of the times in collectors' file names.
     collector_timezone: str = "UTC"
     # The report's zone: the `YYYY-MM-DD` folders are its local days.

@@ -209,7 +209,14 @@ def ingest_exporter(
         result.input_bytes += len(data)
         with processes.thread_mapper(2) as mapper:
             decoded = decode_flow_file(
-                data, exporter, str(path), state, inputs.collector_timezone, mapper, inputs.collector_sampling
+                data,
+                exporter,
+                str(path),
+                state,
+                inputs.collector_timezone,
+                mapper,
+                inputs.collector_sampling,
+                inputs.pmacct_renormalized,
             )
         flows = decoded.flows
         result.messages += decoded.messages

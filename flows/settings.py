@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # that do not say it (nfdump CSV; nfcapd files without sampler records). Without it the rate
     # is inferred from the counts, and the reconciliation's tolerance says so.
     collector_sampling: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    # Exporter names (globs) whose pmacct files nfacctd renormalised (`nfacctd_renormalize: true`).
+    # Needed only when its files print no SAMPLING_RATE; else each row's printed rate tells.
+    pmacct_renormalized: Annotated[tuple[str, ...], NoDecode] = ()
     # The collector's local time zone: of nfdump CSV timestamps (nfdump prints local time without
     # a zone) and of the times in nfcapd's and pmacct's file names.
     nfdump_timezone: str = "Asia/Tokyo"
@@ -193,7 +196,7 @@ class Settings(BaseSettings):
     _mapping = field_validator(
         "exporter_services", "default_sampling", "sampling_override", "collector_sampling", mode="before"
     )(_pairs)
-    _inventory = field_validator("exporters", mode="before")(_names)
+    _inventory = field_validator("exporters", "pmacct_renormalized", mode="before")(_names)
 
     @classmethod
     def settings_customise_sources(
@@ -239,6 +242,9 @@ class Settings(BaseSettings):
             default_rate=self.default_rate_of(exporter),
             override_rate=self.override_rate_of(exporter),
             collector_sampling=_first_match(self.collector_sampling, exporter),
+            pmacct_renormalized=True
+            if any(fnmatch.fnmatch(exporter, pattern) for pattern in self.pmacct_renormalized)
+            else None,
             collector_timezone=self.nfdump_timezone,
             timezone=self.timezone,
         )

@@ -19,7 +19,8 @@ def _touch(root: Path, *names: str) -> None:
 
 
 def _found(root: Path, days: list[dt.date], collector: str = "Asia/Tokyo") -> dict[str, dt.date]:
-    return {str(f.path.relative_to(root)): f.day for f in flow_files_of_days(root, days, "Asia/Tokyo", collector)}
+    found = flow_files_of_days(root, days, "Asia/Tokyo", collector)
+    return {str(Path(str(f.path)).relative_to(root)): f.day for f in found}
 
 
 def test_nfcapd_tree_by_year_month_day_is_read_by_the_times_in_the_names(tmp_path: Path) -> None:

@@ -136,6 +136,8 @@ FROM_ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "exporters": ("bb-tokyo-1, mobile-gw-1", ("bb-tokyo-1", "mobile-gw-1")),
     "default_sampling": ("bb-*=1024,*=4096", (("bb-*", 1024), ("*", 4096))),
     "sampling_override": ('{"mobile-*": 64}', (("mobile-*", 64),)),
+    "collector_sampling": ("nfcsv-*=2048", (("nfcsv-*", 2048),)),
+    "pmacct_renormalized": ("pm-*, pmacct-2", ("pm-*", "pmacct-2")),
     "nfdump_timezone": ("UTC", "UTC"),
     "state_dir": ("/var/state", Path("/var/state")),
     "quarantine_dir": ("/var/quarantine", Path("/var/quarantine")),
@@ -383,3 +385,18 @@ def test_the_config_command_exits_2_with_one_line_on_a_wrong_value(tmp_path: Pat
     result = _config_command([], {"TRAFFICREPORT_KEEP_RUNS": "many"}, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == ["trafficreport: TRAFFICREPORT_KEEP_RUNS: keep_runs = 'many': expected int"]
+
+
+def test_each_exporter_gets_its_collector_settings() -> None:
+    from flows.settings import load_settings
+
+    settings = load_settings(
+        collector_sampling=(("csv-*", 2048), ("*", 1000)),
+        pmacct_renormalized=("pm-*",),
+        default_sampling=(("bb-*", 64),),
+        nfdump_timezone="UTC",
+    )
+    csv, pm, bb = (settings.exporter_inputs(name) for name in ("csv-1", "pm-1", "bb-1"))
+    assert (csv.collector_sampling, csv.pmacct_renormalized, csv.default_rate) == (2048, None, None)
+    assert (pm.collector_sampling, pm.pmacct_renormalized) == (1000, True)
+    assert (bb.default_rate, bb.collector_timezone, bb.timezone) == (64, "UTC", settings.timezone)

@@ -327,3 +327,25 @@ def test_a_title_only_file_has_no_flows_and_no_problems() -> None:
     flows, problems = decode_pmacct(TITLE, "c", "a.csv", None, counts_scaled=True)
     assert flows.is_empty() and problems == []
     assert flows.schema == pl.Schema(FLOW_SCHEMA)
+
+
+def test_without_being_told_each_row_is_read_by_its_printed_rate() -> None:
+    rows = TITLE + (
+        b"192.0.2.1,10.1.0.5,8.8.8.8,1,2,tcp,0,2024-06-02 15:00:00,2024-06-02 15:00:01,3,300\n"
+        b"192.0.2.1,10.1.0.5,8.8.8.8,1,2,tcp,1,2024-06-02 15:00:00,2024-06-02 15:00:01,400,40000\n"
+        b"192.0.2.1,10.1.0.5,8.8.8.8,1,2,tcp,64,2024-06-02 15:00:00,2024-06-02 15:00:01,128,6400\n"
+    )
+    auto, problems = decode_pmacct(rows, "c", "a.csv", None)
+    assert problems == []
+    # 0: a raw count of an unknown rate; 1: renormalised by a rate not printed; 64: raw at 1 in 64.
+    assert auto["record_rate"].to_list() == [None, 400, 64]
+    assert auto["record_rate_source"].to_list() == [None, "pmacct:inferred", "pmacct"]
+    assert auto["packets"].to_list() == [3, 1, 128]
+    # A configured collector rate is what rows printed 0 were scaled by.
+    configured, _ = decode_pmacct(rows.replace(b",3,300\n", b",30,3000\n"), "c", "a.csv", 10)
+    assert configured["record_rate"].to_list() == [10, 10, 64]
+    assert configured["packets"].to_list() == [3, 40, 128]
+    # Renormalised files are read as if told, raw ones too.
+    for data in (SCALED_CSV, RAW_CSV):
+        told, _ = decode_pmacct(data, "c", "a.csv", None, counts_scaled=data is SCALED_CSV)
+        assert decode_pmacct(data, "c", "a.csv", None)[0].equals(told)

@@ -12,6 +12,7 @@ from transforms.decode._records import Accumulator, DecodeResult, ExporterState
 from transforms.decode.nfcapd import decode_nfcapd, is_nfcapd
 from transforms.decode.nfdump_csv import decode_nfdump_csv, is_nfdump_csv
 from transforms.decode.pcap import Datagrams, capture_frames, is_capture, udp_payloads
+from transforms.decode.pmacct import decode_pmacct, is_pmacct_csv, is_pmacct_json
 from transforms.decode.sampling import divide_scaled_counts
 from transforms.errors import InputFormatError
 from transforms.mapping import Mapper
@@ -97,14 +98,17 @@ def decode_flow_file(
     nfdump_timezone: str = "UTC",
     mapper: Mapper = map,
     collector_sampling: int | None = None,
+    pmacct_renormalized: bool | None = None,
 ) -> DecodeResult:
     """Flows of one (already decompressed) flow file, whatever its kind (told by content): an IPFIX
-    stream, a pcap/pcapng capture of NetFlow v5/v9/IPFIX, an nfcapd file, or nfdump CSV (local
-    times in `nfdump_timezone`; its columns derived through `mapper`).
+    stream, a pcap/pcapng capture of NetFlow v5/v9/IPFIX, an nfcapd file, pmacct print-plugin
+    CSV or JSON, or nfdump CSV (local times of text formats in `nfdump_timezone`, the
+    collector's zone; nfdump CSV columns derived through `mapper`).
 
-    Collectors' files hold counts already multiplied by the sampling rate: they come back as
+    Collectors' files may hold counts already multiplied by the sampling rate: they come back as
     sampled counts with the rate the file states, else `collector_sampling` (the rate the
     collector is known to have applied), else the largest rate the counts allow (`:inferred`).
+    pmacct's rows say it by their SAMPLING_RATE unless `pmacct_renormalized` tells.
     """
     if is_capture(data):
         return decode_capture(data, exporter, source, state)
@@ -112,12 +116,17 @@ def decode_flow_file(
         return ipfix.decode_ipfix(data, exporter, source, state)
     if is_nfcapd(data):
         return _decode_nfcapd(data, exporter, source, state, collector_sampling)
+    if is_pmacct_csv(data) or is_pmacct_json(data):
+        return _decode_pmacct(data, exporter, source, state, nfdump_timezone, collector_sampling, pmacct_renormalized)
     if is_nfdump_csv(data):
         return _decode_nfdump_csv(data, exporter, source, state, nfdump_timezone, mapper, collector_sampling)
     result = Accumulator(exporter, source, state).result()
     result.problems.append(
         InputFormatError(
-            source, "byte 0", "not an IPFIX stream, a pcap/pcapng capture, an nfcapd file or nfdump CSV", len(data)
+            source,
+            "byte 0",
+            "not an IPFIX stream, a pcap/pcapng capture, an nfcapd file, pmacct CSV/JSON or nfdump CSV",
+            len(data),
         )
     )
     return result
@@ -132,6 +141,24 @@ def _decode_nfcapd(
     result.problems = decoded.problems
     result.messages = decoded.blocks
     result.formats[f"nfcapd_{decoded.compression}"] = 1
+    return result
+
+
+def _decode_pmacct(
+    data: bytes,
+    exporter: str,
+    source: str,
+    state: ExporterState,
+    timezone: str,
+    collector_sampling: int | None,
+    renormalized: bool | None,
+) -> DecodeResult:
+    """A pmacct print-plugin file as a DecodeResult: each problem sets one line (one record) aside."""
+    result = Accumulator(exporter, source, state).result()
+    result.flows, result.problems = decode_pmacct(
+        data, exporter, source, collector_sampling, counts_scaled=renormalized, timezone=timezone
+    )
+    result.formats["pmacct_json" if is_pmacct_json(data) else "pmacct_csv"] = 1
     return result
 
 

@@ -221,14 +221,17 @@ def decode_pmacct(
     source: str,
     collector_sampling: int | None,
     *,
-    counts_scaled: bool,
+    counts_scaled: bool | None = None,
     timezone: str = "UTC",
 ) -> tuple[pl.DataFrame, list[InputFormatError]]:
     """FLOW_SCHEMA flows of a pmacct print-plugin file (CSV or JSON, told by content), and the
     lines that could not be read (one problem each, set aside).
 
-    `counts_scaled`: the counts were renormalised by nfacctd (`nfacctd_renormalize: true`); the
-    output itself cannot tell (see the module docstring). `collector_sampling`: the 1-in-N rate
+    `counts_scaled`: the counts were renormalised by nfacctd (`nfacctd_renormalize: true`) or
+    not; None tells row by row from SAMPLING_RATE: above 1, raw counts at that rate; 1, counts
+    renormalised by a rate not printed (a 1-in-1 exporter's rows too, which the inferred rate
+    then gives back as 1); 0 or no column, counts scaled by `collector_sampling` when one is
+    configured, else raw counts of an unknown rate. `collector_sampling`: the 1-in-N rate
     configured at the collector (`nfacctd_ext_sampling_rate`), None if none. `timezone`: the zone
     of timestamps printed without one (nfacctd prints the collector's local time unless
     `timestamps_utc` or `timestamps_rfc3339` is set)."""
@@ -510,9 +513,18 @@ def _problems(unread: pl.DataFrame, source: str) -> list[InputFormatError]:
     return problems
 
 
-def _sampling(flows: pl.DataFrame, collector_sampling: int | None, counts_scaled: bool) -> pl.DataFrame:
+def _sampling(flows: pl.DataFrame, collector_sampling: int | None, counts_scaled: bool | None) -> pl.DataFrame:
     """Sampled counts and their record_rate / record_rate_source, from the printed rate `_rate`."""
     configured = pl.lit(collector_sampling if collector_sampling else None, dtype=pl.UInt32)
+    if counts_scaled is None:
+        printed = pl.col("_rate").fill_null(0)
+        renormalised = (printed == 1) | ((printed == 0) & configured.is_not_null())
+        marked = flows.with_row_index("_order").with_columns(_scaled=renormalised)
+        parts = [
+            _sampling(marked.filter("_scaled").drop("_scaled"), collector_sampling, True),
+            _sampling(marked.filter(~pl.col("_scaled")).drop("_scaled"), collector_sampling, False),
+        ]
+        return pl.concat(parts, how="vertical_relaxed").sort("_order").drop("_order")
     if not counts_scaled:
         printed = pl.col("_rate") > 0
         return flows.with_columns(
