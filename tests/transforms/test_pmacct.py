@@ -108,10 +108,11 @@ def test_rate_zero_is_unknown_and_scaled_only_by_a_configured_rate() -> None:
     assert raw_configured["record_rate_source"].to_list() == ["config:collector_sampling", "pmacct", "pmacct"]
     # Renormalising, nfacctd left a row without a rate as it was (0): it is not divided. A printed
     # rate above 1 is the one the counts were scaled by.
-    # SAMPLING_RATE 1 gets the gcd of the scaled rows' counts (16 here): never above the true rate.
+    # SAMPLING_RATE 1 gets the gcd of the counts of the exporter's rows without a stated rate (one
+    # row here, so its own counts' gcd, 400): never below the true rate.
     scaled, _ = decode_pmacct(rows, "c", "a.csv", None, counts_scaled=True)
-    assert scaled["record_rate"].to_list() == [None, 16, 64]
-    assert scaled["packets"].to_list() == [3, 25, 2]
+    assert scaled["record_rate"].to_list() == [None, 400, 64]
+    assert scaled["packets"].to_list() == [3, 1, 2]
     assert scaled["record_rate_source"].to_list() == [None, "pmacct:inferred", "pmacct"]
     # With nfacctd_ext_sampling_rate, nfacctd scaled every row by it (SAMPLING_RATE 0 or 1).
     rows_ext = rows.replace(b",3,300\n", b",30,3000\n")

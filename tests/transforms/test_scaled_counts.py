@@ -70,3 +70,11 @@ def test_the_reconciliation_says_when_a_rate_was_inferred() -> None:
     assert check.success
     assert "bb-csv (70 records, 1 in 2048)" in check.detail
     assert "collector_sampling" in check.detail
+
+
+def test_each_exporter_in_a_file_gets_its_own_inferred_rate() -> None:
+    flows = pl.concat([_scaled([1, 2, 3], [100, 300, 700], 4096), _scaled([1, 5, 2], [90, 500, 250], 2048)])
+    flows = flows.with_columns(origin=pl.Series(["tokyo"] * 3 + ["osaka"] * 3), domain_id=pl.lit(0, pl.UInt32))
+    out = divide_scaled_counts(flows, None, "pmacct")
+    assert out["record_rate"].to_list() == [4096] * 3 + [2048] * 3
+    assert out["packets"].to_list() == [1, 2, 3, 1, 5, 2]

@@ -271,7 +271,10 @@ def _flow_frame(
     if undivided.size:
         # Scaled counts no known rate divides: the largest rate they allow (see divide_counts).
         packets[undivided], octets[undivided], rate[undivided], _ = divide_counts(
-            packets[undivided], octets[undivided], np.zeros(undivided.size, dtype=np.uint64)
+            packets[undivided],
+            octets[undivided],
+            np.zeros(undivided.size, dtype=np.uint64),
+            columns["exporter_id"][undivided].astype(np.int64),
         )
     ids = sorted(exporters)
     lookup = np.full(max([*ids, 0]) + 2, len(ids), dtype=np.int64)

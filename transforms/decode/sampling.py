@@ -128,18 +128,23 @@ def resolve_sampling(
 
 
 def divide_counts(
-    packets: np.ndarray, octets: np.ndarray, rates: np.ndarray
+    packets: np.ndarray, octets: np.ndarray, rates: np.ndarray, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sampled packets, sampled bytes, rate, whether the given rate was used) of counts a
     collector multiplied by its rate: each row's given rate (0: none) where it divides both
-    counts, else the greatest common divisor of all the counts (an upper bound on the true rate,
-    which divides every scaled count)."""
+    counts, else the greatest common divisor of the counts of the row's group (its exporter, in
+    `groups`; the whole input without). The true rate divides every scaled count of an exporter
+    sampling at one rate, so that divisor is never below it."""
     safe = np.where(rates > 0, rates, 1).astype(np.uint64)
     stated = (rates > 0) & (packets % safe == 0) & (octets % safe == 0)
     if stated.all():
         return packets // safe, octets // safe, safe, stated
-    divisor = int(np.gcd.reduce(np.concatenate([packets, octets]).astype(np.uint64))) if packets.size else 1
-    rate = np.where(stated, safe, np.uint64(max(divisor, 1)))
+    rate = safe.copy()
+    keys = np.zeros(packets.size, dtype=np.int64) if groups is None else groups
+    for key in np.unique(keys[~stated]).tolist():
+        member = (keys == key) & ~stated
+        divisor = int(np.gcd.reduce(np.concatenate([packets[member], octets[member]]).astype(np.uint64)))
+        rate[member] = max(divisor, 1)
     return packets // rate, octets // rate, rate, stated
 
 
@@ -150,9 +155,12 @@ def divide_scaled_counts(flows: pl.DataFrame, rates: pl.Series | None, source: s
 
     `rates` (one per row, null where the source did not say) is the rate the collector used; a row
     whose counts it does not divide, or without one, gets the greatest common divisor of the
-    file's counts instead (source `<source>:inferred`). The true rate divides every scaled count,
-    so that divisor is at least the true rate: the sample count it gives is never above the true
-    one, and a tolerance built on it is never narrower than the true one.
+    counts of its exporter (origin, domain) in the file instead (source `<source>:inferred`). The
+    true rate divides every scaled count of an exporter that samples at one rate, so that divisor
+    is at least the true rate: the sample count it gives is never above the true one, and a
+    tolerance built on it is never narrower. (An exporter sampling at several rates the file does
+    not tell apart gets their common divisor: volumes stay exact, sample counts may be overstated;
+    `collector_sampling` states the rate.)
     """
     if flows.is_empty():
         return flows
@@ -161,10 +169,13 @@ def divide_scaled_counts(flows: pl.DataFrame, rates: pl.Series | None, source: s
         if rates is None
         else rates.fill_null(0).cast(pl.UInt64).to_numpy().astype(np.uint64, copy=False)
     )
+    keys = [c for c in ("origin", "domain_id") if c in flows.columns]
+    groups = flows.select(pl.struct(keys).rank("dense")).to_series().to_numpy() if keys else None
     packets, octets, rate, stated = divide_counts(
         flows["packets"].to_numpy().astype(np.uint64, copy=False),
         flows["bytes"].to_numpy().astype(np.uint64, copy=False),
         given,
+        groups,
     )
     return flows.with_columns(
         pl.Series("packets", packets, dtype=pl.UInt64),
