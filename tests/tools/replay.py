@@ -25,7 +25,10 @@ import polars as pl
 from tests.tools.conftest import free_udp_port
 from transforms.decode._walk import ipfix_message_starts
 
-PACE_DATAGRAMS = 100  # datagrams sent before a 1 ms pause: loopback never drops at this pace
+BATCH = 32  # datagrams sent before the collectors' sockets are looked at again
+# Bytes a collector's socket may hold before more is sent: well below Linux's default receive
+# buffer (rmem_default 208 KiB), so a busy machine slows the replay instead of dropping datagrams.
+QUEUE_LIMIT = 32 * 1024
 
 
 def exporter_sources(landing: Path) -> dict[str, str]:
@@ -46,9 +49,28 @@ def day_messages(landing: Path, exporter: str, day: str) -> list[bytes]:
     return out
 
 
+def socket_queue(port: int) -> tuple[int, int]:
+    """(bytes waiting, datagrams dropped) of the UDP socket bound to 127.0.0.1:`port` (/proc/net/udp)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            return int(fields[4].split(":")[1], 16), int(fields[-1])
+    raise RuntimeError(f"no UDP socket on 127.0.0.1:{port}")
+
+
+def drain(ports: list[int], below: int, deadline: float) -> None:
+    """Waits until every port's socket holds fewer than `below` bytes."""
+    while any(socket_queue(port)[0] >= below for port in ports):
+        if time.monotonic() > deadline:
+            raise RuntimeError("a collector does not read its socket")
+        time.sleep(0.001)
+
+
 def replay_week(landing: Path, ports: list[int], between_days: Callable[[], None]) -> None:
     """Sends the week's IPFIX to every port on 127.0.0.1, day by day, calling `between_days`
-    after each day."""
+    after each day; fails if a collector's socket dropped a datagram."""
+    deadline = time.monotonic() + 600
     sources = exporter_sources(landing)
     days = sorted({p.name for e in sources for p in (landing / "flows" / e).iterdir() if p.is_dir()})
     with ExitStack() as stack:
@@ -62,24 +84,38 @@ def replay_week(landing: Path, ports: list[int], between_days: Callable[[], None
                 if not (landing / "flows" / exporter / day).is_dir():
                     continue
                 for index, message in enumerate(day_messages(landing, exporter, day)):
+                    if index % BATCH == 0:
+                        drain(ports, QUEUE_LIMIT, deadline)
                     for port in ports:
                         sock.sendto(message, ("127.0.0.1", port))
-                    if index % PACE_DATAGRAMS == PACE_DATAGRAMS - 1:
-                        time.sleep(0.001)
+            drain(ports, 1, deadline)
             between_days()
+    dropped = {port: socket_queue(port)[1] for port in ports}
+    assert not any(dropped.values()), f"collectors' sockets dropped datagrams: {dropped}"
 
 
 @contextmanager
-def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A collector process for the block; stopped with SIGTERM (it then writes its last file)."""
+def running(
+    command: list[str], log: Path, port: int, stop: signal.Signals = signal.SIGTERM, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A collector process for the block, once its socket on `port` is open; stopped with `stop`
+    (nfcapd writes its last file on SIGTERM; nfacctd purges its caches on SIGINT only)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            time.sleep(1.0)
-            assert proc.poll() is None, log.read_text(errors="replace")
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log.read_text(errors="replace")
+                try:
+                    socket_queue(port)
+                    break
+                except RuntimeError:
+                    assert time.monotonic() < deadline, f"{command[0]} did not open 127.0.0.1:{port}"
+                    time.sleep(0.05)
+            time.sleep(0.5)
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -101,13 +137,50 @@ def collect_with_nfcapd(landing: Path, out: Path, variants: dict[str, list[str]]
             for exporter, address in sources.items():
                 (folders[name] / exporter).mkdir(parents=True)
                 command += ["-n", f"{exporter},{address},{folders[name] / exporter}"]
-            stack.enter_context(running(command, out / f"nfcapd-{name}.log"))
+            stack.enter_context(running(command, out / f"nfcapd-{name}.log", ports[name]))
         # Each day in files of its own: nfcapd rotates every 2 s.
         replay_week(landing, list(ports.values()), lambda: time.sleep(2.5))
     for folder in folders.values():
         for exporter in sources:
             rename_into_tree(folder / exporter)
     return folders
+
+
+NFACCTD_CONFIG = """daemonize: false
+nfacctd_ip: 127.0.0.1
+nfacctd_port: {port}
+nfacctd_renormalize: {renormalize}
+logfile: {out}/nfacctd.log
+plugins: print[csv]
+aggregate: src_host, dst_host, src_port, dst_port, proto, timestamp_start, timestamp_end, sampling_rate, peer_src_ip
+print_output[csv]: csv
+print_output_file[csv]: {out}/$peer_src_ip/nfacctd-%Y%m%d-%H%M.csv
+print_output_file_append: true
+print_refresh_time: 2
+print_history: 1h
+print_history_roundoff: h
+"""
+
+
+def collect_with_nfacctd(landing: Path, out: Path, renormalize: bool, zone: str = "Asia/Tokyo") -> Path:
+    """The week replayed to nfacctd (pmacct) with a CSV print plugin writing hourly files per
+    exporter address (`<out>/127_0_0_2/nfacctd-YYYYmmdd-HHMM.csv`, times local in `zone`), counts
+    renormalised or not. Returns a folder of exporter-named links to those folders."""
+    import os
+
+    port = free_udp_port()
+    out.mkdir(parents=True)
+    config = out / "nfacctd.conf"
+    config.write_text(NFACCTD_CONFIG.format(port=port, renormalize=str(renormalize).lower(), out=out))
+    env = {**os.environ, "TZ": zone}
+    with running(["nfacctd", "-f", str(config)], out / "nfacctd.out", port, signal.SIGINT, env):
+        replay_week(landing, [port], lambda: None)
+        time.sleep(3)  # nfacctd's core hands the last datagrams to its plugin
+    by_name = out / "by-exporter"
+    by_name.mkdir()
+    for exporter, address in exporter_sources(landing).items():
+        (by_name / exporter).symlink_to(out / address.replace(".", "_"))
+    return by_name
 
 
 def rename_into_tree(folder: Path, zone: str = "Asia/Tokyo") -> None:

@@ -1,6 +1,7 @@
-"""A generated week sent as IPFIX over UDP to Debian's nfcapd, read back from nfcapd's own files
-(every compression this nfdump writes) and from `nfdump -o csv` of them: the same records as the
-IPFIX files, the same counts as nfdump itself reads, and the same published tables."""
+"""A generated week sent as IPFIX over UDP to Debian's nfcapd and pmacct's nfacctd, read back from
+nfcapd's own files (every compression this nfdump writes), from `nfdump -o csv` of them and from
+nfacctd's print plugin (renormalised counts): the same records as the IPFIX files, the same counts
+as nfdump itself reads, and the same published tables with the audit passing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ import pytest
 
 from bench.table_checksums import checksums
 from tests.tools.conftest import require
-from tests.tools.replay import collect_with_nfcapd, exporter_sources, landing_with_flows, records_of
+from tests.tools.replay import (
+    collect_with_nfacctd,
+    collect_with_nfcapd,
+    exporter_sources,
+    landing_with_flows,
+    records_of,
+)
 from transforms.decode import ExporterState, decode_flow_file
 from transforms.decode.sampling import announcements_frame, resolve_sampling
 
@@ -121,12 +128,19 @@ def _publish(landing: Path, root: Path) -> dict[tuple[str, str], str]:
     return {k: v for k, v in checksums(root / "warehouse").items() if k[0] not in ABOUT_THE_FILES}
 
 
+@pytest.fixture(scope="module")
+def ipfix_tables(replayed: Replayed, prefect_server: str) -> dict[tuple[str, str], str]:
+    """Checksums of the tables the week's own IPFIX files publish."""
+    tables = _publish(replayed.generated, replayed.root / "ipfix")
+    assert len(tables) >= 8
+    return tables
+
+
 def test_the_week_through_nfcapd_and_nfdump_csv_publishes_the_ipfix_tables(
-    replayed: Replayed, prefect_server: str
+    replayed: Replayed, ipfix_tables: dict[tuple[str, str], str]
 ) -> None:
     root = replayed.root
-    expected = _publish(replayed.generated, root / "ipfix")
-    assert len(expected) >= 8
+    expected = ipfix_tables
     nfcapd = landing_with_flows(replayed.generated, replayed.nfcapd["lz4"], root / "landing-nfcapd")
     assert _publish(nfcapd, root / "via-nfcapd") == expected
     # nfdump's CSV has counts times the rate and no rate: before the rate was inferred, the
@@ -134,3 +148,16 @@ def test_the_week_through_nfcapd_and_nfdump_csv_publishes_the_ipfix_tables(
     csv = _nfdump_csv_tree(replayed.nfcapd["plain"], root / "csv")
     via_csv = landing_with_flows(replayed.generated, csv, root / "landing-csv")
     assert _publish(via_csv, root / "via-csv") == expected
+
+
+def test_the_week_through_pmacct_renormalised_publishes_the_ipfix_tables(
+    replayed: Replayed, ipfix_tables: dict[tuple[str, str], str]
+) -> None:
+    require("nfacctd")
+    root = replayed.root
+    expected = ipfix_tables
+    # nfacctd_renormalize: true prints SAMPLING_RATE 1 and counts times the rate, in hourly files
+    # named by flow start, one folder per exporter address.
+    collected = collect_with_nfacctd(replayed.generated, root / "nfacctd", renormalize=True)
+    via_pmacct = landing_with_flows(replayed.generated, collected, root / "landing-pmacct")
+    assert _publish(via_pmacct, root / "via-pmacct") == expected
