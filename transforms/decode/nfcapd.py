@@ -98,7 +98,7 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
         problems.append(
             InputFormatError(
                 source,
-                f"block at byte {offsets[block]}, record at block byte {at}",
+                f"byte {offsets[block]} (a block), its record at byte {at}",
                 "a record's size runs past its block (or is below 4 bytes); the rest of the block is unread",
                 int(ends[block] - broken[block]),
             )
@@ -365,7 +365,7 @@ def _report_bad_records(
         problems.append(
             InputFormatError(
                 source,
-                f"block at byte {offsets[block]}, record at block byte {at}{more}",
+                f"byte {offsets[block]} (a block), its record at byte {at}{more}",
                 PROBLEMS[int(code)],
                 0,
                 records=int(chosen.size),
