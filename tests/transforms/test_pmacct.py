@@ -8,10 +8,13 @@ import ipaddress
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from transforms.addresses import format_address
 from transforms.decode._records import FLOW_SCHEMA, NO_SELECTOR
 from transforms.decode.pmacct import MAX_REPORTED, decode_pmacct, is_pmacct_csv, is_pmacct_json
+from transforms.errors import InputFormatError
 
 TITLE = (
     b"PEER_SRC_IP,SRC_IP,DST_IP,SRC_PORT,DST_PORT,PROTOCOL,SAMPLING_RATE,TIMESTAMP_START,TIMESTAMP_END,PACKETS,BYTES\n"
@@ -350,3 +353,14 @@ def test_without_being_told_each_row_is_read_by_its_printed_rate() -> None:
     for data in (SCALED_CSV, RAW_CSV):
         told, _ = decode_pmacct(data, "c", "a.csv", None, counts_scaled=data is SCALED_CSV)
         assert decode_pmacct(data, "c", "a.csv", None)[0].equals(told)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=400), st.booleans())
+def test_any_text_after_a_title_decodes_or_reports(body: str, json_lines: bool) -> None:
+    data = (b'{"event_type": "purge", "ip_src": "10.0.0.1"}\n' if json_lines else TITLE) + body.encode()
+    for counts_scaled in (None, True, False):
+        flows, problems = decode_pmacct(data, "c", "fuzz", 100, counts_scaled=counts_scaled)
+        assert flows.columns == list(FLOW_SCHEMA)
+        for problem in problems:
+            assert isinstance(problem, InputFormatError) and problem.source == "fuzz"
