@@ -71,7 +71,7 @@ def test_decode_flow_file_tells_nfcapd_by_content() -> None:
     assert result.formats == {"nfcapd_lzo": 1}
 
 
-def _records_block(data: bytes) -> tuple[int, int]:
+def _records_block(data: bytes | bytearray) -> tuple[int, int]:
     """(offset, size) of the plain file's first data block."""
     offset = FILE_HEADER.size
     _, size, _, _ = struct.unpack_from("<IIHH", data, offset)
