@@ -4,8 +4,8 @@
 
 The files are written by Debian's nfcapd itself: bench/data/ingest-ipfix-mtu-<N>.ipfix (MTU-sized
 IPFIX messages of a generated week, made by bench/bench_ipfix.py) is sent over UDP on loopback,
-one datagram per message, to one nfcapd per compression (`-y` LZ4, `-z` LZO, `-j` BZ2), each
-writing one file for the whole send (`-t 3600`). They are made once into bench/data/nfcapd-*
+one datagram per message (waiting whenever nfcapd's socket holds 32 KiB), to one nfcapd per
+compression (`-y` LZ4, `-z` LZO, `-j` BZ2), each writing one file for the whole send (`-t 3600`). They are made once into bench/data/nfcapd-*
 (not committed); a file that lost records on the way is refused.
 
 Each reader runs in its own process and reads the file once before timing (so both read from
@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.tools.replay import drain  # noqa: E402
 from transforms.decode._walk import ipfix_message_starts  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -59,11 +60,13 @@ def nfcapd_file(records: int, variant: str) -> Path:
     data = source.read_bytes()
     starts, end = ipfix_message_starts(np.frombuffer(data, dtype=np.uint8), 0, len(data))
     bounds = [*starts.tolist(), end]
+    deadline = time.monotonic() + 3600
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for index in range(len(bounds) - 1):
+            if index % 32 == 0:
+                drain([port], 32 * 1024, deadline)  # nfcapd's socket never overflows
             sock.sendto(data[bounds[index] : bounds[index + 1]], ("127.0.0.1", port))
-            if index % 50 == 49:
-                time.sleep(0.0005)
+    drain([port], 1, deadline)
     time.sleep(1.0)
     proc.terminate()
     proc.wait(timeout=60)

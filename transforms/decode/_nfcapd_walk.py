@@ -20,7 +20,7 @@ EX_IPV4_FLOW = 2
 EX_IPV6_FLOW = 3
 EX_COUNT_FLOW = 5
 EX_SAMPLER_INFO = 18
-# Columns of every V3 record that `walk_records` returns, and their types. What few records have
+# Columns of every V3 record that `RecordTable` holds, and their types. What few records have
 # (a sampler id, reverse counts, damage) comes in sparse tables instead: writing a column for
 # every record costs its memory's page faults even when nothing is in it.
 RECORD_COLUMNS: dict[str, type] = {
@@ -59,29 +59,13 @@ def _u64(buf: Any, at: Any) -> Any:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)  # type: ignore[misc]
-def _count(buf: Any, starts: Any, ends: Any) -> Any:  # pragma: no cover
-    """(V3 records, other records) in the blocks, up to where a block's chain of records breaks."""
-    v3 = 0
-    other = 0
-    for block in range(starts.size):
-        at = starts[block]
-        while at + 4 <= ends[block]:
-            size = _u16(buf, at + 2)
-            if size < 4 or at + size > ends[block]:
-                break
-            if _u16(buf, at) == V3_RECORD:
-                v3 += 1
-            else:
-                other += 1
-            at += size
-    return v3, other
-
-
-@njit(cache=True, nogil=True)  # type: ignore[misc]
 def _walk(
     buf: Any,
-    starts: Any,
-    ends: Any,
+    start: Any,
+    end_of_block: Any,
+    block: Any,
+    row: Any,
+    noted: Any,
     first_ms: Any,
     last_ms: Any,
     packets: Any,
@@ -98,58 +82,51 @@ def _walk(
     problem: Any,
     sparse: Any,
     others: Any,
-    broken: Any,
 ) -> Any:  # pragma: no cover
     v4_prefix = np.uint64(0xFFFF00000000)
     zero = np.uint64(0)
-    row = 0
     kept = 0
-    noted = 0  # rows of `sparse`: (row, byte offset, selector or -1, reverse packets, reverse bytes)
-    for block in range(starts.size):
-        at = starts[block]
-        broken[block] = -1
-        while at + 4 <= ends[block]:
-            kind = _u16(buf, at)
-            size = _u16(buf, at + 2)
-            if size < 4 or at + size > ends[block]:
-                broken[block] = at
-                break
-            if kind != V3_RECORD:
+    broken = -1
+    capacity = first_ms.size
+    at = start
+    while at + 4 <= end_of_block:
+        kind = _u16(buf, at)
+        size = _u16(buf, at + 2)
+        if size < 4 or at + size > end_of_block:
+            broken = at - start
+            break
+        if kind != V3_RECORD:
+            if kept < others.shape[0]:
                 others[kept, 0] = at
                 others[kept, 1] = kind
                 others[kept, 2] = size
                 kept += 1
-                at += size
-                continue
-            end = at + size
-            first_ms[row] = 0
-            last_ms[row] = 0
-            packets[row] = zero
-            octets[row] = zero
-            src_hi[row] = zero
-            src_lo[row] = zero
-            dst_hi[row] = zero
-            dst_lo[row] = zero
-            src_port[row] = 0
-            dst_port[row] = 0
-            protocol[row] = 0
-            exporter_id[row] = 0
-            flags[row] = 0
-            bad = 0
-            chosen: Any = -1
-            reverse_packets = zero
-            reverse_octets = zero
-            if size < V3_HEADER:
-                problem[row] = 1
-                sparse[noted, 0] = row
-                sparse[noted, 1] = at
-                sparse[noted, 2] = -1
-                sparse[noted, 3] = 0
-                sparse[noted, 4] = 0
-                noted += 1
-                row += 1
-                at = end
-                continue
+            at += size
+            continue
+        if row >= capacity:  # more records than the block headers said
+            broken = at - start
+            break
+        end = at + size
+        first_ms[row] = 0
+        last_ms[row] = 0
+        packets[row] = zero
+        octets[row] = zero
+        src_hi[row] = zero
+        src_lo[row] = zero
+        dst_hi[row] = zero
+        dst_lo[row] = zero
+        src_port[row] = 0
+        dst_port[row] = 0
+        protocol[row] = 0
+        exporter_id[row] = 0
+        flags[row] = 0
+        bad = 0
+        chosen: Any = -1
+        reverse_packets = zero
+        reverse_octets = zero
+        if size < V3_HEADER:
+            bad = 1
+        else:
             elements = _u16(buf, at + 4)
             exporter_id[row] = _u16(buf, at + 8)
             flags[row] = buf[at + 10]
@@ -195,40 +172,127 @@ def _walk(
                 bad = 2
             elif bad == 0 and not addressed:
                 bad = 3
-            problem[row] = bad
-            if bad != 0 or chosen >= 0 or reverse_packets != zero or reverse_octets != zero:
-                sparse[noted, 0] = row
-                sparse[noted, 1] = at
-                sparse[noted, 2] = chosen
-                sparse[noted, 3] = np.int64(reverse_packets)
-                sparse[noted, 4] = np.int64(reverse_octets)
-                noted += 1
-            row += 1
-            at = end
-        if broken[block] < 0 and at < ends[block]:
-            broken[block] = at
-    return noted
+        problem[row] = bad
+        if bad != 0 or chosen >= 0 or reverse_packets != zero or reverse_octets != zero:
+            sparse[noted, 0] = row
+            sparse[noted, 1] = block
+            sparse[noted, 2] = at - start
+            sparse[noted, 3] = chosen
+            sparse[noted, 4] = np.int64(reverse_packets)
+            sparse[noted, 5] = np.int64(reverse_octets)
+            noted += 1
+        row += 1
+        at = end
+    if broken < 0 and at < end_of_block:
+        broken = at - start
+    return row, noted, kept, broken
 
 
-SPARSE_COLUMNS = ("row", "position", "selector", "reverse_packets", "reverse_bytes")
+SPARSE_COLUMNS = ("row", "block", "position", "selector", "reverse_packets", "reverse_bytes")
 
 
-def walk_records(
-    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(RECORD_COLUMNS of every V3 record; SPARSE_COLUMNS of the records with a sampler id,
-    reverse counts or damage (`selector` -1: none); (position, type, size) of every other record;
-    per block, the offset where its chain of records broke, -1 if none) over the blocks
-    buf[starts[i]:ends[i]]."""
-    starts, ends = starts.astype(np.int64), ends.astype(np.int64)
-    v3, other = _count(buf, starts, ends)
-    columns = {name: np.empty(v3, dtype=dtype) for name, dtype in RECORD_COLUMNS.items()}
-    sparse = np.empty((v3, len(SPARSE_COLUMNS)), dtype=np.int64)  # pages touched only where written
-    others = np.empty((other, 3), dtype=np.int64)
-    broken = np.empty(starts.size, dtype=np.int64)
-    noted = _walk(buf, starts, ends, *columns.values(), sparse, others, broken)  # type: ignore[call-arg]
-    notes = {name: sparse[:noted, index].copy() for index, name in enumerate(SPARSE_COLUMNS)}
-    return columns, notes, others, broken
+class RecordTable:
+    """Columns of the V3 records of a file's blocks, filled block by block (`walk_block`): rows
+    for `capacity` records, of which the first `rows` are filled. Unfilled memory is never
+    touched, so a capacity from the block headers costs nothing until used."""
+
+    def __init__(self, capacity: int) -> None:
+        self.columns: dict[str, np.ndarray] = {
+            name: np.empty(capacity, dtype=dtype) for name, dtype in RECORD_COLUMNS.items()
+        }
+        self.sparse = np.empty((capacity, len(SPARSE_COLUMNS)), dtype=np.int64)
+        self.rows = 0
+        self.noted = 0
+
+    def walk_block(
+        self, buf: np.ndarray, start: int, end: int, block: int, records: int
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """Appends the V3 records of buf[start:end] (block number `block`, at most `records`
+        other records kept); returns the other records as (type, bytes), and the offset in the
+        block where its chain of records broke (-1 if it did not)."""
+        others = np.empty((max(records, 0), 3), dtype=np.int64)
+        self.rows, self.noted, kept, broken = _walk(  # type: ignore[call-arg]
+            buf, start, end, block, self.rows, self.noted, *self.columns.values(), self.sparse, others
+        )
+        found = [(int(kind), buf[at : at + size].tobytes()) for at, kind, size in others[:kept].tolist()]
+        return found, int(broken)
+
+    def filled(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(RECORD_COLUMNS of the records read; SPARSE_COLUMNS of those with a sampler id, reverse
+        counts or damage, `selector` -1 where none)."""
+        columns = {name: values[: self.rows] for name, values in self.columns.items()}
+        notes = {name: self.sparse[: self.noted, index].copy() for index, name in enumerate(SPARSE_COLUMNS)}
+        return columns, notes
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def _lz4(src: Any, dst: Any) -> Any:  # pragma: no cover
+    """LZ4 block decompression of src into dst: the output length, or -1 (input overrun), -2
+    (output overrun), -3 (a match before the output's start)."""
+    ip: Any = 0
+    op: Any = 0
+    n_in: Any = src.size
+    n_out: Any = dst.size
+    while ip < n_in:
+        token = np.int64(src[ip])
+        ip += 1
+        literals = token >> 4
+        if literals == 15:
+            while True:
+                if ip >= n_in:
+                    return -1
+                extra = np.int64(src[ip])
+                ip += 1
+                literals += extra
+                if extra != 255:
+                    break
+        if ip + literals > n_in:
+            return -1
+        if op + literals > n_out:
+            return -2
+        for k in range(literals):
+            dst[op + k] = src[ip + k]
+        op += literals
+        ip += literals
+        if ip >= n_in:  # the last sequence has literals only
+            return op
+        if ip + 2 > n_in:
+            return -1
+        offset = np.int64(src[ip]) | (np.int64(src[ip + 1]) << 8)
+        ip += 2
+        length = token & 15
+        if length == 15:
+            while True:
+                if ip >= n_in:
+                    return -1
+                extra = np.int64(src[ip])
+                ip += 1
+                length += extra
+                if extra != 255:
+                    break
+        length += 4
+        match = op - offset
+        if offset == 0 or match < 0:
+            return -3
+        if op + length > n_out:
+            return -2
+        for k in range(length):  # byte by byte: an overlapping match repeats what it has just written
+            dst[op + k] = dst[match + k]
+        op += length
+    return op
+
+
+def lz4_block_decompress(data: bytes | memoryview, out: np.ndarray) -> int | str:
+    """LZ4-decompresses a block into `out`: the length written, or why it could not be."""
+    size = int(_lz4(np.frombuffer(data, dtype=np.uint8), out))
+    return size if size >= 0 else LZ4_ERRORS[size]
+
+
+LZ4_ERRORS = {
+    -1: "the compressed data ends inside a sequence",
+    -2: "the data decompresses beyond the block size limit",
+    -3: "a back-reference points before the block's start",
+}
 
 
 # Where a record's rate came from, as `scale_back` codes it.
@@ -467,10 +531,14 @@ LZO_ERRORS = {
 }
 
 
+def lzo1x_decompress_into(data: bytes | memoryview, out: np.ndarray) -> int | str:
+    """LZO1X-decompresses a block into `out`: the length written, or why it could not be."""
+    size = int(_lzo1x(np.frombuffer(data, dtype=np.uint8), out))
+    return size if size >= 0 else LZO_ERRORS.get(size, "corrupt LZO data")
+
+
 def lzo1x_decompress(data: bytes | memoryview, limit: int) -> bytes | str:
     """The LZO1X-decompressed bytes (at most `limit`), or why they could not be had."""
     out = np.empty(limit, dtype=np.uint8)
-    size = int(_lzo1x(np.frombuffer(data, dtype=np.uint8), out))
-    if size < 0:
-        return LZO_ERRORS.get(size, "corrupt LZO data")
-    return out[:size].tobytes()
+    size = lzo1x_decompress_into(data, out)
+    return size if isinstance(size, str) else out[:size].tobytes()

@@ -25,7 +25,13 @@ import numpy as np
 import polars as pl
 import zstandard
 
-from transforms.decode._nfcapd_walk import RATE_UNDIVIDED, lzo1x_decompress, scale_back, walk_records
+from transforms.decode._nfcapd_walk import (
+    RATE_UNDIVIDED,
+    RecordTable,
+    lz4_block_decompress,
+    lzo1x_decompress_into,
+    scale_back,
+)
 from transforms.decode._records import FLOW_SCHEMA, NO_SELECTOR
 from transforms.decode.sampling import divide_counts
 from transforms.errors import InputFormatError
@@ -91,23 +97,47 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
         return NfcapdFile(empty, "", 0, [refused])
     header = FILE_HEADER.unpack_from(data, 0)
     compression = COMPRESSION[header[4]]
-    buffer, starts, ends, offsets = _read_blocks(data, compression, source, problems)
-    columns, notes, others, broken = walk_records(buffer, starts, ends)
-    for block in np.flatnonzero(broken >= 0).tolist():
-        at = int(broken[block] - starts[block])
-        problems.append(
-            InputFormatError(
-                source,
-                f"byte {offsets[block]} (a block), its record at byte {at}",
-                "a record's size runs past its block (or is below 4 bytes); the rest of the block is unread",
-                int(ends[block] - broken[block]),
+    blocks = _block_headers(data, source, problems)
+    table = RecordTable(sum(block.records for block in blocks))
+    scratch = np.empty(MAX_BLOCK_BYTES, dtype=np.uint8) if compression != "none" else None
+    whole = np.frombuffer(data, dtype=np.uint8)
+    others: list[tuple[int, bytes]] = []
+    view = memoryview(data)
+    for number, block in enumerate(blocks):
+        method = "none" if block.flags & FLAG_BLOCK_UNCOMPRESSED else compression
+        if method == "none":
+            buf, start, end = whole, block.body, block.body + block.size
+        else:
+            assert scratch is not None
+            plain = _decompress(view[block.body : block.body + block.size], method, scratch)
+            if isinstance(plain, str):
+                problems.append(
+                    InputFormatError(
+                        source,
+                        f"byte {block.offset}",
+                        f"{method} block of {block.records} records: {plain}",
+                        block.size,
+                    )
+                )
+                continue
+            buf, start, end = plain, 0, plain.size
+        found, broken = table.walk_block(buf, start, end, number, block.records)
+        others.extend(found)
+        if broken >= 0:
+            problems.append(
+                InputFormatError(
+                    source,
+                    f"byte {block.offset} (a block), its record at byte {broken}",
+                    "a record's size runs past its block, is below 4 bytes, or the block holds more records "
+                    "than its header says; the rest of the block is unread",
+                    end - start - broken,
+                )
             )
-        )
-    exporters, samplers = _exporters_and_samplers(buffer, others)
-    flows = _flow_frame(
-        columns, notes, exporters, samplers, exporter, source, problems, starts, offsets, collector_sampling
-    )
-    return NfcapdFile(flows, compression, int(starts.size), problems)
+    columns, notes = table.filled()
+    exporters, samplers = _exporters_and_samplers(others)
+    offsets = [block.offset for block in blocks]
+    flows = _flow_frame(columns, notes, exporters, samplers, exporter, source, problems, offsets, collector_sampling)
+    return NfcapdFile(flows, compression, len(blocks), problems)
 
 
 def _refuse_header(data: bytes, source: str) -> InputFormatError | None:
@@ -131,19 +161,22 @@ def _refuse_header(data: bytes, source: str) -> InputFormatError | None:
     return None
 
 
-def _read_blocks(
-    data: bytes, compression: str, source: str, problems: list[InputFormatError]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """(the record blocks' bytes, each block's start and end in them, each block's offset in the
-    file). Uncompressed blocks are read where they are in the file; decompressed ones follow the
-    file's bytes in one buffer. A damaged block is one problem; reading stops where the chain breaks."""
-    pieces: list[bytes] = [data]
-    starts: list[int] = []
-    ends: list[int] = []
-    offsets: list[int] = []
+@dataclass(frozen=True)
+class Block:
+    """A record block: where its header is, where its (possibly compressed) bytes are, how many
+    records its header says it holds, its flags."""
+
+    offset: int
+    body: int
+    size: int
+    records: int
+    flags: int
+
+
+def _block_headers(data: bytes, source: str, problems: list[InputFormatError]) -> list[Block]:
+    """The file's record blocks, in order; a block cut short is one problem and ends the list."""
+    blocks: list[Block] = []
     at = FILE_HEADER.size
-    filled = len(data)
-    view = memoryview(data)
     while at + BLOCK_HEADER.size <= len(data):
         records, size, kind, flags = BLOCK_HEADER.unpack_from(data, at)
         body = at + BLOCK_HEADER.size
@@ -156,69 +189,45 @@ def _read_blocks(
                     len(data) - at,
                 )
             )
-            at = len(data)
-            break
+            return blocks
         if kind == RECORD_BLOCK:
-            method = "none" if flags & FLAG_BLOCK_UNCOMPRESSED else compression
-            if method == "none":
-                starts.append(body)
-                ends.append(body + size)
-                offsets.append(at)
-            else:
-                plain = _decompress(view[body : body + size], method)
-                if isinstance(plain, str):
-                    problems.append(
-                        InputFormatError(source, f"byte {at}", f"{method} block of {records} records: {plain}", size)
-                    )
-                else:
-                    pieces.append(plain)
-                    starts.append(filled)
-                    filled += len(plain)
-                    ends.append(filled)
-                    offsets.append(at)
+            blocks.append(Block(at, body, size, records, flags))
         at = body + size
     if at != len(data):
         problems.append(
             InputFormatError(source, f"byte {at}", "the file ends inside a data block header", len(data) - at)
         )
-    buffer = np.frombuffer(data if len(pieces) == 1 else b"".join(pieces), dtype=np.uint8)
-    return buffer, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), offsets
+    return blocks
 
 
-def _decompress(raw: memoryview, method: str) -> bytes | str:
-    """A block's records, or why they could not be had."""
+def _decompress(raw: memoryview, method: str, scratch: np.ndarray) -> np.ndarray | str:
+    """A block's records (LZ4 and LZO into `scratch`), or why they could not be had."""
     try:
-        if method == "none":
-            return bytes(raw)
         if method == "lzo":
-            return lzo1x_decompress(raw, MAX_BLOCK_BYTES)
+            size = lzo1x_decompress_into(raw, scratch)
+            return size if isinstance(size, str) else scratch[:size]
         if method == "lz4":
-            import lz4.block  # type: ignore[import-untyped]
-
-            return bytes(lz4.block.decompress(bytes(raw), uncompressed_size=MAX_BLOCK_BYTES))
+            size = lz4_block_decompress(raw, scratch)
+            return size if isinstance(size, str) else scratch[:size]
         if method == "bz2":
             plain = bz2.BZ2Decompressor().decompress(bytes(raw), max_length=MAX_BLOCK_BYTES + 1)
         else:
             plain = zstandard.ZstdDecompressor().decompressobj().decompress(bytes(raw))
         if len(plain) > MAX_BLOCK_BYTES:
             return f"decompresses beyond {MAX_BLOCK_BYTES >> 20} MiB, more than a block nfdump writes"
-        return plain
+        return np.frombuffer(plain, dtype=np.uint8)
     except (OSError, ValueError, EOFError, zstandard.ZstdError) as exc:  # the codecs' corrupt-data errors
         return f"corrupt compressed data ({type(exc).__name__})"
-    except Exception as exc:  # lz4.block.LZ4BlockError derives from Exception only
-        if type(exc).__name__ == "LZ4BlockError":
-            return "corrupt compressed data (LZ4BlockError)"
-        raise
 
 
 def _exporters_and_samplers(
-    buffer: np.ndarray, others: np.ndarray
+    others: list[tuple[int, bytes]],
 ) -> tuple[dict[int, Exporter], dict[tuple[int, int], int]]:
     """Exporter records by sysid, and 1-in-N rates by (sysid, sampler id); later records win."""
     exporters: dict[int, Exporter] = {}
     samplers: dict[tuple[int, int], int] = {}
-    for position, kind, size in others.tolist():
-        raw = buffer[position : position + size].tobytes()
+    for kind, raw in others:
+        size = len(raw)
         if kind == EXPORTER_INFO and size >= EXPORTER_INFO_RECORD.size:
             _, _, version, ip, family, sysid, domain = EXPORTER_INFO_RECORD.unpack_from(raw)
             exporters[sysid] = Exporter(_address(ip, family), domain, version)
@@ -251,7 +260,6 @@ def _flow_frame(
     exporter: str,
     source: str,
     problems: list[InputFormatError],
-    starts: np.ndarray,
     offsets: list[int],
     collector_sampling: int | None,
 ) -> pl.DataFrame:
@@ -308,7 +316,12 @@ def _flow_frame(
     bad_notes = problem[notes["row"]] > 0 if notes["row"].size else np.zeros(0, dtype=bool)
     if bad_notes.any():
         _report_bad_records(
-            notes["position"][bad_notes], problem[notes["row"][bad_notes]], starts, offsets, source, problems
+            notes["block"][bad_notes],
+            notes["position"][bad_notes],
+            problem[notes["row"][bad_notes]],
+            offsets,
+            source,
+            problems,
         )
         frame = frame.filter(pl.Series(problem == 0))
     return frame
@@ -347,25 +360,23 @@ def _with_reverse_rows(
 
 
 def _report_bad_records(
+    block: np.ndarray,
     position: np.ndarray,
     problem: np.ndarray,
-    starts: np.ndarray,
     offsets: list[int],
     source: str,
     problems: list[InputFormatError],
 ) -> None:
-    """One problem per kind of damage: where the first such record is, and how many there are
-    (`position`, `problem`: of the damaged records, in file order)."""
+    """One problem per kind of damage: where the first such record is (its block, its offset in
+    the block), and how many there are (arguments: of the damaged records, in file order)."""
     for code in np.unique(problem).tolist():
         chosen = np.flatnonzero(problem == code)
         first = int(chosen[0])
-        block = int(np.searchsorted(starts, position[first], side="right") - 1)
-        at = int(position[first] - starts[block])
         more = f" and {chosen.size - 1} more records" if chosen.size > 1 else ""
         problems.append(
             InputFormatError(
                 source,
-                f"byte {offsets[block]} (a block), its record at byte {at}{more}",
+                f"byte {offsets[int(block[first])]} (a block), its record at byte {int(position[first])}{more}",
                 PROBLEMS[int(code)],
                 0,
                 records=int(chosen.size),
