@@ -102,6 +102,15 @@ def test_a_damaged_record_is_set_aside_and_the_others_read() -> None:
     assert "element runs past the record" in problem.reason
 
 
+@pytest.mark.parametrize("claimed", [0, 1, 2**31])
+def test_a_block_header_that_lies_about_its_record_count_changes_nothing(claimed: int) -> None:
+    data = bytearray(_file("plain"))
+    offset, _ = _records_block(data)
+    struct.pack_into("<I", data, offset, claimed)
+    result = decode_nfcapd(bytes(data), "c", "lying")
+    assert result.problems == [] and result.flows.height == 233
+
+
 def test_a_corrupt_lzo_block_is_one_problem() -> None:
     data = bytearray(_file("lzo"))
     offset, size = _records_block(data)

@@ -103,9 +103,8 @@ def _walk(
                 kept += 1
             at += size
             continue
-        if row >= capacity:  # more records than the block headers said
-            broken = at - start
-            break
+        if row >= capacity:  # the table is full: the caller grows it and walks the block again
+            return row, noted, kept, -2
         end = at + size
         first_ms[row] = 0
         last_ms[row] = 0
@@ -193,10 +192,12 @@ SPARSE_COLUMNS = ("row", "block", "position", "selector", "reverse_packets", "re
 
 class RecordTable:
     """Columns of the V3 records of a file's blocks, filled block by block (`walk_block`): rows
-    for `capacity` records, of which the first `rows` are filled. Unfilled memory is never
-    touched, so a capacity from the block headers costs nothing until used."""
+    for `capacity` records, of which the first `rows` are filled, grown when a block holds more.
+    Unfilled memory is never touched, so a capacity from the block headers costs nothing until
+    used (and a header that lies about its record count costs a copy, not a failure)."""
 
     def __init__(self, capacity: int) -> None:
+        capacity = max(capacity, 1)
         self.columns: dict[str, np.ndarray] = {
             name: np.empty(capacity, dtype=dtype) for name, dtype in RECORD_COLUMNS.items()
         }
@@ -204,18 +205,31 @@ class RecordTable:
         self.rows = 0
         self.noted = 0
 
-    def walk_block(
-        self, buf: np.ndarray, start: int, end: int, block: int, records: int
-    ) -> tuple[list[tuple[int, bytes]], int]:
-        """Appends the V3 records of buf[start:end] (block number `block`, at most `records`
-        other records kept); returns the other records as (type, bytes), and the offset in the
-        block where its chain of records broke (-1 if it did not)."""
-        others = np.empty((max(records, 0), 3), dtype=np.int64)
-        self.rows, self.noted, kept, broken = _walk(  # type: ignore[call-arg]
-            buf, start, end, block, self.rows, self.noted, *self.columns.values(), self.sparse, others
-        )
+    def walk_block(self, buf: np.ndarray, start: int, end: int, block: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Appends the V3 records of buf[start:end] (block number `block`); returns the other
+        records as (type, bytes), and the offset in the block where its chain of records broke
+        (-1 if it did not)."""
+        others = np.empty(((end - start) // 4, 3), dtype=np.int64)  # a record takes 4 bytes at least
+        while True:
+            rows, noted, kept, broken = _walk(  # type: ignore[call-arg]
+                buf, start, end, block, self.rows, self.noted, *self.columns.values(), self.sparse, others
+            )
+            if broken != -2:
+                break
+            self._grow(self.rows + (end - start) // 12 + 1)
+        self.rows, self.noted = rows, noted
         found = [(int(kind), buf[at : at + size].tobytes()) for at, kind, size in others[:kept].tolist()]
         return found, int(broken)
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * self.sparse.shape[0])
+        for name, values in self.columns.items():
+            grown = np.empty(capacity, dtype=values.dtype)
+            grown[: self.rows] = values[: self.rows]
+            self.columns[name] = grown
+        sparse = np.empty((capacity, self.sparse.shape[1]), dtype=np.int64)
+        sparse[: self.noted] = self.sparse[: self.noted]
+        self.sparse = sparse
 
     def filled(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(RECORD_COLUMNS of the records read; SPARSE_COLUMNS of those with a sampler id, reverse

@@ -98,7 +98,16 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
     header = FILE_HEADER.unpack_from(data, 0)
     compression = COMPRESSION[header[4]]
     blocks = _block_headers(data, source, problems)
-    table = RecordTable(sum(block.records for block in blocks))
+    # Rows for what the block headers say, within what their bytes can hold (a V3 record takes
+    # 12 bytes at least; compressed blocks are taken to hold at most 16 times their size).
+    table = RecordTable(
+        sum(
+            min(
+                b.records, (b.size if b.flags & FLAG_BLOCK_UNCOMPRESSED or compression == "none" else 16 * b.size) // 12
+            )
+            for b in blocks
+        )
+    )
     scratch = np.empty(MAX_BLOCK_BYTES, dtype=np.uint8) if compression != "none" else None
     whole = np.frombuffer(data, dtype=np.uint8)
     others: list[tuple[int, bytes]] = []
@@ -121,7 +130,7 @@ def decode_nfcapd(data: bytes, exporter: str, source: str, collector_sampling: i
                 )
                 continue
             buf, start, end = plain, 0, plain.size
-        found, broken = table.walk_block(buf, start, end, number, block.records)
+        found, broken = table.walk_block(buf, start, end, number)
         others.extend(found)
         if broken >= 0:
             problems.append(
