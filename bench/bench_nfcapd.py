@@ -5,8 +5,8 @@
 The files are written by Debian's nfcapd itself: bench/data/ingest-ipfix-mtu-<N>.ipfix (MTU-sized
 IPFIX messages of a generated week, made by bench/bench_ipfix.py) is sent over UDP on loopback,
 one datagram per message (waiting whenever nfcapd's socket holds 32 KiB), to one nfcapd per
-compression (`-y` LZ4, `-z` LZO, `-j` BZ2), each writing one file for the whole send (`-t 3600`). They are made once into bench/data/nfcapd-*
-(not committed); a file that lost records on the way is refused.
+compression (`-y` LZ4, `-z` LZO, `-j` BZ2), each writing one file for the whole send (`-t 3600`).
+They are made once into bench/data/nfcapd-* (not committed); a file that lost records on the way is refused.
 
 Each reader runs in its own process and reads the file once before timing (so both read from
 the page cache). Ours: `decode_nfcapd` (flows in FLOW_SCHEMA, counts back to sampled counts).

@@ -176,11 +176,24 @@ def collect_with_nfacctd(landing: Path, out: Path, renormalize: bool, zone: str 
     with running(["nfacctd", "-f", str(config)], out / "nfacctd.out", port, signal.SIGINT, env):
         replay_week(landing, [port], lambda: None)
         time.sleep(3)  # nfacctd's core hands the last datagrams to its plugin
+    wait_for_purges(out / "nfacctd.log", deadline=time.monotonic() + 300)
     by_name = out / "by-exporter"
     by_name.mkdir()
     for exporter, address in exporter_sources(landing).items():
         (by_name / exporter).symlink_to(out / address.replace(".", "_"))
     return by_name
+
+
+def wait_for_purges(log: Path, deadline: float) -> None:
+    """Waits until every cache purge nfacctd's print plugin started has ended: each purge is a
+    forked writer that outlives the daemon (one took 35 s on a loaded machine)."""
+    while True:
+        text = log.read_text(errors="replace")
+        if text.count("Purging cache - START") == text.count("Purging cache - END"):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nfacctd's print plugin is still writing after 5 minutes: {log}")
+        time.sleep(0.2)
 
 
 def rename_into_tree(folder: Path, zone: str = "Asia/Tokyo") -> None:

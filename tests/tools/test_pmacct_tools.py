@@ -19,6 +19,7 @@ import pytest
 
 from flows.generate import write_week
 from tests.tools.conftest import free_udp_port, require
+from tests.tools.replay import drain, socket_queue, wait_for_purges
 from transforms.addresses import format_address
 from transforms.decode._records import Accumulator, ExporterState
 from transforms.decode.exports import decode_flow_file
@@ -93,25 +94,13 @@ def _stop(collector: Collector) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(collector.proc.pid, signal.SIGKILL)  # its own session: the core and its plugins
         collector.proc.wait(timeout=10)
-
-
-def _socket_queue(port: int) -> tuple[int, int]:
-    """(bytes waiting, datagrams dropped) of the UDP socket bound to 127.0.0.1:`port` (/proc/net/udp)."""
-    local = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local:
-            return int(fields[4].split(":")[1], 16), int(fields[-1])
-    raise RuntimeError(f"no UDP socket on 127.0.0.1:{port}")
+        return
+    # A purge is a forked writer that can outlive the daemon: its files are whole only once it ends.
+    wait_for_purges(collector.out / "nfacctd.log", time.monotonic() + 120)
 
 
 def _drain(collectors: list[Collector], below: int, deadline: float) -> None:
-    """Waits until every collector's socket holds fewer than `below` bytes: sending only then keeps
-    the socket from overflowing on a busy machine (a fixed pace lost datagrams under load)."""
-    while any(_socket_queue(c.port)[0] >= below for c in collectors):
-        if time.monotonic() > deadline:
-            raise RuntimeError("nfacctd does not read its socket")
-        time.sleep(0.001)
+    drain([c.port for c in collectors], below, deadline)
 
 
 def _datagrams(data: bytes) -> list[bytes]:
@@ -157,7 +146,7 @@ def nfacctd_output(ipfix_files: list[Path], tmp_path_factory: pytest.TempPathFac
                     for collector in collectors:
                         sender.sendto(datagram, ("127.0.0.1", collector.port))
         _drain(collectors, 1, deadline)
-        assert [_socket_queue(c.port)[1] for c in collectors] == [0, 0], "nfacctd's socket dropped datagrams"
+        assert [socket_queue(c.port)[1] for c in collectors] == [0, 0], "nfacctd's socket dropped datagrams"
         time.sleep(1.0)  # the core hands the last datagrams to the plugins
         for collector in collectors:
             collector.proc.send_signal(signal.SIGINT)
