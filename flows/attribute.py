@@ -71,6 +71,26 @@ class Chunk:
         return self.byte_stop - self.byte_start
 
 
+def group_parts(parts: list[str], records: list[int], per_task: int | None) -> list[list[str]]:
+    """An exporter's staged parts cut into consecutive groups of about `per_task` records (at least
+    one part each), one attribution task per group; all in one group when `per_task` is None or the
+    records per part are unknown (one empty group for no parts: the exporter's partials are empty)."""
+    if per_task is None or len(records) != len(parts) or not parts:
+        return [parts]
+    groups: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for part, count in zip(parts, records, strict=True):
+        if current and held + count > per_task:
+            groups.append(current)
+            current, held = [], 0
+        current.append(part)
+        held += count
+    if current:
+        groups.append(current)
+    return groups
+
+
 def plan_chunks(paths: list[Path], chunk_rows: int = CHUNK_ROWS) -> list[Chunk]:
     """Consecutive row groups of each file gathered into chunks of at most chunk_rows rows."""
     chunks: list[Chunk] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from flows import processes, progress
+from flows import processes, progress, storage
 from flows.failures import MissingFeed as MissingFeed  # raised here; defined with the other errors
 from flows.flow_files import ExporterInputs, flow_files_of_days
 from flows.storage import AnyPath, entries
@@ -105,6 +105,7 @@ class ExporterIngest:
     unrated: list[Path]
     quarantine: pl.DataFrame
     files: list[str] = field(default_factory=list)
+    part_records: list[int] = field(default_factory=list)
     input_bytes: int = 0
     messages: int = 0
     lost_records: int = 0
@@ -128,22 +129,34 @@ class ExporterIngest:
         return pl.read_parquet(self.parts) if self.parts else pl.DataFrame()
 
 
-def _state_file(state_dir: Path, exporter: str) -> Path:
+def _state_file(state_dir: AnyPath, exporter: str) -> AnyPath:
     return state_dir / "exporters" / f"{exporter}.json"
 
 
-def load_exporter_state(state_dir: Path, exporter: str) -> ExporterState:
+def load_exporter_state(state_dir: AnyPath, exporter: str) -> ExporterState:
     """Templates and sampling an exporter announced in earlier runs (empty when none)."""
     path = _state_file(state_dir, exporter)
     return ExporterState.from_json(path.read_text()) if path.exists() else ExporterState()
 
 
-def save_exporter_state(state_dir: Path, exporter: str, state: ExporterState) -> None:
+def save_exporter_state(state_dir: AnyPath, exporter: str, state: ExporterState) -> None:
     path = _state_file(state_dir, exporter)
+    if not storage.is_local(path):
+        storage.write_bytes(path, state.to_json().encode())  # an object is replaced whole
+        return
+    path = storage.local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(state.to_json())
     tmp.replace(path)
+
+
+def commit_exporter_states(staged: AnyPath, state_dir: AnyPath, exporters: list[str]) -> None:
+    """Copies the exporters' states a run's ingest saved in its staging folder to `state_dir`."""
+    for exporter in exporters:
+        path = _state_file(staged, exporter)
+        if path.exists():
+            save_exporter_state(state_dir, exporter, ExporterState.from_json(path.read_text()))
 
 
 def _problem_row(p: InputFormatError, records: int = 0, flow_bytes: int = 0) -> dict[str, object]:
@@ -164,8 +177,9 @@ def ingest_exporter(
     start: dt.datetime,
     end: dt.datetime,
     inputs: ExporterInputs,
-    state_dir: Path,
+    state_dir: AnyPath,
     stage: Path,
+    saved_state: AnyPath | None = None,
 ) -> ExporterIngest:
     """Decodes every flow file of one exporter for `days` (IPFIX, captures of v5/v9/IPFIX, nfcapd
     files, nfdump CSV; in the landing zone's day folders or a collector's own layout), keeps flows
@@ -173,7 +187,9 @@ def ingest_exporter(
 
     One file is in memory at a time: a first pass decodes each file to a raw part (templates and
     sampling announcements accumulate in the exporter state), a second pass resolves the rate of
-    each part with everything the exporter announced, wherever in the week it did.
+    each part with everything the exporter announced, wherever in the week it did. The state at
+    the end is saved in `saved_state` (default `state_dir`): a run saves it in its staging folder,
+    so that a retried task starts again from the same state.
     """
     state = load_exporter_state(state_dir, exporter)
     problems: list[dict[str, object]] = []
@@ -243,7 +259,7 @@ def ingest_exporter(
         )
         _stage_flows(flows.filter(in_window), staged, announcements, default_rate, override_rate)
         written.append(staged)
-    save_exporter_state(state_dir, exporter, state)
+    save_exporter_state(state_dir if saved_state is None else saved_state, exporter, state)
     announcements = announcements_frame(state.sampling)
     used = [staged.rates.select(SAMPLING_KEY) for staged in written]
     final_rates = rates_of_keys(pl.concat(used).unique(), announcements, default_rate, override_rate) if used else None
@@ -258,6 +274,7 @@ def ingest_exporter(
             result.revisited_parts += 1
             _restage(staged, announcements, default_rate, override_rate)
         result.parts.append(staged.part)
+        result.part_records.append(staged.records)
         result.records += staged.records
         result.raw_bytes += staged.raw_bytes
         for key, count in staged.sampling.items():

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import tempfile
 import time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -120,9 +122,11 @@ def _run_month(month: str, settings: Settings, force: bool) -> MonthRun:
         counters.average_traffic_by_service(per_interface, inventory, start_s, end_s).with_columns(month=pl.lit(month)),
     )
     # No staging folder: a month's counters are read and published in one step.
-    layout = StageLayout.of_run(settings.staging / run_id, settings.quarantine_path, "month", month)
-    problems.write_parquet(layout.quarantine("counters.problems.parquet"))
-    unknown.write_parquet(layout.quarantine("counters.unknown_interfaces.parquet"))
+    layout = StageLayout.of_run(
+        settings.staging / run_id, settings.quarantine_path, "month", month, local_root=Path(tempfile.gettempdir())
+    )
+    storage.write_parquet(layout.quarantine("counters.problems.parquet"), problems)
+    storage.write_parquet(layout.quarantine("counters.unknown_interfaces.parquet"), unknown)
     checks = validate_tables({"monthly_traffic": traffic}) + counter_checks(
         traffic,
         sorted(set(inventory["service"].to_list())),

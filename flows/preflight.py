@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from flows import landing, storage
 from flows.failures import UsageError
 from flows.settings import Settings
+from flows.storage import AnyPath
 
 
 def check_week(week: dt.date, timezone: str, now: dt.datetime | None = None) -> None:
@@ -51,7 +52,15 @@ def check_paths(settings: Settings) -> None:
         raise UsageError(f"landing zone {landing_zone}: no such folder")
     if not any((landing_zone / sub).is_dir() for sub in ("flows", "radius", "directory", "counters")):
         raise UsageError(f"landing zone {landing_zone}: not a landing zone (no flows/, radius/, directory/ folder)")
-    local = [("staging", settings.staging), ("state", settings.state_path), ("quarantine", settings.quarantine_path)]
+    local: list[tuple[str, AnyPath]] = [
+        (name, path)
+        for name, path in (
+            ("staging", settings.staging),
+            ("state", settings.state_path),
+            ("quarantine", settings.quarantine_path),
+        )
+        if storage.is_local(path)
+    ]
     warehouse = storage.backend_of(settings.warehouse)
     if not warehouse.conditional_writes:
         raise UsageError(
@@ -62,7 +71,7 @@ def check_paths(settings: Settings) -> None:
     if local_warehouse is not None:
         local.append(("warehouse", local_warehouse))
     for name, path in local:
-        if not _writable(Path(path)):
+        if not _writable(storage.local_path(path)):
             raise UsageError(f"{name} folder {path}: cannot be written by this user")
 
 

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import os
 import secrets
+import tempfile
 import tomllib
 import types
 import typing
@@ -41,9 +42,10 @@ from pydantic_settings import (
 )
 from upath import UPath
 
+from flows import storage
 from flows.failures import UsageError
 from flows.flow_files import ExporterInputs
-from flows.storage import storage_path
+from flows.storage import AnyPath, storage_path
 
 ENV_PREFIX = "TRAFFICREPORT_"
 # Variables with the prefix that are not settings: the pseudonym key (never a setting, so never
@@ -126,10 +128,11 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    # Local folders or s3:// URLs; staging (scratch of one run) is always local.
+    # Local folders or s3:// (any fsspec) URLs. Staging holds a run's decoded flows and partial
+    # aggregates; in object storage, Dask workers need no shared filesystem.
     landing: StoragePath = Field(default_factory=lambda: storage_path("data/landing"))
     warehouse: StoragePath = Field(default_factory=lambda: storage_path("data/warehouse"))
-    staging: Path = Path("data/staging")
+    staging: StoragePath = Field(default_factory=lambda: storage_path("data/staging"))
     timezone: str = "Asia/Tokyo"
     # Exporter name (glob) -> service whose traffic it meters; first match wins.
     exporter_services: Annotated[tuple[tuple[str, str], ...], NoDecode] = (("mobile*", "mobile"), ("*", "broadband"))
@@ -151,9 +154,10 @@ class Settings(BaseSettings):
     # a zone) and of the times in nfcapd's and pmacct's file names.
     nfdump_timezone: str = "Asia/Tokyo"
     # Where exporter state (templates, sampling, sequence numbers) survives between runs, and
-    # where set-aside input goes; both default to folders beside the staging area.
-    state_dir: Path | None = None
-    quarantine_dir: Path | None = None
+    # where set-aside input goes; both default to folders beside the staging area (in object
+    # storage too, when staging is there).
+    state_dir: StoragePath | None = None
+    quarantine_dir: StoragePath | None = None
     hmac_key_file: Path = Path("data/secret/hmac.key")
     # Name of a Prefect Secret block holding the pseudonym key (used when the variable is unset).
     hmac_key_secret: str | None = None
@@ -183,6 +187,9 @@ class Settings(BaseSettings):
     # A Dask scheduler (tcp://host:8786) to run the per-exporter tasks on; None runs them locally.
     # Its workers must reach the landing zone, warehouse and staging folder, and the Prefect API.
     dask_address: str | None = None
+    # On a Dask cluster, an exporter's staged parts are attributed in tasks of about this many
+    # records each (a task per part at least); locally each exporter is one task.
+    task_records: int = Field(default=4_000_000, gt=0)
     # A month's interface counters must cover this share of it on every interface to be published.
     min_counter_coverage: float = 0.95
 
@@ -212,16 +219,20 @@ class Settings(BaseSettings):
         return init_settings, env_settings
 
     @property
-    def state_path(self) -> Path:
+    def state_path(self) -> AnyPath:
         return self.state_dir or self.staging.parent / "state"
 
     @property
     def lock_dir(self) -> Path:
-        """Where a run's file lock of its week or month is held (flows.locks)."""
-        return self.state_path / "locks"
+        """Where a run's file lock of its week or month is held (flows.locks): a local folder, also
+        when the state is in object storage (runs on other machines are then kept apart by the
+        Prefect server's concurrency limit)."""
+        if storage.is_local(self.state_path):
+            return storage.local_path(self.state_path) / "locks"
+        return Path(tempfile.gettempdir()) / "trafficreport-locks"
 
     @property
-    def quarantine_path(self) -> Path:
+    def quarantine_path(self) -> AnyPath:
         return self.quarantine_dir or self.staging.parent / "quarantine"
 
     def service_of(self, exporter: str) -> str:

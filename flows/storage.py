@@ -351,6 +351,38 @@ def write_parquet(path: AnyPath, frame: pl.DataFrame) -> None:
     backend_of(path).write_parquet(path, frame)
 
 
+def read_parquet(path: AnyPath) -> pl.DataFrame:
+    """The rows of one parquet file, local or in object storage."""
+    if is_local(path):
+        return pl.read_parquet(local_path(path))
+    return pl.read_parquet(io.BytesIO(path.read_bytes()))
+
+
+def put_file(local: Path, target: AnyPath) -> None:
+    """Moves a local file to `target` (a rename when local, an upload then removal when not)."""
+    if is_local(target):
+        destination = local_path(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(local, destination)
+        return
+    _remote(target).fs.put_file(str(local), _remote(target).path)
+    local.unlink()
+
+
+def fetch(path: AnyPath, folder: Path) -> Path:
+    """A local file with `path`'s content: `path` itself when local, else a download into `folder`
+    (a task's scratch; named after the path so two fetches of one file share it)."""
+    if is_local(path):
+        return local_path(path)
+    target = folder / hashlib.sha256(str(path).encode()).hexdigest()[:16] / path.name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = scratch_name(target)
+        _remote(path).fs.get_file(_remote(path).path, str(partial))
+        os.replace(partial, target)
+    return target
+
+
 def remove_tree(path: AnyPath) -> None:
     """Removes a folder and everything under it, if it exists."""
     backend_of(path).remove_tree(path)

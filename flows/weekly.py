@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import importlib
 import os
+import pickle
 import threading
 import time
 import uuid
@@ -35,7 +36,8 @@ from flows import (
 from flows.failures import AuditFailed as AuditFailed  # raised here; defined with the other errors
 from flows.failures import RunFailed, UsageError, one_line
 from flows.settings import Settings, load_settings
-from flows.staging import StageLayout, remove_stale_runs, run_folder
+from flows.staging import StageLayout, remove_stale_runs, run_folder, task_scratch
+from flows.storage import AnyPath, storage_path
 from transforms import attribution
 from transforms.accounting import radius, subscribers
 from transforms.errors import InputFormatError
@@ -138,9 +140,18 @@ def ingest_flows_of_exporter(
     settings: Settings, window: WeekWindow, exporter: str, layout: StageLayout
 ) -> ExporterIngestResult:
     """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
+    with task_scratch() as scratch:
+        return _ingest_flows_of_exporter(settings, window, exporter, layout, scratch)
+
+
+def _ingest_flows_of_exporter(
+    settings: Settings, window: WeekWindow, exporter: str, layout: StageLayout, scratch: Path
+) -> ExporterIngestResult:
     # Flows starting late on the last day can sit in the next day's file.
     days = window.days + [window.week + dt.timedelta(days=7)]
-    parts_dir = layout.exporter_flows(exporter)
+    staged_dir = layout.exporter_flows(exporter)
+    # Staging in object storage: parts are written on this worker's disk, then uploaded.
+    parts_dir = storage.local_path(staged_dir) if storage.is_local(staged_dir) else scratch / "parts"
     # Each exporter in a process of its own (when running locally): decoding is CPU-bound.
     run: Any = processes.run_in_process if processes.processes_allowed() and not settings.dask_address else _call
     result = run(
@@ -153,21 +164,28 @@ def ingest_flows_of_exporter(
         settings.exporter_inputs(exporter),
         settings.state_path,
         parts_dir,
+        layout.exporter_state,
     )
-    result.quarantine.write_parquet(layout.quarantine(f"flows.{exporter}.problems.parquet"))
+    storage.write_parquet(layout.quarantine(f"flows.{exporter}.problems.parquet"), result.quarantine)
     unrated_records = 0
     for unrated in result.unrated:
         unrated_records += pl.scan_parquet(unrated).select(pl.len()).collect().item()
-        unrated.replace(layout.quarantine(f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet"))
+        storage.put_file(unrated, layout.quarantine(f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet"))
     per_day = dict.fromkeys(map(str, window.days), 0)
     if result.parts:
         local_day = pl.col("first_ts").dt.convert_time_zone(settings.timezone).dt.date().cast(pl.String)
         counts = pl.scan_parquet(result.parts).group_by(local_day.alias("day")).len().collect()
         per_day.update({row["day"]: int(row["len"]) for row in counts.iter_rows(named=True) if row["day"] in per_day})
+    parts = []
+    for part in result.parts:
+        target = staged_dir / part.name
+        if not storage.is_local(staged_dir):
+            storage.put_file(part, target)
+        parts.append(str(target))
     summary = ExporterSummary(
         exporter=exporter,
         service=settings.service_of(exporter),
-        parts=tuple(str(p) for p in result.parts),
+        parts=tuple(parts),
         files=len(result.files),
         formats=dict(result.formats),
         records=result.records,
@@ -187,6 +205,7 @@ def ingest_flows_of_exporter(
         raw_bytes=result.raw_bytes,
         records_per_day=per_day,
         unrated_records=unrated_records,
+        part_records=tuple(result.part_records),
     )
     return ExporterIngestResult(summary, tuple(result.digests), tuple(result.record_sets))
 
@@ -240,18 +259,20 @@ def _build_assignments(settings: Settings, window: WeekWindow, layout: StageLayo
             billing.filter(pl.col("known")).select("user_key", "service", "customer_type"),
         ]
     ).unique()
-    layout.root.mkdir(parents=True, exist_ok=True)
     identified_sessions = subscribers.identify_assignments(sessions, directory, key)
-    reconcile.radius_week_volumes(records, identified_sessions, window.start, window.end).write_parquet(
-        layout.radius_user_week
+    storage.write_parquet(
+        layout.radius_user_week, reconcile.radius_week_volumes(records, identified_sessions, window.start, window.end)
     )
-    assignments.drop("nas", "session_id").write_parquet(layout.assignments)
-    users.write_parquet(layout.users)
-    billing.filter(pl.col("known")).select(
-        "user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("billing").alias("source")
-    ).write_parquet(layout.billing_user_day)
+    storage.write_parquet(layout.assignments, assignments.drop("nas", "session_id"))
+    storage.write_parquet(layout.users, users)
+    storage.write_parquet(
+        layout.billing_user_day,
+        billing.filter(pl.col("known")).select(
+            "user_key", "service", "customer_type", "day", "in_bytes", "out_bytes", pl.lit("billing").alias("source")
+        ),
+    )
     # The quarantine keeps the reason and where, not the record: it would hold clear identities.
-    quarantine.write_parquet(layout.quarantine("radius.problems.parquet"))
+    storage.write_parquet(layout.quarantine("radius.problems.parquet"), quarantine)
     return AccountingSummary(
         accounting_records=records.height,
         sessions=sessions.height,
@@ -275,18 +296,50 @@ def _day_starts(window: WeekWindow) -> list[int]:
 
 
 @task(cache_policy=NO_CACHE)
-def attribute_exporter(
-    settings: Settings, window: WeekWindow, exporter: str, parts: list[str], service: str, layout: StageLayout
-) -> AttributionPartials:
-    """User-day, port and hourly partial aggregates of one exporter's flows, attributed chunk by chunk
-    on two threads (flows.attribute), so memory stays bounded whatever the week's size."""
-    assignments = pl.read_parquet(layout.assignments).filter(pl.col("known"))
+def build_attribution_lookup(settings: Settings, window: WeekWindow, layout: StageLayout) -> int:
+    """The week's assignment lookup (flows.attribute), built once and staged for every attribution
+    task to read (never sent with a task); returns its size in bytes."""
+    assignments = storage.read_parquet(layout.assignments).filter(pl.col("known"))
     day_starts = _day_starts(window)
+    with processes.two_core_step("attribution"), processes.thread_mapper(2) as mapper:
+        lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts, mapper=mapper)
+    # Pickle: the lookup is numpy arrays and one small frame, read back only by this run's tasks.
+    data = pickle.dumps(lookup, protocol=pickle.HIGHEST_PROTOCOL)
+    storage.write_bytes(layout.lookup, data)
+    return len(data)
+
+
+@task(cache_policy=NO_CACHE)
+def attribute_exporter(
+    settings: Settings,
+    window: WeekWindow,
+    exporter: str,
+    parts: list[str],
+    service: str,
+    layout: StageLayout,
+    task_index: int = 0,
+) -> AttributionPartials:
+    """User-day, port and hourly partial aggregates of some of one exporter's staged parts,
+    attributed chunk by chunk on two threads (flows.attribute), so memory stays bounded whatever
+    the week's size. A retry writes the same partials under the same names."""
+    with task_scratch() as scratch:
+        return _attribute_parts(window, exporter, parts, service, layout, task_index, scratch)
+
+
+def _attribute_parts(
+    window: WeekWindow,
+    exporter: str,
+    parts: list[str],
+    service: str,
+    layout: StageLayout,
+    task_index: int,
+    scratch: Path,
+) -> AttributionPartials:
+    lookup = pickle.loads(storage.fetch(layout.lookup, scratch).read_bytes())
     with processes.two_core_step("attribution"), attribute.keeping_freed_memory():
-        with processes.thread_mapper(2) as mapper:
-            lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts, mapper=mapper)
+        local_parts = [storage.fetch(storage_path(p), scratch) for p in parts]
         totals = attribute.attribute_files(
-            [Path(p) for p in parts],
+            local_parts,
             lookup,
             prepare=usage.estimate_volume,
             on_chunk=lambda done, rows: progress.report("attribute", exporter, done, rows),
@@ -321,9 +374,8 @@ def attribute_exporter(
         ("hour", hours.with_columns(service=pl.lit(service))),
         ("port_bucket", port_buckets),
     ):
-        path = layout.partial(table, exporter)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(path)
+        path = layout.partial(table, exporter, task_index)
+        storage.write_parquet(path, frame)
         out[table] = str(path)
     return AttributionPartials(**out)
 
@@ -331,7 +383,11 @@ def attribute_exporter(
 def read_flow_user_days(partials: list[AttributionPartials]) -> pl.DataFrame:
     """Flow-attributed user-day rows of every exporter (read once: the tables and the RADIUS
     reconciliation both use them)."""
-    return pl.concat([pl.read_parquet(p.user_day) for p in partials]) if partials else pl.DataFrame()
+    return pl.concat([_read(p.user_day) for p in partials]) if partials else pl.DataFrame()
+
+
+def _read(path: str | AnyPath) -> pl.DataFrame:
+    return storage.read_parquet(storage_path(path) if isinstance(path, str) else path)
 
 
 def combine_tables(
@@ -340,12 +396,12 @@ def combine_tables(
     """The published tables of the week (but ingest_quality) from the staged partial aggregates."""
     return week_tables.combine_week_tables(
         window.week,
-        pl.read_parquet(layout.users),
+        _read(layout.users),
         flow_days,
-        pl.read_parquet(layout.billing_user_day),
-        [pl.read_parquet(p.port) for p in partials],
-        [pl.read_parquet(p.hour) for p in partials],
-        [pl.read_parquet(p.port_bucket) for p in partials],
+        _read(layout.billing_user_day),
+        [_read(p.port) for p in partials],
+        [_read(p.hour) for p in partials],
+        [_read(p.port_bucket) for p in partials],
     )
 
 
@@ -358,9 +414,9 @@ def reconcile_with_radius(layout: StageLayout, flow_days: pl.DataFrame, settings
         .agg(pl.col("in_bytes", "out_bytes", "in_packets", "out_packets").sum())
     )
     compared = reconcile.compare_flows_to_radius(
-        flow_week, pl.read_parquet(layout.radius_user_week), settings.reconcile_z, settings.reconcile_floor
+        flow_week, _read(layout.radius_user_week), settings.reconcile_z, settings.reconcile_floor
     )
-    compared.write_parquet(layout.reconciliation)
+    storage.write_parquet(layout.reconciliation, compared)
     outside = compared.filter(~pl.col("in_within") | ~pl.col("out_within"))
     return ReconciliationSummary(
         users_compared=compared.height,
@@ -467,8 +523,9 @@ def _run_week(
         logger.info("removed the staging folders of %d runs that are no longer running", len(removed))
     # Decoded flows and partials of the run are removed when it ends: every table they fed is
     # published (or the run failed and its summary and Data Docs are in the warehouse).
-    with run_folder(settings.staging, run_id, keep=settings.keep_staging) as root:
-        layout = StageLayout.of_run(root, settings.quarantine_path, "week", str(week))
+    with run_folder(settings.staging, run_id, keep=settings.keep_staging) as root, task_scratch() as scratch:
+        local_root = storage.local_path(root) if storage.is_local(root) else scratch
+        layout = StageLayout.of_run(root, settings.quarantine_path, "week", str(week), local_root)
         submitted: list[Any] = []
         try:
             return _run_stages(
@@ -520,6 +577,8 @@ def _run_stages(
     ingested: list[ExporterIngestResult] = [f.result() for f in flow_futures]
     flow_info = [i.summary for i in ingested]
     assignment_info: AccountingSummary = assignment_future.result()
+    # Every ingest ended: the exporters' states become the next run's starting point.
+    landing.commit_exporter_states(layout.exporter_state, settings.state_path, [i.exporter for i in flow_info])
     # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
     duplicates = landing.duplicate_inputs(
         [(i.summary.exporter, list(i.digests), list(i.record_sets)) for i in ingested]
@@ -531,7 +590,14 @@ def _run_stages(
     )
 
     interrupts.check("attribution")
-    attribute_args = [(settings, window, i.exporter, list(i.parts), i.service, layout) for i in flow_info]
+    lookup_bytes = build_attribution_lookup(settings, window, layout)
+    logger.info("run=%s week=%s assignment lookup staged: %d bytes", run_id, week, lookup_bytes)
+    task_records = settings.task_records if settings.dask_address else None
+    attribute_args = [
+        (settings, window, i.exporter, group, i.service, layout, index)
+        for i in flow_info
+        for index, group in enumerate(attribute.group_parts(list(i.parts), list(i.part_records), task_records))
+    ]
     partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
     submitted += partial_futures
     partials: list[AttributionPartials] = [p.result() for p in partial_futures]
@@ -541,7 +607,7 @@ def _run_stages(
     transfers = (
         [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
         + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, ingested)]
-        + [_transfer("attribute_exporter", a[2], a, r) for a, r in zip(attribute_args, partials)]
+        + [_transfer("attribute_exporter", f"{a[2]}.{a[6]}", a, r) for a, r in zip(attribute_args, partials)]
     )
 
     flow_days = read_flow_user_days(partials)

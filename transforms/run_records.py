@@ -62,6 +62,8 @@ class ExporterSummary:
     raw_bytes: int
     records_per_day: dict[str, int]
     unrated_records: int
+    # Records in each of `parts` (attribution tasks are cut by them).
+    part_records: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,20 @@
-"""The weekly flow's per-exporter tasks on an existing Dask cluster: a real `distributed` scheduler
-and two worker processes on 127.0.0.1, landing zone and warehouse in S3 (moto on 127.0.0.1). The
-published tables are identical to a local run's, and only paths and counts cross to the workers."""
+"""The weekly flow on an existing Dask cluster: a real `distributed` scheduler and three worker
+processes on 127.0.0.1, each in a folder of its own, sharing nothing but S3 (moto on 127.0.0.1):
+landing zone, staging and warehouse. The published tables are identical to a local run's, only
+paths and counts cross to the workers, and a worker killed mid-run changes nothing published."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -21,9 +25,7 @@ from flows import storage
 from flows.publish import read_manifest, read_published
 from flows.settings import Settings
 from flows.weekly import PUBLISHED_TABLES, weekly_report, weekly_report_runner
-from tests.conftest import TEST_KEY, WEEK
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import TEST_KEY, WEEK, _settings
 
 
 def _free_port() -> int:
@@ -32,35 +34,46 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+WORKERS = 3
+
+
+@dataclass
+class Cluster:
+    address: str
+    folders: list[Path]  # each worker's own working folder (its cwd and Dask local directory)
+
+
 @pytest.fixture(scope="module")
-def dask_scheduler(prefect_server: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dask scheduler` and two `dask worker` processes (one process, two threads each) on loopback;
-    the workers reach S3, the Prefect API and the pseudonym key through their environment."""
+def dask_cluster(prefect_server: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """`dask scheduler` and three `dask worker` processes (one thread each) on loopback, each in a
+    working folder of its own (no path shared with this process or another worker): they reach
+    S3, the Prefect API and the pseudonym key through their environment only."""
     from distributed import Client
 
     logs = tmp_path_factory.mktemp("dask")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TRAFFICREPORT_HMAC_KEY": TEST_KEY}
-    files = [(logs / name).open("w") for name in ("scheduler.log", "worker-0.log", "worker-1.log")]
+    folders = [tmp_path_factory.mktemp(f"worker-{index}") for index in range(WORKERS)]
+    files = [(logs / "scheduler.log").open("w")] + [(f / "worker.log").open("w") for f in folders]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port)]
             + ["--dashboard-address", "127.0.0.1:0"],
             env=env,
-            cwd=ROOT,
+            cwd=logs,
             stdout=files[0],
             stderr=subprocess.STDOUT,
         )
     ]
-    for index in range(2):
+    for index, folder in enumerate(folders):
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", f"worker-{index}"]
-                + ["--nworkers", "1", "--nthreads", "2", "--memory-limit", "6GB", "--no-dashboard"]
-                + ["--host", "127.0.0.1"],
-                env=env,
-                cwd=ROOT,
+                + ["--nworkers", "1", "--nthreads", "1", "--memory-limit", "4GB", "--no-dashboard"]
+                + ["--host", "127.0.0.1", "--local-directory", str(folder)],
+                env={**env, "TMPDIR": str(folder)},
+                cwd=folder,
                 stdout=files[1 + index],
                 stderr=subprocess.STDOUT,
             )
@@ -70,13 +83,13 @@ def dask_scheduler(prefect_server: str, s3_endpoint: str, tmp_path_factory: pyte
         while True:
             try:
                 with Client(address, timeout=5) as client:
-                    if len(client.scheduler_info()["workers"]) == 2:
+                    if len(client.scheduler_info()["workers"]) == WORKERS:
                         break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "dask cluster did not start: see " + str(logs)
             time.sleep(1)
-        yield address
+        yield Cluster(address, folders)
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -91,36 +104,101 @@ def _checksum(warehouse: storage.AnyPath, name: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _on_s3(small_landing: Path, small_settings: Settings, cluster: Cluster, name: str) -> Settings:
+    """Settings whose landing zone, staging (and so state and quarantine) and warehouse are in S3."""
+    fs = s3fs.S3FileSystem()
+    for bucket in ("dask-landing", f"dask-{name}"):
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    if not fs.exists("dask-landing/week"):
+        fs.put(f"{small_landing}/", "dask-landing/week/", recursive=True)
+    return small_settings.model_copy(
+        update={
+            "landing": storage.storage_path("s3://dask-landing/week"),
+            "warehouse": storage.storage_path(f"s3://dask-{name}/warehouse"),
+            "staging": storage.storage_path(f"s3://dask-{name}/staging"),
+            "dask_address": cluster.address,
+            "task_records": 1,  # a task per staged part: many more tasks than exporters
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def local_run(prefect_server: str, small_landing: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Checksums of the week's tables published by a local run (no Dask, local folders)."""
+    settings = _settings(tmp_path_factory.mktemp("local-run"), small_landing)
+    run = weekly_report(WEEK, settings)
+    assert run.published
+    return {name: _checksum(settings.warehouse, name) for name in PUBLISHED_TABLES}
+
+
+def _task_name(key: object) -> str:
+    return str(key).split("-")[0]
+
+
 def test_a_week_on_the_dask_cluster_publishes_exactly_the_local_run(
-    dask_scheduler: str, s3_endpoint: str, small_landing: Path, small_settings: Settings
+    dask_cluster: Cluster, small_landing: Path, small_settings: Settings, local_run: dict[str, str]
 ) -> None:
     from distributed import Client, get_task_stream
 
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    for bucket in ("dask-landing", "dask-warehouse"):
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
-    fs.put(f"{small_landing}/", "dask-landing/week/", recursive=True)
-    local = weekly_report(WEEK, small_settings)
-    remote = small_settings.model_copy(
-        update={
-            "landing": storage.storage_path("s3://dask-landing/week"),
-            "warehouse": storage.storage_path("s3://dask-warehouse/wh"),
-            "dask_address": dask_scheduler,
-        }
-    )
-    with Client(dask_scheduler) as client, get_task_stream(client) as stream:
+    remote = _on_s3(small_landing, small_settings, dask_cluster, "undisturbed")
+    with Client(dask_cluster.address) as client, get_task_stream(client) as stream:
         run = weekly_report_runner(remote)(WEEK, remote)
         cluster_workers = set(client.scheduler_info()["workers"])
-    assert run.published and local.published
+    assert run.published
     for name in PUBLISHED_TABLES:
-        assert _checksum(remote.warehouse, name) == _checksum(small_settings.warehouse, name), name
-    # The per-exporter tasks and the RADIUS task ran on the cluster's workers, not in this process.
+        assert _checksum(remote.warehouse, name) == local_run[name], name
+    # Every ingest and attribution task ran on the cluster's workers, attribution in a task per part.
     exporters = len(run.ingest.exporters)
-    ran = [t for t in stream.data if t["key"].split("-")[0] in ("ingest_flows_of_exporter", "attribute_exporter")]
-    assert len(ran) >= 2 * exporters, [t["key"] for t in stream.data]
-    assert {t["worker"] for t in ran} <= cluster_workers and len(cluster_workers) == 2
+    parts = sum(len(e.parts) for e in run.ingest.exporters)
+    ran = [t for t in stream.data if _task_name(t["key"]) in ("ingest_flows_of_exporter", "attribute_exporter")]
+    assert (
+        sorted(_task_name(t["key"]) for t in ran)
+        == ["attribute_exporter"] * parts + ["ingest_flows_of_exporter"] * exporters
+    )
+    assert parts >= 4 * exporters
+    assert {t["worker"] for t in ran} <= cluster_workers and len(cluster_workers) == WORKERS
+    assert len({t["worker"] for t in ran}) == WORKERS  # the work was spread
     # Only small partial aggregates crossed: every task's arguments and result are paths and counts.
-    assert len(run.transfers) == 1 + 2 * exporters
+    assert len(run.transfers) == 1 + exporters + parts
     for transfer in run.transfers:
         assert transfer.bytes_in < 16_384 and transfer.bytes_out < 16_384, transfer
+    # Staging held the decoded flows in S3 only, and the run removed its folder when it ended.
+    fs = s3fs.S3FileSystem()
+    assert [p for p in fs.find("dask-undisturbed/staging") if "/20" in p] == []
+    assert all(str(p).startswith("s3://") for e in run.ingest.exporters for p in e.parts)
+    # The workers' own folders hold no staged data once the run ended (their scratch is removed).
+    assert not [p for f in dask_cluster.folders for p in f.rglob("*.parquet")]
+
+
+def test_a_worker_killed_mid_run_changes_nothing_published(
+    dask_cluster: Cluster, small_landing: Path, small_settings: Settings, local_run: dict[str, str]
+) -> None:
+    from distributed import Client
+
+    remote = _on_s3(small_landing, small_settings, dask_cluster, "killed")
+    killed: list[str] = []
+
+    def kill_a_worker_running_attribution(client: Client, stop: threading.Event) -> None:
+        pids = client.run(os.getpid)
+        while not stop.is_set():
+            for worker, keys in client.processing().items():
+                if any(_task_name(k) == "attribute_exporter" for k in keys):
+                    os.kill(pids[worker], signal.SIGKILL)
+                    killed.append(worker)
+                    return
+            time.sleep(0.02)
+
+    with Client(dask_cluster.address) as client:
+        stop = threading.Event()
+        killer = threading.Thread(target=kill_a_worker_running_attribution, args=(client, stop))
+        killer.start()
+        try:
+            run = weekly_report_runner(remote)(WEEK, remote)
+        finally:
+            stop.set()
+            killer.join()
+    assert killed, "no attribution task was seen running"
+    assert run.published
+    for name in PUBLISHED_TABLES:
+        assert _checksum(remote.warehouse, name) == local_run[name], name

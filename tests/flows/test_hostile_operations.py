@@ -334,7 +334,7 @@ def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_stag
     while _processes_with_env("PREFECT_HOME", str(home)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_with_env("PREFECT_HOME", str(home)) == []
-    leftover = [p.name for p in Path(small_settings.staging).iterdir()]
+    leftover = [p.name for p in local_path(small_settings.staging).iterdir()]
     assert len(leftover) == 1  # the killed run's staging folder
     # The week is free at once (no lease to wait for) and the next run removes the leftover staging.
     started = time.monotonic()
@@ -343,7 +343,7 @@ def test_a_killed_run_without_a_server_leaves_no_server_no_held_week_and_no_stag
     assert "removed the staging folders of 1 runs that are no longer running" in rerun.stderr
     assert time.monotonic() - started < 240
     assert str(WEEK) in read_manifest(small_settings.warehouse)["tables"]["usage_summary"]
-    assert list(Path(small_settings.staging).iterdir()) == []
+    assert list(local_path(small_settings.staging).iterdir()) == []
 
 
 def test_status_shows_a_week_a_run_holds_and_forgets_it_when_the_run_is_killed(

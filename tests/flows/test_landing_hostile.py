@@ -14,6 +14,7 @@ import zstandard
 
 from flows import landing
 from flows.settings import Settings
+from flows.storage import local_path
 from flows.weekly import AuditFailed, weekly_report
 from tests.conftest import WEEK
 from transforms.decode import ipfix
@@ -142,7 +143,7 @@ def test_hostile_files_are_quarantined_with_reasons_and_the_week_still_publishes
     # The cut-off file and its duplicate: one is decoded (its complete messages kept), one skipped.
     assert "late-copy.ipfix: byte" in problems and "runs past the end" in problems
     assert "partial.ipfix" not in problems
-    quarantine = settings.quarantine_path / f"week={WEEK}"
+    quarantine = local_path(settings.quarantine_path) / f"week={WEEK}"
     files = list(quarantine.rglob("flows.bb-tokyo-1.problems.parquet"))
     assert len(files) == 1
     assert pl.read_parquet(files[0])["reason"].str.contains("not an IPFIX stream").any()

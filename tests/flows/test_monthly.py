@@ -11,6 +11,7 @@ import pytest
 
 from flows.monthly import monthly_traffic_report, write_counters
 from flows.publish import read_manifest, read_published
+from flows.storage import local_path
 from flows.weekly import AuditFailed
 from tests.conftest import _settings
 from transforms.synth.monthly import BASE_BPS, generate_counter_polls, monthly_level
@@ -79,7 +80,7 @@ def test_unknown_interfaces_and_unreadable_lines_are_quarantined_and_gate_the_mo
     strict = settings.model_copy(update={"max_quarantined_share": 0.0001})
     with pytest.raises(AuditFailed, match=r"share of polls set aside .* \(observed 0.00055"):
         monthly_traffic_report("2024-06", strict)
-    quarantine = settings.quarantine_path  # type: ignore[attr-defined]
+    quarantine = local_path(settings.quarantine_path)
     [problems] = list(quarantine.glob("month=2024-06/run=*/counters.problems.parquet"))
     assert pl.read_parquet(problems).rows() == [
         (str(june), f"line {bad_line}", "time is neither ISO 8601 with an offset nor epoch seconds")

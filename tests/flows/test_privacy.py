@@ -92,7 +92,7 @@ def test_no_clear_identity_in_any_file_or_log_line_of_a_run(
     state = weekly_report(WEEK, small_settings.model_copy(update={"keep_staging": True}), return_state=True)
     run = state.result()
     assert run.published
-    root = Path(small_settings.staging).parent  # type: ignore[attr-defined]
+    root = local_path(small_settings.staging).parent
     written = [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(small_landing)]
     assert any(p.suffix == ".parquet" for p in written) and any(p.suffix == ".duckdb" for p in written)
     tokens = {str(p.relative_to(root)): _tokens_of(p) for p in written}

@@ -88,7 +88,7 @@ def test_other_fsspec_locations_read_and_write_but_hold_no_warehouse(tmp_path: P
     settings = Settings(
         landing=storage.storage_path(tmp_path / "landing"),
         warehouse=storage.storage_path("memory://trafficreport-test/warehouse"),
-        staging=tmp_path / "staging",
+        staging=storage.storage_path(tmp_path / "staging"),
     )
     with pytest.raises(UsageError, match="warehouse memory://.*no conditional write"):
         preflight.check_paths(settings)
