@@ -459,9 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, help="TOML settings file")
     common.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
     common.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
-    common.add_argument("--staging", type=Path, help="staging area (default data/staging)")
     common.add_argument(
-        "--dask", metavar="tcp://HOST:8786", help="run the per-exporter tasks on this Dask scheduler's workers"
+        "--staging", help="staging area: folder or s3:// URL, shared by Dask workers (default data/staging)"
+    )
+    common.add_argument(
+        "--dask",
+        metavar="tcp://HOST:8786",
+        help="run the week's ingest and attribution tasks on this Dask scheduler's workers",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

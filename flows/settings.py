@@ -307,7 +307,7 @@ def expected_type(name: str) -> str:
     if name == "exporters":
         return "list of str (or comma-separated text)"
     annotation = Settings.model_fields[name].annotation
-    if name in ("landing", "warehouse"):
+    if name in ("landing", "warehouse", "staging", "state_dir", "quarantine_dir"):
         return "str (a folder or an s3:// URL)"
     arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(arguments) == 1:

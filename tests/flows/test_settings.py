@@ -15,6 +15,7 @@ import cloudpickle
 import pytest
 from upath import UPath
 
+from flows import storage
 from flows.failures import UsageError
 from flows.settings import ENV_PREFIX, Settings, load_settings, resolve_settings, unused_variables
 from flows.storage import storage_path
@@ -120,17 +121,27 @@ def test_landing_and_warehouse_are_storage_paths_and_paths_are_paths(monkeypatch
     assert isinstance(settings.landing, UPath) and settings.landing == storage_path("data/x")
     assert isinstance(settings.warehouse, UPath) and str(settings.warehouse) == "s3://bucket/wh"
     assert settings.warehouse.protocol == "s3"
-    for name in ("staging", "hmac_key_file", "quarantine_dir"):
-        assert type(getattr(settings, name)) is type(Path())
-    assert settings.state_path == Path("state") and settings.quarantine_path == Path("q")
+    assert type(settings.hmac_key_file) is type(Path())
+    # Staging, state and quarantine are local folders here, and would be URLs if given as URLs.
+    for name in ("staging", "quarantine_dir"):
+        assert storage.is_local(getattr(settings, name))
+    assert settings.state_path == storage_path("state") and settings.quarantine_path == storage_path("q")
     assert settings.lock_dir == Path("state/locks")
+
+
+def test_staging_in_object_storage_takes_state_and_quarantine_with_it_but_locks_stay_local() -> None:
+    settings = load_settings(staging="s3://bucket/runs/staging")
+    assert str(settings.staging) == "s3://bucket/runs/staging"
+    assert str(settings.state_path) == "s3://bucket/runs/state"
+    assert str(settings.quarantine_path) == "s3://bucket/runs/quarantine"
+    assert storage.is_local(settings.lock_dir) and settings.lock_dir.name == "trafficreport-locks"
 
 
 # The text of each setting in the environment and the value it means; every setting is here.
 FROM_ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "landing": ("elsewhere/landing", storage_path("elsewhere/landing")),
     "warehouse": ("s3://bucket/warehouse", storage_path("s3://bucket/warehouse")),
-    "staging": ("/scratch/staging", Path("/scratch/staging")),
+    "staging": ("s3://bucket/staging", storage_path("s3://bucket/staging")),
     "timezone": ("UTC", "UTC"),
     "exporter_services": ("core-*=broadband, gw-*=mobile", (("core-*", "broadband"), ("gw-*", "mobile"))),
     "exporters": ("bb-tokyo-1, mobile-gw-1", ("bb-tokyo-1", "mobile-gw-1")),
@@ -139,8 +150,8 @@ FROM_ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "collector_sampling": ("nfcsv-*=2048", (("nfcsv-*", 2048),)),
     "pmacct_renormalized": ("pm-*, pmacct-2", ("pm-*", "pmacct-2")),
     "nfdump_timezone": ("UTC", "UTC"),
-    "state_dir": ("/var/state", Path("/var/state")),
-    "quarantine_dir": ("/var/quarantine", Path("/var/quarantine")),
+    "state_dir": ("/var/state", storage_path("/var/state")),
+    "quarantine_dir": ("/var/quarantine", storage_path("/var/quarantine")),
     "hmac_key_file": ("/etc/trafficreport/hmac.key", Path("/etc/trafficreport/hmac.key")),
     "hmac_key_secret": ("trafficreport-hmac", "trafficreport-hmac"),
     "max_unattributed_share": ("0.1", 0.1),
@@ -157,6 +168,7 @@ FROM_ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "one_run_per_week": ("off", False),
     "keep_staging": ("yes", True),
     "dask_address": ("tcp://scheduler:8786", "tcp://scheduler:8786"),
+    "task_records": ("1000000", 1_000_000),
     "min_counter_coverage": ("0.9", 0.9),
 }
 
@@ -224,7 +236,7 @@ def _refused(match: str, config: Path | None = None, **overrides: Any) -> str:
         ("keep_staging = 1", "keep_staging = 1|expected bool"),
         ("max_user_change = true", "max_user_change = True|expected float"),
         ("timezone = 9", "timezone = 9|expected str"),
-        ("staging = 1", "staging = 1|expected str (a path)"),
+        ("staging = 1", "staging = 1|expected str (a folder or an s3:// URL)"),
         ("landing = []", "landing = []|expected str (a folder or an s3:// URL)"),
         ("exporters = [1, 2]", "exporters = [1, 2]|expected list of str"),
         ('exporter_services = ["mobile"]', "exporter_services = ['mobile']|expected table of pattern = str"),
