@@ -1,11 +1,15 @@
-"""Wall time of one generated week, local task runner vs a Dask cluster (a real distributed
-scheduler and worker processes on this machine), and the bytes each task's arguments and result
-carry between the flow and its tasks.
+"""One generated week on a Dask cluster of 1, 2, ... worker processes (one thread each): wall time
+of the whole run and of its ingest and attribution stages, tasks per stage, bytes staged, and the
+workers' peak memory.
 
-    .venv/bin/python bench/bench_dask.py --users 3000 --workers 2
+    .venv/bin/python bench/bench_dask.py --users 5200 --workers 1 2 [--staging local|s3] [--task-records 2000000]
 
-Needs the `dask` extra (prefect-dask, distributed). Starts a temporary Prefect API for the flow and
-the workers (Dask workers report task runs to it).
+The week is bench/bench_week.py's (`bench/data/week-<users>`, generated once: IPFIX as exporters
+send it). The cluster is a `distributed.LocalCluster` of worker processes on this machine; with
+`--staging s3` the landing zone stays local but staging (decoded flows, the assignment lookup,
+partial aggregates) goes to a moto S3 server on 127.0.0.1, so every task downloads what it reads
+and uploads what it writes, as on a cluster that shares nothing. Needs the `dask` and `dev` extras.
+Starts a temporary Prefect API for the flow and the workers.
 """
 
 from __future__ import annotations
@@ -13,62 +17,124 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import resource
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 WEEK = dt.date(2024, 6, 3)
-DATA = Path(__file__).parent / "data"
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def _moto() -> tuple[Any, str]:
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    return server, endpoint
+
+
+def _staged_bytes(staging: Any) -> int:
+    """Bytes under the (kept) staging folder: what the tasks wrote and read."""
+    return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--users", type=int, default=5200)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--staging", choices=["local", "s3"], default="local")
+    parser.add_argument("--task-records", type=int, default=2_000_000)
     args = parser.parse_args()
 
-    from distributed import LocalCluster
+    from bench_week import landing_zone
+    from distributed import Client, LocalCluster
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.generate import generate_to, generated_weeks
+    from flows import storage
     from flows.settings import load_settings
     from flows.weekly import weekly_report_runner
 
-    landing = DATA / f"dask-week-{args.users}"
-    if WEEK not in generated_weeks(landing):
-        generate_to(landing, WEEK, broadband_users=args.users, mobile_phones=args.users, seed=7)
-    os.environ.setdefault("TRAFFICREPORT_HMAC_KEY", "bench-only-key")
+    landing = landing_zone(args.users)
+    os.environ.setdefault("TRAFFICREPORT_HMAC_KEY", "bench-only-key-not-for-real-data")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = None
+    if args.staging == "s3":
+        server, _ = _moto()
+        import s3fs
+
+        s3fs.S3FileSystem().mkdir("bench-staging")
+    rows = []
     with prefect_test_harness(server_startup_timeout=90), tempfile.TemporaryDirectory() as scratch:
         os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # for the worker processes
-        base = load_settings(landing=landing, warehouse=Path(scratch) / "local", staging=Path(scratch) / "staging")
-        rows = []
-        started = time.monotonic()
-        local = weekly_report_runner(base)(WEEK, base)
-        rows.append(("local threads", time.monotonic() - started, local))
-        with LocalCluster(
-            n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=None
-        ) as cluster:
-            remote = base.model_copy(
-                update={
-                    "warehouse": Path(scratch) / "dask",
-                    "dask_address": cluster.scheduler_address,
-                }
+        for workers in args.workers:
+            staging = (
+                storage.storage_path(f"s3://bench-staging/w{workers}")
+                if args.staging == "s3"
+                else storage.storage_path(Path(scratch) / f"staging-{workers}")
             )
-            started = time.monotonic()
-            run = weekly_report_runner(remote)(WEEK, remote)
-            rows.append((f"dask {args.workers} workers x {args.threads} threads", time.monotonic() - started, run))
-    records = sum(int(e["records"]) for e in local["ingest"]["exporters"])
-    print(f"week {WEEK}, {args.users} broadband users, {records:,} flow records")
-    print(f"{'runner':28} {'wall s':>8} {'flows/s':>12}")
-    for name, seconds, _ in rows:
-        print(f"{name:28} {seconds:8.1f} {records / seconds:12,.0f}")
-    print(f"\n{'task':26} {'of':14} {'bytes in':>9} {'bytes out':>9}")
-    for transfer in rows[-1][2]["transfers"]:
-        print(f"{transfer['task']:26} {transfer['key']:14} {transfer['bytes_in']:9,} {transfer['bytes_out']:9,}")
-    print("\nstages (dask run):", ", ".join(f"{s['stage']} {s['seconds']} s" for s in rows[-1][2]["stages"]))
+            with LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="10GB"
+            ) as cluster:
+                settings = load_settings(
+                    landing=landing,
+                    warehouse=Path(scratch) / f"warehouse-{workers}",
+                    staging=staging,
+                    dask_address=cluster.scheduler_address,
+                    task_records=args.task_records,
+                    keep_staging=True,
+                )
+                started = time.monotonic()
+                run = weekly_report_runner(settings)(WEEK, settings)
+                wall = time.monotonic() - started
+                with Client(cluster.scheduler_address) as client:
+                    peaks = client.run(_peak_rss_mb)
+            stages = {s.stage: s.seconds for s in run.stages}
+            tasks: dict[str, int] = {}
+            for transfer in run.transfers:
+                tasks[transfer.task] = tasks.get(transfer.task, 0) + 1
+            records = sum(e.records for e in run.ingest.exporters)
+            staged = _staged_bytes(staging)
+            rows.append((workers, wall, stages, tasks, records, staged, max(peaks.values()), run))
+    if server is not None:
+        server.stop()
+
+    print(f"week {WEEK}, {args.users} broadband users and phones, {rows[0][4]:,} flow records, staging {args.staging}")
+    header = (
+        f"{'workers':>7} {'wall s':>7} {'ingest s':>8} {'attribute s':>11} {'speedup ingest':>14} "
+        f"{'speedup attr':>12} {'tasks ingest/attr':>17} {'staged MB':>9} {'worker peak MB':>14}"
+    )
+    print(header)
+    base = rows[0][2]
+    for workers, wall, stages, tasks, _, staged, peak, _ in rows:
+        print(
+            f"{workers:7d} {wall:7.1f} {stages['ingest']:8.1f} {stages['attribute']:11.1f} "
+            f"{base['ingest'] / stages['ingest']:14.2f} {base['attribute'] / stages['attribute']:12.2f} "
+            f"{tasks.get('ingest_flows_of_exporter', 0):>8}/{tasks.get('attribute_exporter', 0):<8} "
+            f"{staged / 2**20:9.0f} {peak:14.0f}"
+        )
+    print("\nstages of the last run:", ", ".join(f"{s.stage} {s.seconds:.1f} s" for s in rows[-1][7].stages))
 
 
 if __name__ == "__main__":

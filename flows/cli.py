@@ -604,12 +604,13 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def _quiet_prefect_console() -> None:
-    """Failures reach the terminal as our one line: Prefect's console copies of them (tracebacks
-    included) are dropped. Its API log handler still records them for the UI."""
+    """Failures reach the terminal as our one line: Prefect's (and Dask's) console copies of them,
+    and any record carrying a traceback, are dropped. Prefect's API log handler still records them
+    for the UI."""
     import logging
 
     def no_errors(record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
+        return record.levelno < logging.ERROR and not record.exc_info
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     for logger in loggers:
@@ -695,6 +696,11 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
                 # Prefect's logging handlers exist once prefect.main has run setup_logging (later
                 # setups are incremental: they keep the handlers, and the filter on them).
                 import prefect.main  # noqa: F401
+
+                if _settings(args).dask_address:
+                    # distributed sets up its console handler when imported: import it first, so
+                    # its chatter about a lost connection (tracebacks at INFO) is filtered too.
+                    import distributed  # noqa: F401
 
                 _quiet_prefect_console()
             code = int(args.func(args))

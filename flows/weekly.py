@@ -574,9 +574,9 @@ def _run_stages(
     ingest_args = [(settings, window, e, layout) for e in exporters]
     flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
     submitted += [assignment_future, *flow_futures]
-    ingested: list[ExporterIngestResult] = [f.result() for f in flow_futures]
+    ingested: list[ExporterIngestResult] = _results(flow_futures, settings)
     flow_info = [i.summary for i in ingested]
-    assignment_info: AccountingSummary = assignment_future.result()
+    assignment_info: AccountingSummary = _results([assignment_future], settings)[0]
     # Every ingest ended: the exporters' states become the next run's starting point.
     landing.commit_exporter_states(layout.exporter_state, settings.state_path, [i.exporter for i in flow_info])
     # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
@@ -600,7 +600,7 @@ def _run_stages(
     ]
     partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
     submitted += partial_futures
-    partials: list[AttributionPartials] = [p.result() for p in partial_futures]
+    partials: list[AttributionPartials] = _results(partial_futures, settings)
     stages.done("attribute", rows=sum(i.records for i in flow_info))
     # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
     # and results only, paths and counts, never the flows themselves.
@@ -680,6 +680,20 @@ def _run_stages(
         create_markdown_artifact(rendered_markdown, key=f"report-{week}", description=f"Report, week of {week}")
     logger.info("week %s published by run %s in %.1f s", week, run_id, run.seconds)
     return run
+
+
+def _results(futures: list[Any], settings: Settings) -> list[Any]:
+    """The tasks' results; a Dask cluster lost meanwhile (its scheduler gone, the connection cut)
+    is one RunFailed that says so, not a distributed error naming a task key."""
+    try:
+        return [future.result() for future in futures]
+    except Exception as exc:
+        if settings.dask_address and type(exc).__module__.split(".")[0] == "distributed":
+            raise RunFailed(
+                f"the Dask cluster at {settings.dask_address} was lost while the week's tasks ran "
+                f"({type(exc).__name__}); nothing was published: run the week again once the cluster is back"
+            ) from exc
+        raise
 
 
 def _render_report_or_warn(settings: Settings, run: WeekRun) -> str | None:

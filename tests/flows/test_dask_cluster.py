@@ -5,6 +5,7 @@ paths and counts cross to the workers, and a worker killed mid-run changes nothi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -24,6 +25,7 @@ import s3fs
 from flows import storage
 from flows.publish import read_manifest, read_published
 from flows.settings import Settings
+from flows.storage import local_path
 from flows.weekly import PUBLISHED_TABLES, weekly_report, weekly_report_runner
 from tests.conftest import TEST_KEY, WEEK, _settings
 
@@ -43,25 +45,26 @@ class Cluster:
     folders: list[Path]  # each worker's own working folder (its cwd and Dask local directory)
 
 
-@pytest.fixture(scope="module")
-def dask_cluster(prefect_server: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """`dask scheduler` and three `dask worker` processes (one thread each) on loopback, each in a
-    working folder of its own (no path shared with this process or another worker): they reach
-    S3, the Prefect API and the pseudonym key through their environment only."""
+@contextlib.contextmanager
+def running_cluster(
+    workers: int, root: Path, env: dict[str, str]
+) -> Iterator[tuple[Cluster, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` and `workers` `dask worker` processes (one thread each) on loopback, each
+    worker in a folder of its own under `root`; yields the cluster and its processes (scheduler first)."""
     from distributed import Client
 
-    logs = tmp_path_factory.mktemp("dask")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "TRAFFICREPORT_HMAC_KEY": TEST_KEY}
-    folders = [tmp_path_factory.mktemp(f"worker-{index}") for index in range(WORKERS)]
-    files = [(logs / "scheduler.log").open("w")] + [(f / "worker.log").open("w") for f in folders]
+    folders = [root / f"worker-{index}" for index in range(workers)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    files = [(root / "scheduler.log").open("w")] + [(f / "worker.log").open("w") for f in folders]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port)]
             + ["--dashboard-address", "127.0.0.1:0"],
             env=env,
-            cwd=logs,
+            cwd=root,
             stdout=files[0],
             stderr=subprocess.STDOUT,
         )
@@ -83,19 +86,31 @@ def dask_cluster(prefect_server: str, s3_endpoint: str, tmp_path_factory: pytest
         while True:
             try:
                 with Client(address, timeout=5) as client:
-                    if len(client.scheduler_info()["workers"]) == WORKERS:
+                    if len(client.scheduler_info()["workers"]) == workers:
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "dask cluster did not start: see " + str(logs)
+            assert time.monotonic() < deadline, "dask cluster did not start: see " + str(root)
             time.sleep(1)
-        yield Cluster(address, folders)
+        yield Cluster(address, folders), processes
     finally:
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=30)
         for file in files:
             file.close()
+
+
+def _cluster_env(prefect_server: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": prefect_server, "TRAFFICREPORT_HMAC_KEY": TEST_KEY}
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(prefect_server: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three workers, each in a working folder of its own (no path shared with this process or
+    another worker): they reach S3, the Prefect API and the pseudonym key through their environment only."""
+    with running_cluster(WORKERS, tmp_path_factory.mktemp("dask"), _cluster_env(prefect_server)) as (cluster, _):
+        yield cluster
 
 
 def _checksum(warehouse: storage.AnyPath, name: str) -> str:
@@ -202,3 +217,36 @@ def test_a_worker_killed_mid_run_changes_nothing_published(
     assert run.published
     for name in PUBLISHED_TABLES:
         assert _checksum(remote.warehouse, name) == local_run[name], name
+
+
+def test_a_lost_scheduler_fails_the_run_in_one_line_publishes_nothing_and_a_rerun_publishes(
+    prefect_server: str, small_landing: Path, tmp_path: Path, local_run: dict[str, str]
+) -> None:
+    from distributed import Client
+
+    settings = _settings(tmp_path, small_landing)
+    env = {**_cluster_env(prefect_server), "TRAFFICREPORT_TASK_RECORDS": "1"}
+    with running_cluster(1, tmp_path / "cluster", env) as (cluster, processes):
+        command = [sys.executable, "-m", "flows.cli", "weekly", "--week", str(WEEK), "--dask", cluster.address]
+        command += ["--landing", str(small_landing), "--warehouse", str(settings.warehouse)]
+        command += ["--staging", str(settings.staging)]
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with Client(cluster.address) as client:
+            deadline = time.monotonic() + 120
+            while not any(_task_name(k) == "attribute_exporter" for ks in client.processing().values() for k in ks):
+                assert run.poll() is None and time.monotonic() < deadline, "no attribution task was seen running"
+                time.sleep(0.02)
+            processes[0].kill()  # the scheduler, SIGKILL
+        _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trafficreport: "), stderr[-3000:]
+    assert f"the Dask cluster at {cluster.address} was lost" in lines[0] and "nothing was published" in lines[0]
+    assert "Traceback" not in stderr
+    # Nothing was published, and the run removed its staging folder.
+    assert not (local_path(settings.warehouse) / "_manifest.json").exists()
+    assert list(local_path(settings.staging).iterdir()) == []
+    rerun = weekly_report(WEEK, settings)
+    assert rerun.published
+    for name in PUBLISHED_TABLES:
+        assert _checksum(settings.warehouse, name) == local_run[name], name
