@@ -326,6 +326,23 @@ def attribute_exporter(
         return _attribute_parts(window, exporter, parts, service, layout, task_index, scratch)
 
 
+# The lookups this process has read, by staged path: a Dask worker reads a week's lookup once for
+# all the attribution tasks of that week it runs, not once per task (it is the biggest download).
+_lookups: dict[str, Any] = {}
+_lookups_lock = threading.Lock()
+_LOOKUPS_KEPT = 2  # weeks of a backfill running at once on this worker, typically
+
+
+def _week_lookup(layout: StageLayout, scratch: Path) -> Any:
+    key = str(layout.lookup)
+    with _lookups_lock:
+        if key not in _lookups:
+            while len(_lookups) >= _LOOKUPS_KEPT:
+                _lookups.pop(next(iter(_lookups)))
+            _lookups[key] = pickle.loads(storage.fetch(layout.lookup, scratch).read_bytes())
+        return _lookups[key]
+
+
 def _attribute_parts(
     window: WeekWindow,
     exporter: str,
@@ -335,7 +352,7 @@ def _attribute_parts(
     task_index: int,
     scratch: Path,
 ) -> AttributionPartials:
-    lookup = pickle.loads(storage.fetch(layout.lookup, scratch).read_bytes())
+    lookup = _week_lookup(layout, scratch)
     with processes.two_core_step("attribution"), attribute.keeping_freed_memory():
         local_parts = [storage.fetch(storage_path(p), scratch) for p in parts]
         totals = attribute.attribute_files(
@@ -601,6 +618,8 @@ def _run_stages(
     partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
     submitted += partial_futures
     partials: list[AttributionPartials] = _results(partial_futures, settings)
+    with _lookups_lock:
+        _lookups.pop(str(layout.lookup), None)  # held by this process only if tasks ran in it
     stages.done("attribute", rows=sum(i.records for i in flow_info))
     # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
     # and results only, paths and counts, never the flows themselves.
