@@ -6,6 +6,7 @@ paths and counts cross to the workers, and a worker killed mid-run changes nothi
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import os
 import signal
@@ -217,6 +218,65 @@ def test_a_worker_killed_mid_run_changes_nothing_published(
     assert run.published
     for name in PUBLISHED_TABLES:
         assert _checksum(remote.warehouse, name) == local_run[name], name
+
+
+def test_a_backfill_on_the_cluster_runs_weeks_at_once_and_publishes_each(
+    dask_cluster: Cluster, prefect_server: str, tmp_path: Path
+) -> None:
+    from distributed import Client, get_task_stream
+
+    from flows.generate import generate_to
+
+    # Two weeks apart: a generated week also writes the days beside it (RADIUS sessions open at its edges).
+    weeks = [WEEK + dt.timedelta(weeks=2 * n) for n in range(3)]
+    landing = tmp_path / "landing"
+    for n, week in enumerate(weeks):
+        generate_to(landing, week, year=2024, broadband_users=60, mobile_phones=60, seed=40 + n)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("dask-backfill")
+    fs.put(f"{landing}/", "dask-backfill/landing/", recursive=True)
+    last_day = weeks[-1] + dt.timedelta(days=6)
+    command = [sys.executable, "-m", "flows.cli", "backfill", "--from", str(weeks[0]), "--to", str(last_day)]
+    command += ["--dask", dask_cluster.address, "--concurrency", "2"]
+    command += ["--landing", "s3://dask-backfill/landing", "--warehouse", "s3://dask-backfill/warehouse"]
+    command += ["--staging", "s3://dask-backfill/staging"]
+    env = {**_cluster_env(prefect_server), "TRAFFICREPORT_TASK_RECORDS": "1"}
+    started = dt.datetime.now(dt.UTC)
+    with Client(dask_cluster.address) as client, get_task_stream(client) as stream:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    warehouse = storage.storage_path("s3://dask-backfill/warehouse")
+    manifest = read_manifest(warehouse)
+    assert sorted(manifest["tables"]["usage_summary"]) == [str(w) for w in weeks]
+    # Every week's ingest and attribution ran on the cluster's workers.
+    names = [_task_name(t["key"]) for t in stream.data]
+    assert names.count("ingest_flows_of_exporter") == 3 * len(weeks)
+    assert names.count("attribute_exporter") >= 4 * 3 * len(weeks)
+    # The second and third weeks ran at once (the first runs alone: it starts Prefect's API).
+    spans = _weekly_run_spans(started, weeks)
+    assert spans[weeks[1]][0] < spans[weeks[2]][1] and spans[weeks[2]][0] < spans[weeks[1]][1], spans
+    assert not [p for p in fs.find("dask-backfill/staging") if "/20" in p]  # every run removed its staging
+
+
+def _weekly_run_spans(since: dt.datetime, weeks: list[dt.date]) -> dict[dt.date, tuple[dt.datetime, dt.datetime]]:
+    """(start, end) of the completed weekly_report flow run of each week, among runs started after `since`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),  # type: ignore[arg-type]
+            limit=200,
+        )
+    spans: dict[dt.date, tuple[dt.datetime, dt.datetime]] = {}
+    for run in runs:
+        week = run.parameters.get("week")
+        if run.name and week is not None and run.start_time and run.end_time and run.state and run.state.is_completed():
+            day = dt.date.fromisoformat(str(week))
+            if day in weeks:
+                spans[day] = (run.start_time, run.end_time)
+    assert sorted(spans) == weeks, spans
+    return spans
 
 
 def test_a_lost_scheduler_fails_the_run_in_one_line_publishes_nothing_and_a_rerun_publishes(
