@@ -146,7 +146,7 @@ def save_exporter_state(state_dir: AnyPath, exporter: str, state: ExporterState)
         return
     path = storage.local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = storage.scratch_name(path)  # unique: two weeks of a backfill may commit one exporter at once
     tmp.write_text(state.to_json())
     tmp.replace(path)
 

@@ -123,7 +123,11 @@ def _run_month(month: str, settings: Settings, force: bool) -> MonthRun:
     )
     # No staging folder: a month's counters are read and published in one step.
     layout = StageLayout.of_run(
-        settings.staging / run_id, settings.quarantine_path, "month", month, local_root=Path(tempfile.gettempdir())
+        settings.staging / run_id,
+        settings.quarantine_path,
+        "month",
+        month,
+        local_root=Path(tempfile.gettempdir()) / f"trafficreport-{run_id}",  # unused: a month has no audit docs
     )
     storage.write_parquet(layout.quarantine("counters.problems.parquet"), problems)
     storage.write_parquet(layout.quarantine("counters.unknown_interfaces.parquet"), unknown)

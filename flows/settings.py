@@ -21,6 +21,7 @@ An empty variable counts as unset.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import secrets
@@ -229,7 +230,9 @@ class Settings(BaseSettings):
         Prefect server's concurrency limit)."""
         if storage.is_local(self.state_path):
             return storage.local_path(self.state_path) / "locks"
-        return Path(tempfile.gettempdir()) / "trafficreport-locks"
+        # One folder per state location: deployments with other stores do not share locks.
+        digest = hashlib.sha256(str(self.state_path).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"trafficreport-locks-{digest}"
 
     @property
     def quarantine_path(self) -> AnyPath:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import fcntl
+import os
 import re
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flows import storage
 from flows.storage import AnyPath
@@ -70,19 +72,38 @@ def remove_stale_runs(staging: AnyPath) -> list[str]:
 def _remove_stale_remote_runs(staging: AnyPath) -> list[str]:
     removed = []
     folders = storage.entries(staging) if staging.exists() else []
+    now = None
     for folder in folders:
         if not RUN_ID.match(folder.name) or (folder / KEPT).exists():
             continue
-        heartbeat = folder / RUNNING
+        if now is None:
+            now = _store_now(staging)
         try:
-            beat = float(heartbeat.read_text())
-        except (FileNotFoundError, ValueError):
+            beat = _modified(folder / RUNNING)
+        except FileNotFoundError:
             # Between its first file and its heartbeat, or an older version's: judged by the run id's time.
             beat = calendar.timegm(time.strptime(folder.name[:16], "%Y%m%dT%H%M%SZ"))
-        if time.time() - beat > STALE_SECONDS:
+        if now - beat > STALE_SECONDS:
             storage.remove_tree(folder)
             removed.append(folder.name)
     return removed
+
+
+def _modified(path: AnyPath) -> float:
+    """When the store last wrote `path`, by the store's clock (S3 LastModified)."""
+    info = path.fs.info(path.path)  # type: ignore[union-attr]
+    moment = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if moment is None:
+        raise FileNotFoundError(path)
+    return moment.timestamp() if hasattr(moment, "timestamp") else float(moment)
+
+
+def _store_now(staging: AnyPath) -> float:
+    """The store's time now: the modification time of a marker written for that. Heartbeats are
+    compared with it, never with this machine's clock, which may be off from the writer's."""
+    marker = staging / ".clock"
+    storage.write_bytes(marker, b"")
+    return _modified(marker)
 
 
 @dataclass
@@ -137,10 +158,43 @@ def _remote_run_folder(folder: AnyPath, keep: bool) -> Iterator[AnyPath]:
             storage.remove_tree(folder)
 
 
+_SCRATCH_ROOT = Path(tempfile.gettempdir()) / "trafficreport-scratch"
+_process_scratch: Path | None = None
+_process_scratch_lock = threading.Lock()
+_process_scratch_handle: Any = None
+
+
+def _scratch_of_this_process() -> Path:
+    """`<tmp>/trafficreport-scratch/<pid>-<random>`, locked (`flock`) for this process's life. Made
+    once per process, after removing the folders of processes that died without cleaning up (a
+    Dask worker killed mid-task leaves its downloads behind otherwise)."""
+    global _process_scratch, _process_scratch_handle
+    with _process_scratch_lock:
+        if _process_scratch is not None and _process_scratch.is_dir():
+            return _process_scratch
+        _SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
+        for folder in _SCRATCH_ROOT.iterdir():
+            lock = folder / RUNNING
+            if not folder.is_dir() or not lock.exists():
+                continue
+            with open(lock, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive
+                shutil.rmtree(folder, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_SCRATCH_ROOT))
+        handle = open(folder / RUNNING, "a")  # noqa: SIM115 - held for the process's life
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _process_scratch, _process_scratch_handle = folder, handle
+        return folder
+
+
 @contextlib.contextmanager
 def task_scratch() -> Iterator[Path]:
-    """A local folder for one task's downloads and outputs before upload, removed when it ends."""
-    with tempfile.TemporaryDirectory(prefix="trafficreport-task-") as folder:
+    """A local folder for one task's downloads and outputs before upload, removed when it ends
+    (and by a later process if this one is killed)."""
+    with tempfile.TemporaryDirectory(prefix="task-", dir=_scratch_of_this_process()) as folder:
         yield Path(folder)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import importlib
 import os
 import pickle
@@ -296,17 +297,23 @@ def _day_starts(window: WeekWindow) -> list[int]:
 
 
 @task(cache_policy=NO_CACHE)
-def build_attribution_lookup(settings: Settings, window: WeekWindow, layout: StageLayout) -> int:
-    """The week's assignment lookup (flows.attribute), built once and staged for every attribution
-    task to read (never sent with a task); returns its size in bytes."""
+def build_attribution_lookup(settings: Settings, window: WeekWindow, layout: StageLayout) -> tuple[str, int]:
+    """The week's assignment lookup (flows.attribute), built once for every attribution task. On a
+    Dask cluster it is staged (never sent with a task) and its SHA-256 and size are returned: each
+    task checks the file it reads against that digest before unpickling it, so a file changed in
+    shared storage is refused, not run. Locally it stays in this process's memory ("", 0)."""
     assignments = storage.read_parquet(layout.assignments).filter(pl.col("known"))
     day_starts = _day_starts(window)
     with processes.two_core_step("attribution"), processes.thread_mapper(2) as mapper:
         lookup = attribution.build_lookup(assignments, day_starts[0] - 2 * 86_400, day_starts, mapper=mapper)
+    if not settings.dask_address:
+        with _lookups_lock:
+            _built_lookups[str(layout.lookup)] = lookup
+        return "", 0
     # Pickle: the lookup is numpy arrays and one small frame, read back only by this run's tasks.
     data = pickle.dumps(lookup, protocol=pickle.HIGHEST_PROTOCOL)
     storage.write_bytes(layout.lookup, data)
-    return len(data)
+    return hashlib.sha256(data).hexdigest(), len(data)
 
 
 @task(cache_policy=NO_CACHE)
@@ -318,14 +325,18 @@ def attribute_exporter(
     service: str,
     layout: StageLayout,
     task_index: int = 0,
+    lookup_digest: str = "",
 ) -> AttributionPartials:
     """User-day, port and hourly partial aggregates of some of one exporter's staged parts,
     attributed chunk by chunk on two threads (flows.attribute), so memory stays bounded whatever
     the week's size. A retry writes the same partials under the same names."""
     with task_scratch() as scratch:
-        return _attribute_parts(window, exporter, parts, service, layout, task_index, scratch)
+        lookup = _week_lookup(layout, lookup_digest, scratch)
+        return _attribute_parts(window, exporter, parts, service, layout, task_index, lookup, scratch)
 
 
+# Lookups built by this process for its own tasks (local runs), until their run's attribution ends.
+_built_lookups: dict[str, Any] = {}
 # The lookups this process has read, by staged path: a Dask worker reads a week's lookup once for
 # all the attribution tasks of that week it runs, not once per task (it is the biggest download).
 _lookups: dict[str, Any] = {}
@@ -333,13 +344,20 @@ _lookups_lock = threading.Lock()
 _LOOKUPS_KEPT = 2  # weeks of a backfill running at once on this worker, typically
 
 
-def _week_lookup(layout: StageLayout, scratch: Path) -> Any:
+def _week_lookup(layout: StageLayout, digest: str, scratch: Path) -> Any:
     key = str(layout.lookup)
-    with _lookups_lock:
+    with _lookups_lock:  # held while loading: two tasks of one week wait for one download
+        if key in _built_lookups:
+            return _built_lookups[key]
         if key not in _lookups:
             while len(_lookups) >= _LOOKUPS_KEPT:
                 _lookups.pop(next(iter(_lookups)))
-            _lookups[key] = pickle.loads(storage.fetch(layout.lookup, scratch).read_bytes())
+            local = storage.fetch(layout.lookup, scratch)
+            with local.open("rb") as file:
+                if hashlib.file_digest(file, "sha256").hexdigest() != digest:
+                    raise RunFailed(f"{layout.lookup}: not the assignment lookup this run staged (its SHA-256 differs)")
+                file.seek(0)
+                _lookups[key] = pickle.load(file)  # noqa: S301 - checked against the digest the flow sent
         return _lookups[key]
 
 
@@ -350,11 +368,12 @@ def _attribute_parts(
     service: str,
     layout: StageLayout,
     task_index: int,
+    lookup: Any,
     scratch: Path,
 ) -> AttributionPartials:
-    lookup = _week_lookup(layout, scratch)
+    # Downloads (when staging is remote) before taking two cores: another task computes meanwhile.
+    local_parts = [storage.fetch(storage_path(p), scratch) for p in parts]
     with processes.two_core_step("attribution"), attribute.keeping_freed_memory():
-        local_parts = [storage.fetch(storage_path(p), scratch) for p in parts]
         totals = attribute.attribute_files(
             local_parts,
             lookup,
@@ -607,19 +626,23 @@ def _run_stages(
     )
 
     interrupts.check("attribution")
-    lookup_bytes = build_attribution_lookup(settings, window, layout)
-    logger.info("run=%s week=%s assignment lookup staged: %d bytes", run_id, week, lookup_bytes)
-    task_records = settings.task_records if settings.dask_address else None
-    attribute_args = [
-        (settings, window, i.exporter, group, i.service, layout, index)
-        for i in flow_info
-        for index, group in enumerate(attribute.group_parts(list(i.parts), list(i.part_records), task_records))
-    ]
-    partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
-    submitted += partial_futures
-    partials: list[AttributionPartials] = _results(partial_futures, settings)
-    with _lookups_lock:
-        _lookups.pop(str(layout.lookup), None)  # held by this process only if tasks ran in it
+    try:
+        lookup_digest, lookup_bytes = build_attribution_lookup(settings, window, layout)
+        if lookup_bytes:
+            logger.info("run=%s week=%s assignment lookup staged: %d bytes", run_id, week, lookup_bytes)
+        task_records = settings.task_records if settings.dask_address else None
+        attribute_args = [
+            (settings, window, i.exporter, group, i.service, layout, index, lookup_digest)
+            for i in flow_info
+            for index, group in enumerate(attribute.group_parts(list(i.parts), list(i.part_records), task_records))
+        ]
+        partial_futures = [attribute_exporter.submit(*args) for args in attribute_args]
+        submitted += partial_futures
+        partials: list[AttributionPartials] = _results(partial_futures, settings)
+    finally:
+        with _lookups_lock:  # held by this process only if it built the lookup or its tasks ran here
+            _built_lookups.pop(str(layout.lookup), None)
+            _lookups.pop(str(layout.lookup), None)
     stages.done("attribute", rows=sum(i.records for i in flow_info))
     # What crossed between the flow and its tasks (to Dask workers, when configured): arguments
     # and results only, paths and counts, never the flows themselves.
@@ -701,16 +724,30 @@ def _run_stages(
     return run
 
 
+# distributed's errors for a cluster that went away under the run (by name: distributed is an
+# optional dependency): the scheduler lost, the client's connection cut.
+_CLUSTER_LOST = ("FutureCancelledError", "CommClosedError", "CancelledError", "TimeoutError")
+
+
 def _results(futures: list[Any], settings: Settings) -> list[Any]:
-    """The tasks' results; a Dask cluster lost meanwhile (its scheduler gone, the connection cut)
+    """The tasks' results; a Dask cluster lost meanwhile, or a task that kept killing its workers,
     is one RunFailed that says so, not a distributed error naming a task key."""
     try:
         return [future.result() for future in futures]
     except Exception as exc:
-        if settings.dask_address and type(exc).__module__.split(".")[0] == "distributed":
+        if not settings.dask_address or type(exc).__module__.split(".")[0] not in ("distributed", "asyncio"):
+            raise
+        name = type(exc).__name__
+        if name == "KilledWorker":
+            raise RunFailed(
+                f"a task of the week died with the Dask worker running it, on every worker that tried it "
+                f"({one_line(exc)}); workers may be running out of memory (see deploy/README.md, sizing); "
+                "nothing was published"
+            ) from exc
+        if name in _CLUSTER_LOST:
             raise RunFailed(
                 f"the Dask cluster at {settings.dask_address} was lost while the week's tasks ran "
-                f"({type(exc).__name__}); nothing was published: run the week again once the cluster is back"
+                f"({name}); nothing was published: run the week again once the cluster is back"
             ) from exc
         raise
 

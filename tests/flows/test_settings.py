@@ -134,7 +134,8 @@ def test_staging_in_object_storage_takes_state_and_quarantine_with_it_but_locks_
     assert str(settings.staging) == "s3://bucket/runs/staging"
     assert str(settings.state_path) == "s3://bucket/runs/state"
     assert str(settings.quarantine_path) == "s3://bucket/runs/quarantine"
-    assert storage.is_local(settings.lock_dir) and settings.lock_dir.name == "trafficreport-locks"
+    assert storage.is_local(settings.lock_dir) and settings.lock_dir.name.startswith("trafficreport-locks-")
+    assert load_settings(staging="s3://other/staging").lock_dir != settings.lock_dir
 
 
 # The text of each setting in the environment and the value it means; every setting is here.
