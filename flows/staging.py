@@ -13,6 +13,7 @@ whose heartbeat is older than STALE_SECONDS (a killed run's, at the latest that 
 
 from __future__ import annotations
 
+import atexit
 import calendar
 import contextlib
 import fcntl
@@ -187,7 +188,14 @@ def _scratch_of_this_process() -> Path:
         handle = open(folder / RUNNING, "a")  # noqa: SIM115 - held for the process's life
         fcntl.flock(handle, fcntl.LOCK_EX)
         _process_scratch, _process_scratch_handle = folder, handle
+        atexit.register(_remove_scratch_of_this_process, folder, handle)
         return folder
+
+
+def _remove_scratch_of_this_process(folder: Path, handle: Any) -> None:
+    if os.getpid() == int(folder.name.split("-")[0]):  # not in a forked child that inherited it
+        shutil.rmtree(folder, ignore_errors=True)
+    handle.close()
 
 
 @contextlib.contextmanager
