@@ -455,27 +455,36 @@ def cmd_fit_calibration(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trafficreport", description=__doc__)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML settings file")
-    common.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
-    common.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
-    common.add_argument(
+    # Where the data is: every command that reads settings takes these.
+    places = argparse.ArgumentParser(add_help=False)
+    places.add_argument("--config", type=Path, help="TOML settings file")
+    places.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
+    places.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
+    # Where runs work (and hold their locks): commands that run flows or look at running ones.
+    staging_flag = argparse.ArgumentParser(add_help=False)
+    staging_flag.add_argument(
         "--staging", help="staging area: folder or s3:// URL, shared by Dask workers (default data/staging)"
     )
-    common.add_argument(
+    # Commands that run the weekly flow.
+    dask_flag = argparse.ArgumentParser(add_help=False)
+    dask_flag.add_argument(
         "--dask",
         metavar="tcp://HOST:8786",
         help="run the week's ingest and attribution tasks on this Dask scheduler's workers",
     )
+    running = [places, staging_flag, dask_flag]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate", help="write a synthetic week to a landing zone")
+    def command(name: str, text: str, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", parents=parents or [])
+
+    p = command("generate", "write a synthetic week to a landing zone")
     p.add_argument("--week", type=_date, required=True, help="Monday of the week, e.g. 2024-06-03")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="landing zone to write into")
     p.add_argument("--year", type=int, help="reference year to calibrate to (default: the week's)")
     p.add_argument("--users", type=int, default=3000, help="broadband users (subscription x access)")
     p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed: the same seed writes the same week")
     p.add_argument(
         "--message-size",
         type=int,
@@ -485,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("weekly", parents=[common], help="run the weekly report flow for one week")
-    p.add_argument("--week", type=_date, required=True)
+    p = command("weekly", "run the weekly report flow for one week", running)
+    p.add_argument("--week", type=_date, required=True, help="Monday of the week, e.g. 2024-06-03")
     p.add_argument("--skip-published", action="store_true", help="do nothing if the week is published")
     p.add_argument(
         "--accept-failed-audit",
@@ -495,82 +504,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_weekly)
 
-    p = sub.add_parser("backfill", parents=[common], help="run every week and counter month in a range")
+    p = command("backfill", "run every week and counter month in a range", running)
     p.add_argument("--from", dest="start", required=True, help="YYYY, YYYY-MM or YYYY-MM-DD (its first day)")
     p.add_argument("--to", dest="end", required=True, help="YYYY, YYYY-MM or YYYY-MM-DD (its last day)")
     p.add_argument("--force", action="store_true", help="re-run published weeks and months too")
     p.add_argument("--concurrency", type=int, default=2, help="weeks or months run at once (default 2)")
     p.set_defaults(func=cmd_backfill)
 
-    p = sub.add_parser("demo", parents=[common], help="generate the 2024-06-03 week and run it end to end")
-    p.add_argument("--users", type=int, default=3000)
-    p.add_argument("--phones", type=int, default=3000)
+    p = command("demo", "generate the 2024-06-03 week and run it end to end", running)
+    p.add_argument("--users", type=int, default=3000, help="broadband users to generate (default 3000)")
+    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers to generate (default 3000)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("monthly", parents=[common], help="publish one month of interface counters (Figure 1)")
+    p = command("monthly", "publish one month of interface counters (Figure 1)", [places, staging_flag])
     p.add_argument("--month", required=True, help="YYYY-MM")
     p.set_defaults(func=cmd_monthly)
 
-    p = sub.add_parser("generate-counters", help="write synthetic interface counter polls for a range of months")
+    p = command("generate-counters", "write synthetic interface counter polls for a range of months")
     p.add_argument("--from", dest="start", required=True, help="first month, YYYY-MM (2019-01 or later)")
     p.add_argument("--to", dest="end", required=True, help="last month, YYYY-MM (2024-12 or earlier)")
     p.add_argument("--out", type=Path, required=True, help="landing zone")
-    p.add_argument("--timezone", default="Asia/Tokyo")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--timezone", default="Asia/Tokyo", help="the routers' local time zone (default Asia/Tokyo)")
+    p.add_argument("--seed", type=int, default=1, help="random seed: the same seed writes the same polls")
     p.set_defaults(func=cmd_generate_counters)
 
-    p = sub.add_parser(
-        "lookback-demo", parents=[common], help="generate 2019-2024's analysed weeks and counters, backfill, report"
-    )
-    p.add_argument("--users", type=int, default=3000)
-    p.add_argument("--phones", type=int, default=3000)
-    p.add_argument("--concurrency", type=int, default=2)
+    p = command("lookback-demo", "generate 2019-2024's analysed weeks and counters, backfill, report", running)
+    p.add_argument("--users", type=int, default=3000, help="broadband users per generated week (default 3000)")
+    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers per generated week (default 3000)")
+    p.add_argument("--concurrency", type=int, default=2, help="weeks or months run at once (default 2)")
     p.set_defaults(func=cmd_lookback_demo)
 
-    p = sub.add_parser(
-        "serve", parents=[common], help="serve the scheduled deployments (needs PREFECT_API_URL of a Prefect server)"
-    )
+    p = command("serve", "serve the scheduled deployments (needs PREFECT_API_URL of a Prefect server)", running)
     p.add_argument("--feed-retries", type=int, default=12, help="times a late feed is waited for (default 12)")
     p.add_argument("--feed-retry-delay", type=float, default=3600.0, help="seconds between (default 3600)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("status", parents=[common], help="published weeks and months, their audit and run")
+    p = command("status", "published weeks and months, their audit and run", [places, staging_flag])
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("config", parents=[common], help="every setting, its value and where it came from")
+    p = command("config", "every setting, its value and where it came from", running)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser(
-        "release", parents=[common], help="free the Prefect concurrency slot of a week or month whose run is gone"
+    p = command(
+        "release", "free the Prefect concurrency slot of a week or month whose run is gone", [places, staging_flag]
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--week", type=_date, help="Monday of the week")
     which.add_argument("--month", help="YYYY-MM")
     p.set_defaults(func=cmd_release)
 
-    p = sub.add_parser("check-calibration", parents=[common], help="target vs ground truth vs published")
+    p = command("check-calibration", "target vs ground truth vs published", [places])
     p.add_argument("--week", type=_date, help="a generated week (default: the latest in the landing zone)")
     p.set_defaults(func=cmd_check_calibration)
 
-    p = sub.add_parser("query", parents=[common], help="run SQL against catalog.duckdb (read-only)")
+    p = command("query", "run SQL against catalog.duckdb (read-only)", [places])
     p.add_argument("sql", nargs="?", help="SQL text (or use --file)")
     p.add_argument("--file", type=Path, help="a .sql file, e.g. sql/examples/top_ports.sql")
     p.add_argument("--param", action="append", default=[], help="bound parameter name=value ($name in the SQL)")
-    p.add_argument("--max-rows", type=int, default=40)
+    p.add_argument("--max-rows", type=int, default=40, help="rows printed at most (default 40)")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("report", parents=[common], help="render the HTML / markdown report of a published week")
-    p.add_argument("--week", type=_date, required=True)
+    p = command("report", "render the HTML / markdown report of a published week", [places])
+    p.add_argument("--week", type=_date, required=True, help="Monday of the published week, e.g. 2024-06-03")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("shell", parents=[common], help="read-only SQL prompt on catalog.duckdb")
-    p.add_argument("--max-rows", type=int, default=40)
+    p = command("shell", "read-only SQL prompt on catalog.duckdb", [places])
+    p.add_argument("--max-rows", type=int, default=40, help="rows printed at most (default 40)")
     p.set_defaults(func=cmd_shell)
 
-    p = sub.add_parser("rebuild-catalog", parents=[common], help="rebuild catalog.duckdb from the current manifest")
+    p = command("rebuild-catalog", "rebuild catalog.duckdb from the current manifest", [places])
     p.set_defaults(func=cmd_rebuild_catalog)
 
-    p = sub.add_parser("fit-calibration", help="refit the generator's mixtures to the reference tables")
+    p = command("fit-calibration", "refit the generator's mixtures to the reference tables")
     p.add_argument(
         "--out",
         type=Path,
