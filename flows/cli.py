@@ -391,37 +391,19 @@ def _parameter(text: str) -> tuple[str, int | float | str]:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    """A read-only SQL prompt on the catalog: statements end with ';', an empty line or EOF quits."""
-    import duckdb
-    import polars as pl
-
-    from flows.publish import built_from, catalog_lag, query_frame, query_refused, read_manifest_versioned
+    """A read-only SQL prompt on the catalog (flows.shell): readline editing and history, .tables,
+    .schema T, .help; Ctrl-C drops the line, Ctrl-D quits."""
+    from flows.publish import built_from, catalog_lag, read_manifest_versioned
+    from flows.shell import run_shell
 
     warehouse = _settings(args).warehouse
     con = _open_catalog(warehouse)
-    tables = [r[0] for r in con.execute("select table_name from information_schema.tables order by 1").fetchall()]
-    print("read-only catalog; tables and views:", ", ".join(tables))
-    lag = catalog_lag(built_from(con), read_manifest_versioned(warehouse)[1])
-    if lag:
-        print(f"note: {lag}", file=sys.stderr)
-    buffer: list[str] = []
     try:
-        while True:
-            try:
-                line = input("trafficreport> " if not buffer else "          ...> ")
-            except EOFError:
-                break
-            if not line.strip() and not buffer:
-                break
-            buffer.append(line)
-            if line.rstrip().endswith(";"):
-                statement = "\n".join(buffer).strip().rstrip(";")
-                buffer = []
-                try:
-                    with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
-                        print(query_frame(con, statement))
-                except duckdb.Error as exc:
-                    print(query_refused(exc))
+        print(f"read-only catalog of {warehouse}: .tables lists the tables, .help the commands, Ctrl-D quits")
+        lag = catalog_lag(built_from(con), read_manifest_versioned(warehouse)[1])
+        if lag:
+            print(f"note: {lag}", file=sys.stderr)
+        run_shell(con, args.max_rows)
     finally:
         con.close()
     return 0
