@@ -4,11 +4,9 @@ what is missing) and what has nothing landed; one result per week or month, with
 
 from __future__ import annotations
 
-import calendar
 import contextvars
 import datetime as dt
 import functools
-import re
 import signal
 import threading
 import time
@@ -24,22 +22,6 @@ from flows import landing, monthly, publish, report
 from flows.flow_files import flow_files_of_days
 from flows.settings import Settings, load_settings
 from transforms.run_records import MonthRun, PeriodOutcome, WeekRun
-
-PERIOD = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
-
-
-def parse_period(text: str, last: bool = False) -> dt.date:
-    """A year, month or day ("2019", "2019-06", "2019-06-03") as its first day, or its last with `last`."""
-    match = PERIOD.match(text.strip())
-    if not match:
-        raise ValueError(f"expected YYYY, YYYY-MM or YYYY-MM-DD, got {text!r}")
-    year = int(match[1])
-    if match[3]:
-        return dt.date(year, int(match[2]), int(match[3]))
-    if match[2]:
-        month = int(match[2])
-        return dt.date(year, month, calendar.monthrange(year, month)[1] if last else 1)
-    return dt.date(year, 12, 31) if last else dt.date(year, 1, 1)
 
 
 def weeks_in(start: dt.date, end: dt.date) -> list[dt.date]:

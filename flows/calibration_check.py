@@ -22,6 +22,34 @@ from transforms.tables import ports, stats
 
 STAT_NAMES = ("mean_mb", "median_mb", "mode_mb", "top1_share", "top10_share")
 
+# The tolerances, the checks below and the lines that explain them in the output: `gen` compares the
+# generator's ground truth with the reference row (target), `pub` the published figure with the truth.
+GEN_RELATIVE = 0.05  # mean and median, truth vs target
+PUB_RELATIVE = {"mean_mb": 0.02, "median_mb": 0.05}  # published vs truth
+GEN_SHARE_POINTS, PUB_SHARE_POINTS = 3.0, 2.0  # top 1% / 10% shares, percentage points
+MODE_BINS = 1  # modes: within this many 0.05-decade bins
+GEN_PORT_POINTS, PUB_PORT_POINTS = 0.5, 0.3  # port shares, percentage points
+HEAVY_OUT_BYTES, HEAVY_ERROR, HEAVY_SHARE = 1e9, 0.10, 0.95  # heavy users: this share within this error
+
+
+def usage_within(statistic: str, reference: float, value: float, published: bool) -> bool:
+    """Whether `value` is within the tolerance of `statistic` around `reference`: the published
+    figure around the truth (`published`), else the truth around the target."""
+    if statistic == "mode_mb":
+        return abs(mode_bin_of(value) - mode_bin_of(reference)) <= MODE_BINS
+    if statistic.endswith("share"):
+        return abs(value - reference) * 100 <= (PUB_SHARE_POINTS if published else GEN_SHARE_POINTS)
+    return abs(value / reference - 1) <= (PUB_RELATIVE[statistic] if published else GEN_RELATIVE)
+
+
+def within_tolerance(usage_rows: pl.DataFrame, port_rows: pl.DataFrame, accuracy: dict[str, float]) -> bool:
+    """True when every row's gen and pub are within tolerance and enough heavy users are estimated well."""
+    checks = ("truth_vs_target_ok", "published_vs_truth_ok")
+    return bool(
+        all(usage_rows[c].all() and port_rows[c].all() for c in checks)
+        and accuracy["heavy_within_10pct"] >= HEAVY_SHARE
+    )
+
 
 def truth_user_week(truth_dir: AnyPath) -> pl.DataFrame:
     """Ground truth per user: service, service_group, user_id, customer_type, in/out bytes per day."""
@@ -86,14 +114,7 @@ def calibration_report(
             pub = summary.filter((pl.col("service") == service) & (pl.col("direction") == direction)).row(0, named=True)
             for name in STAT_NAMES:
                 t, g, p = target[name], true_stats[name], float(pub[name])
-                if name == "mode_mb":
-                    gen_ok = abs(mode_bin_of(g) - mode_bin_of(t)) <= 1
-                    pub_ok = abs(mode_bin_of(p) - mode_bin_of(g)) <= 1
-                elif name.endswith("share"):
-                    gen_ok, pub_ok = abs(g - t) <= 0.03, abs(p - g) <= 0.02
-                else:
-                    gen_ok = abs(g / t - 1) <= 0.05
-                    pub_ok = abs(p / g - 1) <= (0.02 if name == "mean_mb" else 0.05)
+                gen_ok, pub_ok = usage_within(name, t, g, published=False), usage_within(name, g, p, published=True)
                 rows.append(
                     {
                         "service": service,
@@ -129,8 +150,8 @@ def calibration_report(
                     "target": t,
                     "truth": g,
                     "published": p,
-                    "truth_vs_target_ok": abs(g - t) <= 0.5,
-                    "published_vs_truth_ok": abs(p - g) <= 0.3,
+                    "truth_vs_target_ok": abs(g - t) <= GEN_PORT_POINTS,
+                    "published_vs_truth_ok": abs(p - g) <= PUB_PORT_POINTS,
                 }
             )
     port_table = pl.DataFrame(port_rows)
@@ -138,7 +159,7 @@ def calibration_report(
     heavy = truth.filter(
         (pl.col("service_group") == "broadband")
         & (pl.col("customer_type") == "personal")
-        & (pl.col("out_bytes_per_day") >= 1e9)
+        & (pl.col("out_bytes_per_day") >= HEAVY_OUT_BYTES)
     )
     identities = heavy.select(
         pl.concat_str(
@@ -153,15 +174,20 @@ def calibration_report(
     error = (heavy["published_out"].fill_null(0).to_numpy() / heavy["out_bytes_per_day"].to_numpy()) - 1
     accuracy = {
         "heavy_users": float(heavy.height),
-        "heavy_within_10pct": float(np.mean(np.abs(error) <= 0.10)) if heavy.height else float("nan"),
+        "heavy_within_10pct": float(np.mean(np.abs(error) <= HEAVY_ERROR)) if heavy.height else float("nan"),
         "heavy_median_abs_error": float(np.median(np.abs(error))) if heavy.height else float("nan"),
     }
     return usage_rows, port_table, accuracy
 
 
 def format_report(usage_rows: pl.DataFrame, port_rows: pl.DataFrame, accuracy: dict[str, float]) -> str:
-    """Plain-text tables of calibration_report."""
+    """Plain-text tables of calibration_report, with what their columns mean and the tolerances."""
     lines = [
+        "target: the reference report's row for the week's year; truth: the generator's ground truth",
+        "(_truth/ in the landing zone); published: the warehouse's figure for the week.",
+        "gen: truth vs target (does the generator reproduce the reference?); pub: published vs truth",
+        "(does the pipeline measure what was generated?): ok within the tolerances below, BAD outside.",
+        "",
         "Daily usage (MB/day; shares in %), personal users",
         f"{'service':10} {'dir':3} {'statistic':12} {'target':>10} {'truth':>10} {'published':>10}  gen pub",
     ]
@@ -188,5 +214,21 @@ def format_report(usage_rows: pl.DataFrame, port_rows: pl.DataFrame, accuracy: d
         f"Broadband personal users with true OUT >= 1 GB/day: {accuracy['heavy_users']:.0f}; "
         f"estimated within 10%: {100 * accuracy['heavy_within_10pct']:.1f}% "
         f"(median abs error {100 * accuracy['heavy_median_abs_error']:.2f}%)",
+        "",
+        *tolerance_lines(),
     ]
     return "\n".join(lines)
+
+
+def tolerance_lines() -> list[str]:
+    """The tolerances behind each gen / pub verdict, as the output's footer states them."""
+    pub_mean, pub_median = (100 * PUB_RELATIVE[s] for s in ("mean_mb", "median_mb"))
+    return [
+        "Tolerances (gen: truth vs target; pub: published vs truth):",
+        f"  mean, median        gen within {100 * GEN_RELATIVE:.0f}%; "
+        f"pub within {pub_mean:.0f}% (mean), {pub_median:.0f}% (median)",
+        f"  mode                within {MODE_BINS} bin of 0.05 decade (x{10**0.05:.3f}) for gen and pub",
+        f"  top 1% / 10% share  gen within {GEN_SHARE_POINTS:.0f} points; pub within {PUB_SHARE_POINTS:.0f} points",
+        f"  port shares         gen within {GEN_PORT_POINTS} points; pub within {PUB_PORT_POINTS} points",
+        f"  heavy users         at least {100 * HEAVY_SHARE:.0f}% estimated within {100 * HEAVY_ERROR:.0f}%",
+    ]

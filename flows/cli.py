@@ -10,13 +10,29 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from flows.publish import Manifest
 
 DEMO_WEEK = dt.date(2024, 6, 3)
 
 
 def _date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Arguments given wrongly end like every other mistake: one line on stderr, exit 2 (`--help`
+    shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"trafficreport: {where}{message} (`{self.prog} --help` shows the usage)\n")
 
 
 def _open_catalog(warehouse: Any) -> Any:
@@ -116,10 +132,11 @@ def cmd_weekly(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.backfill import format_summary, parse_period, run_backfill
+    from flows.backfill import format_summary, run_backfill
+    from flows.preflight import check_period_range
     from transforms.run_records import PeriodOutcome
 
-    start, end = parse_period(args.start), parse_period(args.end, last=True)
+    start, end = check_period_range(args.start, args.end)
     counts = {"published": 0, "skipped": 0, "failed": 0}
     with Progress(
         TextColumn("backfill {task.description}"),
@@ -301,51 +318,69 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _period_date(period: str) -> dt.date:
+    """A published period's first day: a week's Monday ("YYYY-MM-DD") or a month's first ("YYYY-MM")."""
+    return dt.date.fromisoformat(period if len(period) == 10 else f"{period}-01")
+
+
+def format_published(manifest: Manifest) -> list[str]:
+    """`status`'s lists: published weeks, then published months, each by date, with audit and run."""
+    periods: dict[str, str] = {}
+    for parts in manifest["tables"].values():
+        for period, entry in parts.items():
+            periods[period] = str(entry["run_id"])
+    lines: list[str] = []
+    for kind, width in (("week", 10), ("month", 7)):
+        mine = sorted((p for p in periods if len(p) == width), key=_period_date)
+        if not mine:
+            continue
+        lines += [""] if lines else []
+        lines += [
+            f"published {kind}s: {len(mine)}, {mine[0]} .. {mine[-1]}",
+            f"  {kind:10}  {'audit':24}  {'published at':25}  {'tables':>6}  {'older runs':>10}  run",
+        ]
+        for period in mine:
+            run_id = periods[period]
+            record = manifest["runs"].get(run_id, {})
+            audit = (
+                "passed"
+                if record.get("audit_passed")
+                else f"FAILED, accepted ({len(record.get('failed_checks', []))})"
+                if record.get("accepted_failed_audit")
+                else "?"
+            )
+            tables = sum(1 for parts in manifest["tables"].values() if period in parts)
+            kept = len(manifest["retained"].get(period, []))
+            published_at = record.get("published_at", "?")
+            lines.append(f"  {period:10}  {audit:24}  {published_at:25}  {tables:>6}  {kept:>10}  {run_id}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from flows.publish import describe_catalog, read_manifest_versioned
 
     settings = _settings(args)
     _print_held_locks(settings)
     manifest, manifest_version = read_manifest_versioned(settings.warehouse)
-    periods: dict[str, str] = {}
-    for parts in manifest["tables"].values():
-        for period, entry in parts.items():
-            periods[period] = str(entry["run_id"])
-    if not periods:
+    lines = format_published(manifest)
+    if not lines:
         print(f"{settings.warehouse}: nothing published")
         return 0
-    print(f"{'week / month':12}  {'audit':24}  {'published at':25}  {'tables':>6}  {'older runs':>10}  run")
-    for period, run_id in sorted(periods.items()):
-        record = manifest["runs"].get(run_id, {})
-        audit = (
-            "passed"
-            if record.get("audit_passed")
-            else f"FAILED, accepted ({len(record.get('failed_checks', []))})"
-            if record.get("accepted_failed_audit")
-            else "?"
-        )
-        tables = sum(1 for parts in manifest["tables"].values() if period in parts)
-        kept = len(manifest["retained"].get(period, []))
-        print(f"{period:12}  {audit:24}  {record.get('published_at', '?'):25}  {tables:>6}  {kept:>10}  {run_id}")
+    print("\n".join(lines))
+    print()
     print(describe_catalog(settings.warehouse, manifest_version))
     return 0
 
 
 def cmd_check_calibration(args: argparse.Namespace) -> int:
-    from flows.calibration_check import calibration_report, format_report
+    from flows.calibration_check import calibration_report, format_report, within_tolerance
 
     settings = _settings(args)
     usage_rows, port_rows, accuracy = calibration_report(
         settings.landing, settings.warehouse, settings.hmac_key(), args.week
     )
     print(format_report(usage_rows, port_rows, accuracy))
-    ok = bool(
-        usage_rows["truth_vs_target_ok"].all()
-        and usage_rows["published_vs_truth_ok"].all()
-        and port_rows["truth_vs_target_ok"].all()
-        and port_rows["published_vs_truth_ok"].all()
-        and accuracy["heavy_within_10pct"] >= 0.95
-    )
+    ok = within_tolerance(usage_rows, port_rows, accuracy)
     print("\ncalibration:", "within tolerance" if ok else "OUT OF TOLERANCE")
     return 0 if ok else 1
 
@@ -354,11 +389,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
     import polars as pl
 
+    from flows.failures import UsageError
     from flows.publish import built_from, catalog_lag, query_frame, query_refused, read_manifest_versioned
 
     if (args.sql is None) == (args.file is None):
-        raise SystemExit("query: give either SQL text or --file")
-    sql = args.file.read_text() if args.file else args.sql
+        raise UsageError("query: give either SQL text or --file F.sql")
+    try:
+        sql = args.file.read_text() if args.file else args.sql
+    except OSError as exc:
+        raise UsageError(f"--file {args.file}: {exc.strerror}") from None
     params = dict(_parameter(p) for p in args.param)
     warehouse = _settings(args).warehouse
     con = _open_catalog(warehouse)
@@ -369,6 +408,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         try:
             frame = query_frame(con, sql, params)
         except duckdb.Error as exc:
+            if "Values were not provided for the following parameters" in str(exc):
+                missing = str(exc).rsplit(":", 1)[-1].strip()
+                raise UsageError(
+                    f"query: no value for ${missing.replace(', ', ', $')}: give each with --param name=value"
+                ) from exc
             raise query_refused(exc) from exc
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=20):
             print(frame)
@@ -379,9 +423,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def _parameter(text: str) -> tuple[str, int | float | str]:
     """name=value from the command line; numbers become numbers (LIMIT needs one)."""
+    from flows.failures import UsageError
+
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
-        raise SystemExit(f"--param {text!r}: expected name=value")
+        raise UsageError(f"--param {text!r}: expected name=value")
     for convert in (int, float):
         try:
             return name, convert(value)
@@ -436,19 +482,19 @@ def cmd_fit_calibration(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trafficreport", description=__doc__)
+    parser = _Parser(prog="trafficreport", description=__doc__)
     # Where the data is: every command that reads settings takes these.
-    places = argparse.ArgumentParser(add_help=False)
+    places = _Parser(add_help=False)
     places.add_argument("--config", type=Path, help="TOML settings file")
     places.add_argument("--landing", help="landing zone: folder or s3:// URL (default data/landing)")
     places.add_argument("--warehouse", help="parquet warehouse: folder or s3:// URL (default data/warehouse)")
     # Where runs work (and hold their locks): commands that run flows or look at running ones.
-    staging_flag = argparse.ArgumentParser(add_help=False)
+    staging_flag = _Parser(add_help=False)
     staging_flag.add_argument(
         "--staging", help="staging area: folder or s3:// URL, shared by Dask workers (default data/staging)"
     )
     # Commands that run the weekly flow.
-    dask_flag = argparse.ArgumentParser(add_help=False)
+    dask_flag = _Parser(add_help=False)
     dask_flag.add_argument(
         "--dask",
         metavar="tcp://HOST:8786",
@@ -457,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     running = [places, staging_flag, dask_flag]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, text: str, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+    def command(name: str, text: str, parents: list[_Parser] | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", parents=parents or [])
 
     p = command("generate", "write a synthetic week to a landing zone")
@@ -585,6 +631,7 @@ def _preflight(args: argparse.Namespace) -> None:
         preflight.check_month(args.month, settings.timezone)
         preflight.check_paths(settings)
     elif args.command == "backfill":
+        preflight.check_period_range(args.start, args.end)
         preflight.check_key(settings)
         preflight.check_paths(settings)
         preflight.check_inventory(settings)

@@ -3,8 +3,10 @@ before Prefect starts, when run from the command line): a mistake costs a second
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -22,6 +24,35 @@ def check_week(week: dt.date, timezone: str, now: dt.datetime | None = None) -> 
     end = dt.datetime.combine(week + dt.timedelta(days=7), dt.time(0), ZoneInfo(timezone))
     if end > now:
         raise UsageError(f"--week {week}: the week has not ended yet (it ends {end:%Y-%m-%d %H:%M %Z})")
+
+
+PERIOD = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
+
+
+def parse_period(text: str, last: bool = False) -> dt.date:
+    """A year, month or day ("2019", "2019-06", "2019-06-03") as its first day, or its last with `last`."""
+    match = PERIOD.match(text.strip())
+    if not match:
+        raise ValueError(f"expected YYYY, YYYY-MM or YYYY-MM-DD, got {text!r}")
+    year = int(match[1])
+    if match[3]:
+        return dt.date(year, int(match[2]), int(match[3]))
+    if match[2]:
+        month = int(match[2])
+        return dt.date(year, month, calendar.monthrange(year, month)[1] if last else 1)
+    return dt.date(year, 12, 31) if last else dt.date(year, 1, 1)
+
+
+def check_period_range(start: str, end: str) -> tuple[dt.date, dt.date]:
+    """The first and last day of a backfill's `--from` / `--to`; UsageError when either is not a
+    period or the range is empty."""
+    try:
+        first, last = parse_period(start), parse_period(end, last=True)
+    except ValueError as exc:
+        raise UsageError(f"--from {start} --to {end}: {exc}") from None
+    if first > last:
+        raise UsageError(f"--from {start} --to {end}: the range is empty ({first} is after {last})")
+    return first, last
 
 
 def check_month(month: str, timezone: str, now: dt.datetime | None = None) -> None:

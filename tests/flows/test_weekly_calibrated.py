@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -122,3 +125,27 @@ def test_every_exporter_has_a_row_for_every_day_with_its_staged_records(calibrat
         mine = rows.filter(pl.col("exporter") == exporter.exporter)
         assert mine["records"].sum() == exporter.records > 0
         assert set(mine["service"]) == {exporter.service}
+
+
+def test_check_calibration_explains_its_columns_and_tolerances_and_passes(calibrated_week: PublishedWeek) -> None:
+    settings = calibrated_week.settings
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("trafficreport")),
+            "check-calibration",
+            "--landing",
+            str(calibrated_week.landing),
+            "--warehouse",
+            str(settings.warehouse),  # type: ignore[attr-defined]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("target: the reference report's row for the week's year")
+    assert any(line.startswith("gen: truth vs target") for line in lines)
+    assert "Tolerances (gen: truth vs target; pub: published vs truth):" in lines
+    assert lines[-1] == "calibration: within tolerance"
+    assert not any(line.endswith("BAD") for line in lines)
