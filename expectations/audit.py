@@ -58,6 +58,9 @@ def validate_tables(tables: dict[str, pl.DataFrame], docs_dir: Path | None = Non
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # This module sets its own logger to INFO when imported, so its "Created temporary directory ...
+    # for ephemeral docs site" reached the console past the level above.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     if docs_dir is not None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -92,79 +90,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _progress_bars() -> Iterator[None]:
-    """Bars for ingest (files) and attribution (flow rows) per exporter while a run works here."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _print_run_summary(settings: Any, run: Any) -> None:
+    """The lines a weekly run ends with (flows.terminal.run_summary), from the manifest it published."""
+    from flows import terminal
+    from flows.publish import CATALOG, read_manifest
 
-    from flows import progress as hooks
-
-    bars: dict[tuple[str, str], Any] = {}
-    with Progress(TextColumn("{task.description:32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as view:
-
-        def update(stage: str, key: str, done: int, total: int) -> None:
-            if (stage, key) not in bars:
-                unit = "files" if stage == "ingest" else "flows"
-                bars[(stage, key)] = view.add_task(f"{stage} {key} ({unit})", total=total)
-            view.update(bars[(stage, key)], completed=done, total=total)
-
-        with hooks.listening(update):
-            yield
+    retry = f"`trafficreport report --week {run.week}` retries it"
+    report = run.report or f"not rendered ({run.report_error}); {retry}"
+    tables = terminal.published_tables(read_manifest(settings.warehouse), run) if run.published else []
+    print()
+    print(terminal.run_summary(run, tables, report, f"{settings.warehouse / CATALOG}  (`trafficreport shell`)"))
 
 
 def cmd_weekly(args: argparse.Namespace) -> int:
+    from flows import terminal
     from flows.weekly import weekly_report_runner
 
     settings = _settings(args)
-    with _progress_bars():
+    with terminal.week_display():
         run = weekly_report_runner(settings)(
             args.week, settings, force=not args.skip_published, accept_failed_audit=args.accept_failed_audit
         )
     if run.published:
         _print_tables(settings.warehouse, args.week)
-        report = run.report or f"not rendered ({run.report_error})"
-        print(f"\nweek {args.week} published by run {run.run_id}; report: {report}")
-    elif run.skipped:
-        print(f"week {args.week} is already published: nothing done (--skip-published)")
+    _print_run_summary(settings, run)
     return 0
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flows.backfill import format_summary, run_backfill
+    from flows import terminal
+    from flows.backfill import format_summary, months_in, run_backfill, weeks_in
     from flows.preflight import check_period_range
     from transforms.run_records import PeriodOutcome
 
     start, end = check_period_range(args.start, args.end)
-    counts = {"published": 0, "skipped": 0, "failed": 0}
-    with Progress(
-        TextColumn("backfill {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as progress:
-        bar = progress.add_task("", total=None)
+    total = len(weeks_in(start, end)) + len(months_in(start, end))
+    with terminal.periods_display(f"backfill {start}..{end}", total) as advance:
 
-        def advance(row: PeriodOutcome) -> None:
-            counts[row.status] += 1
-            progress.update(
-                bar,
-                advance=1,
-                description=f"{start}..{end}  " + "  ".join(f"{k} {v}" for k, v in counts.items()),
-            )
+        def done(row: PeriodOutcome) -> None:
+            advance(row.status)
 
-        from flows.backfill import months_in, weeks_in
-
-        progress.update(bar, total=len(weeks_in(start, end)) + len(months_in(start, end)))
-        results = run_backfill(start, end, _settings(args), args.force, args.concurrency, on_result=advance)
+        results = run_backfill(start, end, _settings(args), args.force, args.concurrency, on_result=done)
     print(format_summary(results))
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from flows import terminal
     from flows.generate import generate_to, generated_weeks
+    from flows.weekly import weekly_report_runner
 
     settings = _settings(args)
     settings.hmac_key(create=True)
@@ -172,13 +146,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if DEMO_WEEK not in generated_weeks(settings.landing):
         counts = generate_to(settings.landing, DEMO_WEEK, broadband_users=args.users, mobile_phones=args.phones)
         print(f"generated demo week {DEMO_WEEK} in {time.monotonic() - started:.1f} s: {counts}")
-    from flows.weekly import weekly_report_runner
-
-    with _progress_bars():
-        weekly_report_runner(settings)(DEMO_WEEK, settings)
+    with terminal.week_display():
+        run = weekly_report_runner(settings)(DEMO_WEEK, settings)
     _print_tables(settings.warehouse, DEMO_WEEK)
-    print(f"\ncatalog: {settings.warehouse / 'catalog.duckdb'}  (open with duckdb.connect(path, read_only=True))")
-    print(f"demo finished in {time.monotonic() - started:.1f} s")
+    print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
+    _print_run_summary(settings, run)
     return 0
 
 
@@ -207,32 +179,46 @@ LOOKBACK_WEEKS = tuple(
 
 
 def cmd_lookback_demo(args: argparse.Namespace) -> int:
-    from flows.backfill import format_summary, run_backfill
+    from flows import terminal
+    from flows.backfill import format_summary, months_in, run_backfill
     from flows.generate import generate_to, generated_weeks
     from flows.monthly import counter_files, write_counters
+    from transforms.run_records import PeriodOutcome
     from transforms.synth.monthly import generate_counter_polls
 
     settings = _settings(args)
     settings.hmac_key(create=True)
     started = time.monotonic()
     present = set(generated_weeks(settings.landing))
-    for week in LOOKBACK_WEEKS:
-        if week not in present:
-            counts = generate_to(
-                settings.landing, week, broadband_users=args.users, mobile_phones=args.phones, seed=week.year
-            )
-            print(f"generated {week} (calibrated to {week.year}): {counts['flow_records']:,} flows")
-    if not counter_files(settings.landing, "2019-01")[1]:
-        polls = generate_counter_polls("2019-01", "2024-06", settings.timezone)
-        written = write_counters(polls, settings.landing, settings.timezone)
-        print(f"generated interface counters 2019-01..2024-06: {written}")
-    # Only the analysed weeks: the weeks around them hold a few spill-over flows, not whole weeks.
-    results = run_backfill(
-        dt.date(2019, 1, 1), dt.date(2024, 6, 30), settings, concurrency=args.concurrency, weeks=list(LOOKBACK_WEEKS)
-    )
+    missing = [week for week in LOOKBACK_WEEKS if week not in present]
+    counters_missing = not counter_files(settings.landing, "2019-01")[1]
+    if missing or counters_missing:
+        with terminal.steps_display("generate the look-back's input", len(missing) + counters_missing) as step:
+            for week in missing:
+                counts = generate_to(
+                    settings.landing, week, broadband_users=args.users, mobile_phones=args.phones, seed=week.year
+                )
+                step(f"generated {week} (calibrated to {week.year}): {counts['flow_records']:,} flows")
+            if counters_missing:
+                polls = generate_counter_polls("2019-01", "2024-06", settings.timezone)
+                written = write_counters(polls, settings.landing, settings.timezone)
+                step(f"generated interface counters 2019-01..2024-06: {written}")
+    first, last = dt.date(2019, 1, 1), dt.date(2024, 6, 30)
+    total = len(LOOKBACK_WEEKS) + len(months_in(first, last))
+    with terminal.periods_display("backfill 6 weeks, 66 months", total) as advance:
+
+        def done(row: PeriodOutcome) -> None:
+            advance(row.status)
+
+        # Only the analysed weeks: the weeks around them hold a few spill-over flows, not whole weeks.
+        results = run_backfill(
+            first, last, settings, concurrency=args.concurrency, weeks=list(LOOKBACK_WEEKS), on_result=done
+        )
     print(format_summary(results))
-    print(f"\nreport: {settings.warehouse / 'reports' / str(LOOKBACK_WEEKS[-1]) / 'report.html'}")
-    print(f"look-back demo finished in {time.monotonic() - started:.0f} s")
+    report = settings.warehouse / "reports" / str(LOOKBACK_WEEKS[-1]) / "report.html"
+    print(f"\nlook-back demo finished in {time.monotonic() - started:.0f} s")
+    print(f"report: {report}  (the {LOOKBACK_WEEKS[-1]} week with five years of look-back)")
+    print(f"catalog: {settings.warehouse / 'catalog.duckdb'}  (`trafficreport shell`)")
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
@@ -706,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     from flows import interrupts
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect prints a telemetry notice when first imported in a terminal, before it asks the
+    # server (whose analytics are off, above) whether to send anything: client side off too.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

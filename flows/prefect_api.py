@@ -40,6 +40,11 @@ def configured_api_url() -> str | None:
     return url if url and url != _started_url else None
 
 
+def temporary_server_url() -> str | None:
+    """The API URL of the temporary server this process started, while it runs."""
+    return _started_url
+
+
 def _profile_api_url() -> str | None:
     """PREFECT_API_URL of the active Prefect profile (`prefect config set PREFECT_API_URL=...`),
     read from the profiles file without importing Prefect."""
