@@ -135,22 +135,26 @@ class Shell:
         """Runs one statement and prints its rows, a refusal in one line, or that it was stopped."""
         # DuckDB holds the thread that runs a query until it ends, so a Ctrl-C would wait for it:
         # the query runs in a worker and this thread, which gets the signal, interrupts it.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shell-query") as pool:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shell-query")
+        running: Future[pl.DataFrame] | None = None
+        try:
             running = pool.submit(query_frame, self.con, statement)
-            try:
-                frame = _wait(running)
-            except KeyboardInterrupt:
+            frame = _wait(running)
+        except KeyboardInterrupt:
+            if running is not None:
                 _stop(self.con, running)
-                if interrupts.requested():
-                    raise
-                self.say("query stopped (Ctrl-C)")
-                return
-            except duckdb.InterruptException:
-                self.say("query stopped (Ctrl-C)")
-                return
-            except duckdb.Error as exc:
-                self.say(str(query_refused(exc)))
-                return
+            if interrupts.requested():
+                raise
+            self.say("query stopped (Ctrl-C)")
+            return
+        except duckdb.InterruptException:
+            self.say("query stopped (Ctrl-C)")
+            return
+        except duckdb.Error as exc:
+            self.say(str(query_refused(exc)))
+            return
+        finally:
+            pool.shutdown(wait=False)
         with pl.Config(tbl_rows=self.max_rows, tbl_cols=20):
             self.say(str(frame))
 
@@ -228,8 +232,10 @@ def _wait(running: Future[pl.DataFrame]) -> pl.DataFrame:
 def _stop(con: duckdb.DuckDBPyConnection, running: Future[pl.DataFrame]) -> None:
     """Interrupts the running query and waits for its worker to let go of the connection (a second
     Ctrl-C meanwhile changes nothing: the connection must not be used while the query unwinds)."""
-    con.interrupt()
+    if running.cancel():  # not started yet
+        return
     while not running.done():
+        con.interrupt()  # again while it runs: a first one may land before the query begins
         with contextlib.suppress(KeyboardInterrupt, Exception):
             running.result(timeout=0.2)
 

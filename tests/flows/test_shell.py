@@ -100,7 +100,8 @@ def test_history_ctrl_c_dot_commands_and_ctrl_d(warehouse: Path, tmp_path: Path)
     seen.append(_answer(shell, ""))
     # Ctrl-C also stops a running query (this one would count for minutes) and the prompt returns.
     shell.send("select count(*) from range(100000000000) a;\r")
-    time.sleep(1.0)
+    shell.expect_exact("range(100000000000) a;\r\n")  # read: the query is starting
+    time.sleep(0.5)
     shell.sendintr()
     shell.expect_exact(PROMPT)
     seen.append(str(shell.before))
