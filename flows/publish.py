@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -136,7 +135,7 @@ def published_run(manifest: Manifest, key: dt.date | str) -> str | None:
 def read_published(warehouse: AnyPath, manifest: Manifest, table: str, week: str) -> pl.DataFrame:
     """The rows of one table for one published week, from the files the manifest lists."""
     entry = manifest["tables"][table][week]
-    return pl.concat([pl.read_parquet(io.BytesIO((warehouse / f).read_bytes())) for f in entry["files"]])
+    return pl.concat([storage.read_parquet(warehouse / f) for f in entry["files"]])
 
 
 def previous_published(
