@@ -3,6 +3,7 @@ of the whole run and of its ingest and attribution stages, tasks per stage, byte
 workers' peak memory.
 
     .venv/bin/python bench/bench_dask.py --users 5200 --workers 1 2 [--staging local|s3] [--task-records 2000000]
+        [--worker-cores 1]
 
 The week is bench/bench_week.py's (`bench/data/week-<users>`, generated once: IPFIX as exporters
 send it). The cluster is a `distributed.LocalCluster` of worker processes on this machine; with
@@ -65,7 +66,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--staging", choices=["local", "s3"], default="local")
     parser.add_argument("--task-records", type=int, default=2_000_000)
+    # A worker of a Kubernetes cluster gets its CPUs as a cgroup quota, which polars' and numba's
+    # thread pools follow; on this machine a worker process would use every core, so 1 worker
+    # and 2 workers would both use 2. The limit here is what a 1-CPU pod gets.
+    parser.add_argument("--worker-cores", type=int, default=1, help="threads of polars/numba per worker (0: no limit)")
     args = parser.parse_args()
+    if args.worker_cores:
+        for name in ("POLARS_MAX_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = str(args.worker_cores)  # inherited by the worker processes started below
 
     from bench_week import landing_zone
     from distributed import Client, LocalCluster
@@ -103,6 +111,7 @@ def main() -> None:
                     staging=staging,
                     dask_address=cluster.scheduler_address,
                     task_records=args.task_records,
+                    task_threads=args.worker_cores or 2,
                     keep_staging=True,
                 )
                 started = time.monotonic()
@@ -128,10 +137,11 @@ def main() -> None:
     print(header)
     base = rows[0][2]
     for workers, wall, stages, tasks, _, staged, peak, _ in rows:
+        ingest_tasks = tasks.get("ingest_file_group", 0) + tasks.get("finish_exporter_ingest", 0)
         print(
             f"{workers:7d} {wall:7.1f} {stages['ingest']:8.1f} {stages['attribute']:11.1f} "
             f"{base['ingest'] / stages['ingest']:14.2f} {base['attribute'] / stages['attribute']:12.2f} "
-            f"{tasks.get('ingest_flows_of_exporter', 0):>8}/{tasks.get('attribute_exporter', 0):<8} "
+            f"{ingest_tasks:>8}/{tasks.get('attribute_exporter', 0):<8} "
             f"{staged / 2**20:9.0f} {peak:14.0f}"
         )
     print("\nstages of the last run:", ", ".join(f"{s.stage} {s.seconds:.1f} s" for s in rows[-1][7].stages))

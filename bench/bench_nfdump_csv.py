@@ -205,7 +205,7 @@ def _previous_decoder() -> ModuleType:
 
 
 def _trafficreport(data: bytes, source: str) -> tuple[int, int]:
-    with thread_mapper(2) as mapper:  # as flows.landing calls it
+    with thread_mapper(2) as mapper:  # as flows.flow_ingest calls it
         flows, problems = decode_nfdump_csv(data, "bench", source, TIMEZONE, mapper)
     assert not problems, problems[:3]
     return flows.height, int(flows["bytes"].sum())

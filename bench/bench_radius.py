@@ -102,7 +102,7 @@ def parse_new(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
     from flows.processes import thread_mapper
     from transforms.accounting.radius import parse_detail
 
-    with thread_mapper(2) as mapper:  # as flows.landing calls it
+    with thread_mapper(2) as mapper:  # as flows.flow_ingest calls it
         return parse_detail(data, "bench", TZ, mapper)
 
 

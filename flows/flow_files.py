@@ -47,6 +47,8 @@ class ExporterInputs:
     collector_timezone: str = "UTC"
     # The report's zone: the `YYYY-MM-DD` folders are its local days.
     timezone: str = "UTC"
+    # Threads a file's decoding may use (nfdump CSV's columns).
+    threads: int = 2
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     # On a Dask cluster, an exporter's staged parts are attributed in tasks of about this many
     # records each (a task per part at least); locally each exporter is one task.
     task_records: int = Field(default=4_000_000, gt=0)
+    # Threads one ingest or attribution task computes on: the CPUs each worker (or this machine) has.
+    task_threads: int = Field(default=2, gt=0)
     # A month's interface counters must cover this share of it on every interface to be published.
     min_counter_coverage: float = 0.95
 
@@ -261,6 +263,7 @@ class Settings(BaseSettings):
             else None,
             collector_timezone=self.nfdump_timezone,
             timezone=self.timezone,
+            threads=self.task_threads,
         )
 
     def hmac_key(self, create: bool = False) -> bytes:

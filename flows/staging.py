@@ -54,20 +54,25 @@ def remove_stale_runs(staging: AnyPath) -> list[str]:
     for folder in sorted(staging.iterdir()) if staging.is_dir() else []:
         if not folder.is_dir() or not RUN_ID.match(folder.name) or (folder / KEPT).exists():
             continue
-        lock = folder / RUNNING
-        if not lock.exists():
+        if not (folder / RUNNING).exists():
             if time.time() - folder.stat().st_mtime > UNLOCKED_GRACE_SECONDS:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder.name)
             continue
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its run is working
-            shutil.rmtree(folder, ignore_errors=True)
+        if _remove_if_unlocked(folder):
             removed.append(folder.name)
     return removed
+
+
+def _remove_if_unlocked(folder: Path) -> bool:
+    """Removes `folder` if the `flock` on its `.running` can be taken (whoever held it is gone)."""
+    with open(folder / RUNNING, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its run (or process) is working
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
 
 def _remove_stale_remote_runs(staging: AnyPath) -> list[str]:
@@ -162,38 +167,30 @@ def _remote_run_folder(folder: AnyPath, keep: bool) -> Iterator[AnyPath]:
 _SCRATCH_ROOT = Path(tempfile.gettempdir()) / "trafficreport-scratch"
 _process_scratch: Path | None = None
 _process_scratch_lock = threading.Lock()
-_process_scratch_handle: Any = None
 
 
 def _scratch_of_this_process() -> Path:
     """`<tmp>/trafficreport-scratch/<pid>-<random>`, locked (`flock`) for this process's life. Made
     once per process, after removing the folders of processes that died without cleaning up (a
     Dask worker killed mid-task leaves its downloads behind otherwise)."""
-    global _process_scratch, _process_scratch_handle
+    global _process_scratch
     with _process_scratch_lock:
         if _process_scratch is not None and _process_scratch.is_dir():
             return _process_scratch
         _SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
         for folder in _SCRATCH_ROOT.iterdir():
-            lock = folder / RUNNING
-            if not folder.is_dir() or not lock.exists():
-                continue
-            with open(lock, "a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its process is alive
-                shutil.rmtree(folder, ignore_errors=True)
+            if folder.is_dir() and (folder / RUNNING).exists():
+                _remove_if_unlocked(folder)
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_SCRATCH_ROOT))
-        handle = open(folder / RUNNING, "a")  # noqa: SIM115 - held for the process's life
+        handle = open(folder / RUNNING, "a")  # noqa: SIM115 - held (by atexit) for the process's life
         fcntl.flock(handle, fcntl.LOCK_EX)
-        _process_scratch, _process_scratch_handle = folder, handle
-        atexit.register(_remove_scratch_of_this_process, folder, handle)
+        _process_scratch = folder
+        atexit.register(_remove_scratch_of_this_process, folder, handle, os.getpid())
         return folder
 
 
-def _remove_scratch_of_this_process(folder: Path, handle: Any) -> None:
-    if os.getpid() == int(folder.name.split("-")[0]):  # not in a forked child that inherited it
+def _remove_scratch_of_this_process(folder: Path, handle: Any, owner: int) -> None:
+    if os.getpid() == owner:  # not in a forked child that inherited the handler
         shutil.rmtree(folder, ignore_errors=True)
     handle.close()
 
@@ -262,8 +259,16 @@ class StageLayout:
 
     @property
     def exporter_state(self) -> AnyPath:
-        """Exporter states at the end of the run's ingest (flows.landing), committed once every ingest ended."""
+        """Exporter states at the end of the run's ingest (flows.flow_ingest), committed once every ingest ended."""
         return self.root / "state"
+
+    def file_groups(self, exporter: str) -> AnyPath:
+        """The groups (a day's files each) one exporter's week is decoded in, on a cluster (JSON)."""
+        return self.root / "ingest" / f"{exporter}.groups.json"
+
+    def file_group(self, exporter: str, index: int) -> AnyPath:
+        """One decoded group: its staged parts, counts and trace (flows.flow_ingest.FileGroup, pickled)."""
+        return self.root / "ingest" / f"{exporter}.{index:03d}.pickle"
 
     @property
     def lookup(self) -> AnyPath:

@@ -24,6 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows import (
     attribute,
     failpoints,
+    flow_ingest,
+    ingest_tasks,
     interrupts,
     landing,
     locks,
@@ -36,6 +38,7 @@ from flows import (
 )
 from flows.failures import AuditFailed as AuditFailed  # raised here; defined with the other errors
 from flows.failures import RunFailed, UsageError, one_line
+from flows.ingest_tasks import problem_lines
 from flows.settings import Settings, load_settings
 from flows.staging import StageLayout, remove_stale_runs, run_folder, task_scratch
 from flows.storage import AnyPath, storage_path
@@ -48,10 +51,8 @@ from transforms.run_records import (
     AuditLimits,
     AuditResult,
     ExporterIngestResult,
-    ExporterSummary,
     PublicationRecord,
     ReconciliationSummary,
-    SamplingSource,
     StageTiming,
     TaskTransfer,
     WeekIngest,
@@ -132,90 +133,6 @@ def _preload_audit_library() -> None:
     threading.Thread(target=load, name="preload-great-expectations", daemon=True).start()
 
 
-def _call(function: Any, *args: Any) -> Any:
-    return function(*args)
-
-
-@task(cache_policy=NO_CACHE)
-def ingest_flows_of_exporter(
-    settings: Settings, window: WeekWindow, exporter: str, layout: StageLayout
-) -> ExporterIngestResult:
-    """Decoded, sampling-resolved flows of one exporter for the week, staged as parquet."""
-    with task_scratch() as scratch:
-        return _ingest_flows_of_exporter(settings, window, exporter, layout, scratch)
-
-
-def _ingest_flows_of_exporter(
-    settings: Settings, window: WeekWindow, exporter: str, layout: StageLayout, scratch: Path
-) -> ExporterIngestResult:
-    # Flows starting late on the last day can sit in the next day's file.
-    days = window.days + [window.week + dt.timedelta(days=7)]
-    staged_dir = layout.exporter_flows(exporter)
-    # Staging in object storage: parts are written on this worker's disk, then uploaded.
-    parts_dir = storage.local_path(staged_dir) if storage.is_local(staged_dir) else scratch / "parts"
-    # Each exporter in a process of its own (when running locally): decoding is CPU-bound.
-    run: Any = processes.run_in_process if processes.processes_allowed() and not settings.dask_address else _call
-    result = run(
-        landing.ingest_exporter,
-        settings.landing,
-        exporter,
-        days,
-        window.start,
-        window.end,
-        settings.exporter_inputs(exporter),
-        settings.state_path,
-        parts_dir,
-        layout.exporter_state,
-    )
-    storage.write_parquet(layout.quarantine(f"flows.{exporter}.problems.parquet"), result.quarantine)
-    unrated_records = 0
-    for unrated in result.unrated:
-        unrated_records += pl.scan_parquet(unrated).select(pl.len()).collect().item()
-        storage.put_file(unrated, layout.quarantine(f"flows.{exporter}.no_sampling_rate.{unrated.stem}.parquet"))
-    per_day = dict.fromkeys(map(str, window.days), 0)
-    if result.parts:
-        local_day = pl.col("first_ts").dt.convert_time_zone(settings.timezone).dt.date().cast(pl.String)
-        counts = pl.scan_parquet(result.parts).group_by(local_day.alias("day")).len().collect()
-        per_day.update({row["day"]: int(row["len"]) for row in counts.iter_rows(named=True) if row["day"] in per_day})
-    parts = []
-    for part in result.parts:
-        target = staged_dir / part.name
-        if not storage.is_local(staged_dir):
-            storage.put_file(part, target)
-        parts.append(str(target))
-    summary = ExporterSummary(
-        exporter=exporter,
-        service=settings.service_of(exporter),
-        parts=tuple(parts),
-        files=len(result.files),
-        formats=dict(result.formats),
-        records=result.records,
-        messages=result.messages,
-        lost_records=result.lost_records,
-        lost_datagrams=result.lost_datagrams,
-        outside_window=result.outside_window,
-        duplicate_files=result.duplicate_files,
-        input_bytes=result.input_bytes,
-        unreadable_input_bytes=int(result.quarantine["input_bytes"].sum() or 0),
-        quarantined_records=int(result.quarantine["records"].sum() or 0),
-        quarantined_bytes=int(result.quarantine["bytes"].sum() or 0),
-        problems=_problem_lines(result.quarantine),
-        sampling=tuple(
-            SamplingSource(source, rate, count) for (source, rate), count in sorted(result.sampling.items())
-        ),
-        raw_bytes=result.raw_bytes,
-        records_per_day=per_day,
-        unrated_records=unrated_records,
-        part_records=tuple(result.part_records),
-    )
-    return ExporterIngestResult(summary, tuple(result.digests), tuple(result.record_sets))
-
-
-def _problem_lines(quarantine: pl.DataFrame, first: int = 20) -> tuple[str, ...]:
-    """The first quarantine rows as "source: position: reason" (never a record's content)."""
-    return tuple(f"{p['source']}: {p['position']}: {p['reason']}" for p in quarantine.head(first).to_dicts())
-
-
 @task(cache_policy=NO_CACHE)
 def build_assignments(settings: Settings, window: WeekWindow, layout: StageLayout) -> AccountingSummary:
     """Address assignments and the week's users from RADIUS accounting, plus mobile billing usage."""
@@ -285,7 +202,7 @@ def _build_assignments(settings: Settings, window: WeekWindow, layout: StageLayo
         sessions_without_stop=int((sessions["closed_by"] == "open").sum()),
         quarantined_records=quarantine.height,
         unreadable_files=int((quarantine["position"] == "line 0").sum()),
-        problems=_problem_lines(quarantine),
+        problems=problem_lines(quarantine),
     )
 
 
@@ -332,7 +249,9 @@ def attribute_exporter(
     the week's size. A retry writes the same partials under the same names."""
     with task_scratch() as scratch:
         lookup = _week_lookup(layout, lookup_digest, scratch)
-        return _attribute_parts(window, exporter, parts, service, layout, task_index, lookup, scratch)
+        return _attribute_parts(
+            window, exporter, parts, service, layout, task_index, lookup, scratch, settings.task_threads
+        )
 
 
 # Lookups built by this process for its own tasks (local runs), until their run's attribution ends.
@@ -370,6 +289,7 @@ def _attribute_parts(
     task_index: int,
     lookup: Any,
     scratch: Path,
+    threads: int,
 ) -> AttributionPartials:
     # Downloads (when staging is remote) before taking two cores: another task computes meanwhile.
     local_parts = [storage.fetch(storage_path(p), scratch) for p in parts]
@@ -378,6 +298,7 @@ def _attribute_parts(
             local_parts,
             lookup,
             prepare=usage.estimate_volume,
+            threads=threads,
             on_chunk=lambda done, rows: progress.report("attribute", exporter, done, rows),
         )
     days = pl.DataFrame({"day_index": range(7), "day": window.days})
@@ -607,16 +528,43 @@ def _run_stages(
     interrupts.check("ingest")
     assignment_args = (settings, window, layout)
     assignment_future = build_assignments.submit(*assignment_args)
-    ingest_args = [(settings, window, e, layout) for e in exporters]
-    flow_futures = [ingest_flows_of_exporter.submit(*args) for args in ingest_args]
-    submitted += [assignment_future, *flow_futures]
-    ingested: list[ExporterIngestResult] = _results(flow_futures, settings)
+    ingest_transfers: list[TaskTransfer] = []
+    if settings.dask_address:
+        # On a cluster: a task per (exporter, day) group of files, then one per exporter that chains them.
+        plans = {e: ingest_tasks.plan_file_groups(settings, week, e, layout) for e in exporters}
+        group_args = [
+            (settings, window.start, window.end, e, index, layout) for e in exporters for index in range(plans[e])
+        ]
+        group_futures = [ingest_tasks.ingest_file_group.submit(*args) for args in group_args]
+        submitted += [assignment_future, *group_futures]
+        decoded: list[tuple[int, str]] = _results(group_futures, settings)
+        ingest_transfers += [
+            _transfer("ingest_file_group", f"{a[3]}.{a[4]}", a, r) for a, r in zip(group_args, decoded, strict=True)
+        ]
+        digests: dict[str, list[str]] = {e: [] for e in exporters}
+        for args, (_, digest) in zip(group_args, decoded, strict=True):
+            digests[args[3]].append(digest)
+        finish_args = [(settings, week, window.start, window.end, e, digests[e], layout) for e in exporters]
+        flow_futures = [ingest_tasks.finish_exporter_ingest.submit(*args) for args in finish_args]
+        submitted += flow_futures
+        ingested: list[ExporterIngestResult] = _results(flow_futures, settings)
+        ingest_transfers += [
+            _transfer("finish_exporter_ingest", a[4], a, r) for a, r in zip(finish_args, ingested, strict=True)
+        ]
+    else:
+        ingest_args = [(settings, week, window.start, window.end, e, layout) for e in exporters]
+        flow_futures = [ingest_tasks.ingest_flows_of_exporter.submit(*args) for args in ingest_args]
+        submitted += [assignment_future, *flow_futures]
+        ingested = _results(flow_futures, settings)
+        ingest_transfers += [
+            _transfer("ingest_flows_of_exporter", a[4], a, r) for a, r in zip(ingest_args, ingested, strict=True)
+        ]
     flow_info = [i.summary for i in ingested]
     assignment_info: AccountingSummary = _results([assignment_future], settings)[0]
     # Every ingest ended: the exporters' states become the next run's starting point.
-    landing.commit_exporter_states(layout.exporter_state, settings.state_path, [i.exporter for i in flow_info])
+    flow_ingest.commit_exporter_states(layout.exporter_state, settings.state_path, [i.exporter for i in flow_info])
     # Files (or their records) delivered by two exporters would count their traffic twice: the audit fails.
-    duplicates = landing.duplicate_inputs(
+    duplicates = flow_ingest.duplicate_inputs(
         [(i.summary.exporter, list(i.digests), list(i.record_sets)) for i in ingested]
     )
     stages.done(
@@ -648,7 +596,7 @@ def _run_stages(
     # and results only, paths and counts, never the flows themselves.
     transfers = (
         [_transfer("build_assignments", "radius", assignment_args, assignment_info)]
-        + [_transfer("ingest_flows_of_exporter", a[2], a, i) for a, i in zip(ingest_args, ingested)]
+        + ingest_transfers
         + [_transfer("attribute_exporter", f"{a[2]}.{a[6]}", a, r) for a, r in zip(attribute_args, partials)]
     )
 

@@ -164,19 +164,21 @@ def test_a_week_on_the_dask_cluster_publishes_exactly_the_local_run(
     assert run.published
     for name in PUBLISHED_TABLES:
         assert _checksum(remote.warehouse, name) == local_run[name], name
-    # Every ingest and attribution task ran on the cluster's workers, attribution in a task per part.
+    # Every ingest and attribution task ran on the cluster's workers: ingest in a task per
+    # (exporter, day), chained in one per exporter; attribution in a task per part.
     exporters = len(run.ingest.exporters)
     parts = sum(len(e.parts) for e in run.ingest.exporters)
-    ran = [t for t in stream.data if _task_name(t["key"]) in ("ingest_flows_of_exporter", "attribute_exporter")]
-    assert (
-        sorted(_task_name(t["key"]) for t in ran)
-        == ["attribute_exporter"] * parts + ["ingest_flows_of_exporter"] * exporters
-    )
-    assert parts >= 4 * exporters
+    kinds = ("ingest_file_group", "finish_exporter_ingest", "attribute_exporter")
+    ran = [t for t in stream.data if _task_name(t["key"]) in kinds]
+    names = [_task_name(t["key"]) for t in ran]
+    groups = names.count("ingest_file_group")
+    assert names.count("finish_exporter_ingest") == exporters and names.count("attribute_exporter") == parts
+    assert groups >= 4 * exporters and parts >= 4 * exporters
     assert {t["worker"] for t in ran} <= cluster_workers and len(cluster_workers) == WORKERS
+    assert len({t["worker"] for t in ran if _task_name(t["key"]) == "ingest_file_group"}) == WORKERS
     assert len({t["worker"] for t in ran}) == WORKERS  # the work was spread
     # Only small partial aggregates crossed: every task's arguments and result are paths and counts.
-    assert len(run.transfers) == 1 + exporters + parts
+    assert len(run.transfers) == 1 + groups + exporters + parts
     for transfer in run.transfers:
         assert transfer.bytes_in < 16_384 and transfer.bytes_out < 16_384, transfer
     # Staging held the decoded flows in S3 only, and the run removed its folder when it ended.
@@ -195,26 +197,26 @@ def test_a_worker_killed_mid_run_changes_nothing_published(
     remote = _on_s3(small_landing, small_settings, dask_cluster, "killed")
     killed: list[str] = []
 
-    def kill_a_worker_running_attribution(client: Client, stop: threading.Event) -> None:
-        pids = client.run(os.getpid)
-        while not stop.is_set():
-            for worker, keys in client.processing().items():
-                if any(_task_name(k) == "attribute_exporter" for k in keys):
-                    os.kill(pids[worker], signal.SIGKILL)
-                    killed.append(worker)
-                    return
-            time.sleep(0.02)
+    def kill_a_worker_running_each_kind_of_task(client: Client, stop: threading.Event) -> None:
+        for kind in ("ingest_file_group", "attribute_exporter"):
+            while not stop.is_set():
+                running = [w for w, keys in client.processing().items() if any(_task_name(k) == kind for k in keys)]
+                if running:
+                    os.kill(client.run(os.getpid, workers=running[:1])[running[0]], signal.SIGKILL)
+                    killed.append(running[0])
+                    break
+                time.sleep(0.02)
 
     with Client(dask_cluster.address) as client:
         stop = threading.Event()
-        killer = threading.Thread(target=kill_a_worker_running_attribution, args=(client, stop))
+        killer = threading.Thread(target=kill_a_worker_running_each_kind_of_task, args=(client, stop))
         killer.start()
         try:
             run = weekly_report_runner(remote)(WEEK, remote)
         finally:
             stop.set()
             killer.join()
-    assert killed, "no attribution task was seen running"
+    assert len(killed) == 2, "a worker running ingest, then one running attribution, were to be killed"
     assert run.published
     for name in PUBLISHED_TABLES:
         assert _checksum(remote.warehouse, name) == local_run[name], name
@@ -250,7 +252,8 @@ def test_a_backfill_on_the_cluster_runs_weeks_at_once_and_publishes_each(
     assert sorted(manifest["tables"]["usage_summary"]) == [str(w) for w in weeks]
     # Every week's ingest and attribution ran on the cluster's workers.
     names = [_task_name(t["key"]) for t in stream.data]
-    assert names.count("ingest_flows_of_exporter") == 3 * len(weeks)
+    assert names.count("finish_exporter_ingest") == 3 * len(weeks)
+    assert names.count("ingest_file_group") >= 4 * 3 * len(weeks)
     assert names.count("attribute_exporter") >= 4 * 3 * len(weeks)
     # The second and third weeks ran at once (the first runs alone: it starts Prefect's API).
     spans = _weekly_run_spans(started, weeks)

@@ -485,7 +485,7 @@ def test_a_copied_exporter_folder_fails_the_audit_and_an_inventory_refuses_it_by
 
 
 def test_the_same_records_from_two_exporters_are_found_whatever_their_order_or_file() -> None:
-    from flows.landing import duplicate_inputs, record_set_fingerprint
+    from flows.flow_ingest import duplicate_inputs, record_set_fingerprint
 
     flows = pl.DataFrame(
         {
@@ -598,7 +598,7 @@ def test_blank_lines_in_the_directory_are_no_rows_and_problems_keep_their_line()
 
 
 def test_empty_files_of_two_idle_exporters_are_not_one_file_delivered_twice(tmp_path: Path) -> None:
-    from flows.landing import ExporterInputs, duplicate_inputs, ingest_exporter
+    from flows.flow_ingest import ExporterInputs, duplicate_inputs, ingest_exporter
 
     start = dt.datetime(2024, 6, 2, 15, tzinfo=dt.UTC)
     found = []

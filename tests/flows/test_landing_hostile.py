@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import zstandard
 
-from flows import landing
+from flows import flow_ingest, storage
 from flows.settings import Settings
 from flows.storage import local_path
 from flows.weekly import AuditFailed, weekly_report
@@ -66,26 +66,26 @@ def test_templates_and_sampling_from_an_earlier_run_decode_a_later_file(tmp_path
     _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", announce + day1)
     _write_day(tmp_path, "r1", dt.date(2024, 6, 4), "b.ipfix", day2)
     state = tmp_path / "state"
-    first = landing.ingest_exporter(
-        tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, landing.ExporterInputs(), state, tmp_path / "stage1"
+    first = flow_ingest.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, flow_ingest.ExporterInputs(), state, tmp_path / "stage1"
     )
     assert first.records == 10
     # A later run reads only day 2, which has no templates and no options: the state supplies both.
-    second = landing.ingest_exporter(
-        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, landing.ExporterInputs(), state, tmp_path / "stage2"
+    second = flow_ingest.ingest_exporter(
+        tmp_path, "r1", [dt.date(2024, 6, 4)], START, END, flow_ingest.ExporterInputs(), state, tmp_path / "stage2"
     )
     assert second.records == 7
     assert second.quarantine.height == 0
     assert second.flows()["sampling_rate"].to_list() == [64] * 7
     assert set(second.flows()["sampling_source"].to_list()) == {"ipfix:34"}
     # Without the state the same file can be read by nobody: its data sets are reported, not dropped silently.
-    fresh = landing.ingest_exporter(
+    fresh = flow_ingest.ingest_exporter(
         tmp_path,
         "r1",
         [dt.date(2024, 6, 4)],
         START,
         END,
-        landing.ExporterInputs(),
+        flow_ingest.ExporterInputs(),
         tmp_path / "empty",
         tmp_path / "stage3",
     )
@@ -102,8 +102,8 @@ def test_compressed_duplicate_and_outside_window_records_are_counted(tmp_path: P
     _write_day(tmp_path, "r1", day, "a.ipfix", content)
     _write_day(tmp_path, "r1", day, "a.ipfix.gz", gzip.compress(content))  # the same file delivered twice
     _write_day(tmp_path, "r1", day, "c.ipfix.zst", zstandard.ZstdCompressor().compress(content[:-10]))  # truncated copy
-    result = landing.ingest_exporter(
-        tmp_path, "r1", [day], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
+    result = flow_ingest.ingest_exporter(
+        tmp_path, "r1", [day], START, END, flow_ingest.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
     )
     assert result.duplicate_files == 1
     assert result.outside_window == 3  # the truncated copy lost its last message (the outside one)
@@ -176,13 +176,13 @@ def test_parts_are_written_once_and_revisited_only_when_a_later_announcement_cha
     _write_day(tmp_path, "r1", days[0], "a.ipfix", _templates_only() + day1)
     _write_day(tmp_path, "r1", days[1], "b.ipfix", announce)
     _write_day(tmp_path, "r1", days[2], "c.ipfix", day3)
-    result = landing.ingest_exporter(
+    result = flow_ingest.ingest_exporter(
         tmp_path,
         "r1",
         days,
         START,
         END,
-        landing.ExporterInputs(default_rate=1000),
+        flow_ingest.ExporterInputs(default_rate=1000),
         tmp_path / "state",
         tmp_path / "stage",
     )
@@ -195,8 +195,8 @@ def test_parts_are_written_once_and_revisited_only_when_a_later_announcement_cha
     assert result.unrated == []
 
     # Without a default, day 1's flows wait in the unrated file, then join their part.
-    again = landing.ingest_exporter(
-        tmp_path, "r1", days, START, END, landing.ExporterInputs(), tmp_path / "state2", tmp_path / "stage2"
+    again = flow_ingest.ingest_exporter(
+        tmp_path, "r1", days, START, END, flow_ingest.ExporterInputs(), tmp_path / "state2", tmp_path / "stage2"
     )
     assert again.revisited_parts == 1
     assert again.records == 14 and again.unrated == [] and again.quarantine.height == 0
@@ -206,10 +206,17 @@ def test_parts_are_written_once_and_revisited_only_when_a_later_announcement_cha
 def test_a_part_whose_rate_nobody_ever_announces_stays_unrated_and_is_not_rewritten(tmp_path: Path) -> None:
     day1, _ = _data(6, 1_717_340_400_000, 0)
     _write_day(tmp_path, "r1", dt.date(2024, 6, 3), "a.ipfix", _templates_only() + day1)
-    result = landing.ingest_exporter(
-        tmp_path, "r1", [dt.date(2024, 6, 3)], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "s"
+    result = flow_ingest.ingest_exporter(
+        tmp_path,
+        "r1",
+        [dt.date(2024, 6, 3)],
+        START,
+        END,
+        flow_ingest.ExporterInputs(),
+        tmp_path / "state",
+        tmp_path / "s",
     )
     assert result.revisited_parts == 0
     assert result.records == 0
-    assert [pl.read_parquet(p).height for p in result.unrated] == [6]
+    assert [storage.read_parquet(p).height for p in result.unrated] == [6]
     assert result.quarantine["records"].to_list() == [6]

@@ -170,6 +170,7 @@ FROM_ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "keep_staging": ("yes", True),
     "dask_address": ("tcp://scheduler:8786", "tcp://scheduler:8786"),
     "task_records": ("1000000", 1_000_000),
+    "task_threads": ("1", 1),
     "min_counter_coverage": ("0.9", 0.9),
 }
 

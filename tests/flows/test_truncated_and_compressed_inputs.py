@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from flows import landing
+from flows import flow_ingest, landing
 from tests.flows.test_landing_hostile import END, START, _announcement, _data, _records, _write_day
 from transforms.decode import ipfix, pcap
 from transforms.decode._records import ExporterState
@@ -87,8 +87,8 @@ def test_ingest_keeps_the_records_before_the_cut_and_counts_the_unread_bytes(tmp
     path = _write_day(tmp_path, "r1", DAY, f"week.ipfix{suffix}", stored)
     last_good = _message_ends(available)[-1]
 
-    result = landing.ingest_exporter(
-        tmp_path, "r1", [DAY], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
+    result = flow_ingest.ingest_exporter(
+        tmp_path, "r1", [DAY], START, END, flow_ingest.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
     )
 
     assert len(available) > last_good  # the cut falls inside a message
@@ -240,8 +240,8 @@ def test_a_file_compressed_twice_is_one_problem_for_the_whole_file(
     with pytest.raises(InputFormatError) as error:
         landing.read_bytes(path)
     assert (error.value.source, error.value.position, error.value.reason) == (str(path), "byte 0", reason)
-    result = landing.ingest_exporter(
-        tmp_path, "r1", [DAY], START, END, landing.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
+    result = flow_ingest.ingest_exporter(
+        tmp_path, "r1", [DAY], START, END, flow_ingest.ExporterInputs(), tmp_path / "state", tmp_path / "stage"
     )
     assert result.records == 0
     assert result.quarantine.select("reason", "input_bytes").rows() == [(reason, len(once))]
@@ -261,7 +261,7 @@ def test_the_limits_are_parameters_and_a_small_repetitive_file_passes_the_defaul
 BOMB_CHECK = """
 import json, resource, sys
 from pathlib import Path
-from flows import landing
+from flows import flow_ingest, landing
 from transforms.errors import InputFormatError
 out = {}
 for path in sys.argv[1:]:

@@ -173,6 +173,7 @@ def decode_table(
         else:
             current[key] = template
 
+    cleared: list[tuple[str, int]] = []  # (origin, domain) pairs whose templates were all withdrawn
     parsed_sets: dict[tuple[bool, bytes], list[tuple[int, Template | None]]] = {}
     template_sets = np.flatnonzero(np.isin(sets.set_id, template_ids))
     for index in template_sets.tolist():
@@ -191,6 +192,7 @@ def decode_table(
             parsed_sets[raw] = parsed
         for template_id, template in parsed:
             if template is None and template_id in template_ids and not v9:
+                cleared.append((origin, domain))
                 for key in [k for k in current if k[:2] == (origin, domain)]:
                     change(key, pos, None)
             else:
@@ -207,6 +209,7 @@ def decode_table(
     templates: list[Template] = []
     template_index: dict[Template, int] = {}
     chosen = np.full(data_sets.size, -1, dtype=np.int64)
+    entry_reads: dict[tuple[str, int, int], Template | None] = {}  # looked up in the state as it came
     for code, members in groups_of(codes):
         pair_origin, pair_domain = pairs[code >> 16]
         key = (table.origins[pair_origin], pair_domain, code & 0xFFFF)
@@ -220,6 +223,11 @@ def decode_table(
                 slots[slot] = template_index[template]
         picks = np.searchsorted(np.array(positions, dtype=np.int64), sets.pos[data_sets[members]])
         chosen[members] = slots[picks]
+        if not picks.all():
+            entry_reads[key] = initial.get(key)
+    if acc.state.trace is not None:
+        final = {key: templates_[-1] for key, (_, templates_) in changes.items()}
+        acc.state.trace.record_templates(entry_reads, cleared, final)
 
     for member in np.flatnonzero(chosen < 0).tolist():
         index = int(data_sets[member])
@@ -236,6 +244,8 @@ def decode_table(
     options_members = np.flatnonzero(known & is_options[chosen])
     init_changes: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
     initial_init = dict(acc.state.system_init_ms)
+    init_written: dict[tuple[str, int], int] = {}
+    init_reads: dict[tuple[str, int], int | None] = {}
     options_seen: dict[tuple[Template, bytes], tuple[int, list[dict[int, int]]]] = {}
     last_announced = {(a.origin, a.domain_id, a.selector_id): a for a in acc.state.sampling}
     for member in options_members.tolist():
@@ -261,6 +271,7 @@ def decode_table(
                 values = {ie: value for ie, value in values.items() if ie != IE_SYSTEM_INIT_MS}  # noqa: PLW2901
             if IE_SYSTEM_INIT_MS in values:
                 acc.state.system_init_ms[(origin, domain)] = values[IE_SYSTEM_INIT_MS]
+                init_written[(origin, domain)] = values[IE_SYSTEM_INIT_MS]
                 where, value = init_changes.setdefault((origin_index, domain), ([], []))
                 where.append(pos)
                 value.append(values[IE_SYSTEM_INIT_MS])
@@ -289,6 +300,7 @@ def decode_table(
             init = table.init_ms[messages]
         else:
             init = _init_at(set_pos, init_changes.get((origin_index, domain)), initial_init.get((origin, domain)))
+            init_reads[(origin, domain)] = initial_init.get((origin, domain))
         export_ms = table.export_ms[messages]
         record_length = template.fixed_length
         if record_length is None:
@@ -347,6 +359,8 @@ def decode_table(
             columns, rate_source = _convert(records, template, per_record_export, per_record_init)
             acc.batches.append(Batch(columns, origin, domain, rate_source))
 
+    if acc.state.trace is not None:
+        acc.state.trace.record_clocks(init_reads, init_written)
     n = table.body.size
     uncounted = records_of < 0
     records_of[uncounted] = 0

@@ -11,13 +11,16 @@ import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from transforms.decode._walk import sequence_gaps
 from transforms.errors import InputFormatError
+
+if TYPE_CHECKING:
+    from transforms.decode._trace import GroupTrace
 
 VARIABLE_LENGTH = 65535
 NO_SELECTOR = (1 << 64) - 1
@@ -114,6 +117,18 @@ class SamplingAnnouncement:
 
 
 @dataclass
+class SequenceCheck:
+    """One call of Accumulator.count_sequence, kept to be made later on a chained state."""
+
+    key: tuple[str, int, int]
+    sequence: np.ndarray
+    records: np.ndarray
+    counted: np.ndarray
+    whole: np.ndarray
+    counts_datagrams: bool
+
+
+@dataclass
 class ExporterState:
     """What an exporter told us that outlives a file: templates, sampling, clocks, sequence numbers.
 
@@ -131,6 +146,9 @@ class ExporterState:
     next_sequence: dict[tuple[str, int, int], int] = field(default_factory=dict)
     last_records: dict[tuple[str, int, int], tuple[int, int]] = field(default_factory=dict)
     sequence_includes_own: dict[tuple[str, int, int], bool] = field(default_factory=dict)
+    # Set while a group of files is decoded to be chained later (transforms.decode._trace): the
+    # decoders then note what they looked up and defer sequence counting. Never saved.
+    trace: GroupTrace | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -254,6 +272,11 @@ class Accumulator:
         backwards is a restart or reordering, not loss.
         """
         if not sequence.size:
+            return
+        if self.state.trace is not None:
+            self.state.trace.sequence_checks.append(
+                SequenceCheck(key, sequence.copy(), records.copy(), counted.copy(), whole.copy(), counts_datagrams)
+            )
             return
         sequence = sequence.astype(np.int64) % SEQUENCE_MODULUS
         records = records.astype(np.int64)
