@@ -23,6 +23,15 @@ from transforms.run_records import WeekRun
 _TASK_COMPLETED = "Finished in state Completed("
 
 
+def _handlers() -> list[logging.Handler]:
+    """Every handler of every logger of this process, once each."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    found: list[logging.Handler] = []
+    for logger in loggers:
+        found += [h for h in getattr(logger, "handlers", []) if h not in found]
+    return found
+
+
 def _prefect_console_handlers() -> list[logging.Handler]:
     """Prefect's console handlers (one instance, on the root logger and a few others), if Prefect set
     up its logging in this process."""
@@ -30,31 +39,20 @@ def _prefect_console_handlers() -> list[logging.Handler]:
         return []
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
-    found: list[logging.Handler] = []
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and handler not in found:
-                found.append(handler)
-    return found
+    return [h for h in _handlers() if isinstance(h, PrefectConsoleHandler)]
 
 
 def _other_terminal_handlers() -> list[logging.StreamHandler[Any]]:
     """Stream handlers (not Prefect's) that write straight to this terminal, e.g. distributed's."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
-    found: list[logging.StreamHandler[Any]] = []
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if (
-                isinstance(handler, logging.StreamHandler)
-                and not isinstance(handler, PrefectConsoleHandler)
-                and handler.stream in (sys.__stderr__, sys.__stdout__)
-                and handler not in found
-            ):
-                found.append(handler)
-    return found
+    return [
+        h
+        for h in _handlers()
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, PrefectConsoleHandler)
+        and h.stream in (sys.__stderr__, sys.__stdout__)
+    ]
 
 
 def _worth_showing(record: logging.LogRecord) -> bool:

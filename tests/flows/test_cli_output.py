@@ -124,3 +124,35 @@ def test_the_output_explains_gen_pub_and_the_tolerances() -> None:
     assert not calibration.within_tolerance(usage, ports, accuracy)
     fixed = usage.with_columns(published_vs_truth_ok=pl.lit(True))
     assert calibration.within_tolerance(fixed, ports.with_columns(published_vs_truth_ok=pl.lit(True)), accuracy)
+
+
+def test_the_run_summary_of_an_accepted_failed_audit_names_the_failures_and_only_this_runs_tables() -> None:
+    from flows.terminal import published_tables, run_summary
+    from transforms.run_records import AuditCheck, AuditResult, StageTiming, WeekRun
+
+    failed = AuditCheck("run", "unattributed share <= 5%", False, "7.2%")
+    run = WeekRun(
+        run_id="run-b",
+        week="2024-06-03",
+        published=True,
+        accepted_failed_audit=True,
+        audit=AuditResult((AuditCheck("usage_summary", "columns", True), failed)),
+        seconds=12.5,
+        stages=[StageTiming("ingest", 10, 100, 7.25), StageTiming("audit", 3, None, 0.5)],
+    )
+    manifest = {
+        "tables": {
+            "usage_summary": {"2024-06-03": {"run_id": "run-b", "rows": 4}, "2024-05-27": {"run_id": "run-a"}},
+            "port_share": {"2024-06-03": {"run_id": "run-a", "rows": 35}},  # an older run's, kept
+        }
+    }
+    tables = published_tables(manifest, run)
+    assert tables == [("usage_summary", 4)]
+    lines = run_summary(run, tables, "wh/reports/2024-06-03/report.html", "wh/catalog.duckdb").splitlines()
+    assert lines[0] == "week 2024-06-03 published by run run-b in 12.5 s"
+    assert lines[1] == (
+        "  audit     FAILED (1 checks), published anyway (--accept-failed-audit): "
+        "run: unattributed share <= 5% (observed 7.2%)"
+    )
+    assert lines[2] == "  tables    1: usage_summary (4 rows)"
+    assert lines[-1] == "  stages    ingest 7.2 s, audit 0.5 s"
