@@ -23,6 +23,23 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+# The smallest demo week, the one tests/flows/test_terminal_display.py runs end to end. Much smaller
+# weeks break: 2 users leave exporters' days empty (the feed check fails), 1 fails the generator.
+DEMO_MIN_SIZE = 20
+
+
+def _demo_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < DEMO_MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{value}: at least {DEMO_MIN_SIZE} (the smallest demo week tested end to end)"
+        )
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Arguments given wrongly end like every other mistake: one line on stderr, exit 2 (`--help`
     shows the usage)."""
@@ -526,8 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backfill)
 
     p = command("demo", "generate the 2024-06-03 week and run it end to end", running)
-    p.add_argument("--users", type=int, default=3000, help="broadband users to generate (default 3000)")
-    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers to generate (default 3000)")
+    p.add_argument(
+        "--users", type=_demo_size, default=3000, help="broadband users to generate (default 3000, at least 20)"
+    )
+    p.add_argument(
+        "--phones", type=_demo_size, default=3000, help="mobile phone numbers to generate (default 3000, at least 20)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = command("monthly", "publish one month of interface counters (Figure 1)", [places, staging_flag])
@@ -543,8 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_counters)
 
     p = command("lookback-demo", "generate 2019-2024's analysed weeks and counters, backfill, report", running)
-    p.add_argument("--users", type=int, default=3000, help="broadband users per generated week (default 3000)")
-    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers per generated week (default 3000)")
+    p.add_argument(
+        "--users", type=_demo_size, default=3000, help="broadband users per generated week (default 3000, at least 20)"
+    )
+    p.add_argument(
+        "--phones",
+        type=_demo_size,
+        default=3000,
+        help="mobile phone numbers per generated week (default 3000, at least 20)",
+    )
     p.add_argument("--concurrency", type=int, default=2, help="weeks or months run at once (default 2)")
     p.set_defaults(func=cmd_lookback_demo)
 

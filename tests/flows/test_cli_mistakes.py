@@ -35,6 +35,10 @@ MISTAKES = {
         ["weekly", "--week", "2024-6-4"],
         "trafficreport: weekly: argument --week: '2024-6-4' is not a date (YYYY-MM-DD)",
     ),
+    "a demo week too small to run": (
+        ["demo", "--users", "5"],
+        "trafficreport: demo: argument --users: 5: at least 20 (the smallest demo week tested end to end)",
+    ),
     "a backfill range that is not one": (
         ["backfill", "--from", "20x9", "--to", "2024"],
         "trafficreport: --from 20x9 --to 2024: expected YYYY, YYYY-MM or YYYY-MM-DD, got '20x9'",
