@@ -166,17 +166,31 @@ def backfill(
     return run_backfill(start, end, settings or load_settings(), force, concurrency)
 
 
+# More published months than this are one line of the summary (a look-back publishes 66).
+MONTHS_LISTED = 6
+
+
 def format_summary(results: list[PeriodOutcome]) -> str:
-    """A plain-text table: counts per status and reason, then every week or month run (published or
-    failed, with why); skipped ones are only counted."""
+    """A plain-text table: counts per status and reason, then every week run (published or failed,
+    with why) and every failed month; skipped ones are only counted, and published months are
+    listed one by one only when few (else one line: their range and seconds)."""
     counts: dict[str, int] = {}
     for r in results:
         label = r.status + (f" ({r.why})" if r.status == "skipped" else "")
         counts[label] = counts.get(label, 0) + 1
     lines = ["  ".join(f"{label}: {n}" for label, n in sorted(counts.items()))]
     ran = [r for r in results if r.status != "skipped"]
+    months = [r for r in ran if r.kind == "month" and r.status == "published"]
+    folded = len(months) > MONTHS_LISTED
     if ran:
         lines.append(f"{'kind':5}  {'period':10}  {'status':9}  {'seconds':>7}  run / why")
     for r in ran:
-        lines.append(f"{r.kind:5}  {r.period:10}  {r.status:9}  {r.seconds:>7.1f}  {r.run_id or r.why}")
+        if not (folded and r in months):
+            lines.append(f"{r.kind:5}  {r.period:10}  {r.status:9}  {r.seconds:>7.1f}  {r.run_id or r.why}")
+    if folded:
+        seconds = sorted(r.seconds for r in months)
+        lines.append(
+            f"month  {months[0].period} .. {months[-1].period}: {len(months)} published, "
+            f"{seconds[0]:.1f}-{seconds[-1]:.1f} s each (`trafficreport status` lists their runs)"
+        )
     return "\n".join(lines)

@@ -156,3 +156,22 @@ def test_the_run_summary_of_an_accepted_failed_audit_names_the_failures_and_only
     )
     assert lines[2] == "  tables    1: usage_summary (4 rows)"
     assert lines[-1] == "  stages    ingest 7.2 s, audit 0.5 s"
+
+
+def test_a_backfill_summary_folds_many_published_months_into_one_line() -> None:
+    from flows.backfill import format_summary
+    from transforms.run_records import PeriodOutcome
+
+    months = [PeriodOutcome("month", f"2019-{m:02d}", "published", f"run-{m}", seconds=3.0 + m) for m in range(1, 13)]
+    failed = PeriodOutcome("month", "2020-01", "failed", why="RunFailed: no counters")
+    week = PeriodOutcome("week", "2019-06-03", "published", "run-w", seconds=50.0)
+    lines = format_summary([*months, failed, week]).splitlines()
+    assert lines[0] == "failed: 1  published: 13"
+    assert "month  2020-01     failed         0.0  RunFailed: no counters" in lines
+    assert "week   2019-06-03  published     50.0  run-w" in lines
+    assert lines[-1] == (
+        "month  2019-01 .. 2019-12: 12 published, 4.0-15.0 s each (`trafficreport status` lists their runs)"
+    )
+    assert not any(line.startswith("month  2019-03 ") for line in lines)
+    few = format_summary(months[:3]).splitlines()
+    assert len(few) == 5 and few[-1].startswith("month  2019-03     published")
