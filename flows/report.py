@@ -8,9 +8,10 @@ import html
 import io
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from flows import publish, storage
@@ -18,9 +19,20 @@ from flows.resources import sql_folder
 from flows.storage import AnyPath
 from transforms.report import figures as derive
 from transforms.report import page as report_page
+from transforms.report import style
+from transforms.synth import reference
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 SQL = sql_folder()
 SCATTER_USERS = 5000
+# The years whose port mix the generator has (the seed's Tables 3 and 4): a week of another year is
+# generated with the nearest one's, which the port tables' footnote says.
+PORT_MIX_YEARS = {
+    service: [int(c) for c in reference.port_share_table(service).columns[1:]] for service in ("broadband", "mobile")
+}
 SERVICES = {
     "broadband": ("Table 1", "Table 3", "Figure 3", "Figure 5"),
     "mobile": ("Table 2", "Table 4", "Figure 4", "Figure 6"),
@@ -44,121 +56,182 @@ def _query(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pl.DataF
     return publish.query_frame(con, text, params)
 
 
-def _png(figure: Any) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=style.DPI, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(figure)
     return buffer.getvalue()
 
 
-def _hourly_figure(hours: pl.DataFrame, weeks: list[dt.date], directions: tuple[str, ...], title: str) -> bytes:
-    """Hourly average weekday traffic, one line per week; one panel per direction (the upload panel
-    has its own, enlarged, scale)."""
+def _legend_outside(axis: Axes, **options: Any) -> None:
+    """The axis's legend to the right of its frame, where it can cover no data."""
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", **options)
+
+
+def hourly_figure(
+    hours: pl.DataFrame, weeks: list[dt.date], directions: tuple[str, ...], title: str, week: dt.date
+) -> Figure:
+    """Hourly average weekday traffic, one line per week in its year's colour (weeks at another time
+    of year than `week` dashed); one panel per direction (the upload panel has its own, enlarged, scale)."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(directions), 1, figsize=(7, 3.2 * len(directions)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(directions), 1, figsize=(style.FIGURE_WIDTH_IN * 0.8, 3.2 * len(directions)), squeeze=False
+    )
     gbps = 8 / 3600 / 1e9  # bytes per hour -> Gbit/s
     for axis, direction in zip(axes[:, 0], directions):
-        for week in weeks:
-            rows = hours.filter(pl.col("week") == week).sort("hour")
-            axis.plot(rows["hour"], rows[f"{direction}_bytes"] * gbps, marker=".", label=f"week of {week}")
-        label = "OUT (download)" if direction == "out" else "IN (upload)"
-        axis.set_ylabel(f"{label}, Gbit/s")
+        for shown in weeks:
+            rows = hours.filter(pl.col("week") == shown).sort("hour")
+            axis.plot(
+                rows["hour"],
+                rows[f"{direction}_bytes"] * gbps,
+                marker=".",
+                color=style.year_colour(shown.year),
+                linestyle="-" if derive.same_time_of_year(shown, week) else "--",
+                label=f"week of {shown}",
+            )
+        axis.set_ylabel(f"{style.DIRECTION_LABELS[direction]}, Gbit/s")
         axis.set_xticks(range(0, 24, 3))
-        axis.set_xlim(0, 23)
+        # Half an hour of margin: the 0 h and 23 h points are inside the frame, not on it.
+        axis.set_xlim(-0.5, 23.5)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
+    _legend_outside(axes[0, 0])
     axes[-1, 0].set_xlabel("hour of day (local time), weekdays Monday-Friday")
     axes[0, 0].set_title(title)
-    return _png(figure)
+    return figure
 
 
-def _monthly_figure(levels: pl.DataFrame, base_note: str) -> bytes:
+def monthly_figure(levels: pl.DataFrame, base_note: str) -> Figure:
+    """Figure 1: one panel per direction (each with its own scale, so IN is not squashed under OUT),
+    one line per service in its colour."""
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    services = sorted(set(levels["service"].to_list()))
-    figure, axes = plt.subplots(1, len(services), figsize=(5 * len(services), 3.8), squeeze=False)
-    for axis, service in zip(axes[0], services):
-        for direction, colour in (("out", "#1f77b4"), ("in", "#d62728")):
+    figure, axes = plt.subplots(1, 2, figsize=(style.FIGURE_WIDTH_IN, 3.6), squeeze=False)
+    for axis, direction in zip(axes[0], ("out", "in")):
+        for service in sorted(set(levels["service"].to_list())):
             rows = levels.filter((pl.col("service") == service) & (pl.col("direction") == direction)).sort("month")
             months = [dt.date(int(m[:4]), int(m[5:]), 15) for m in rows["month"]]
-            label = "OUT (download)" if direction == "out" else "IN (upload)"
-            axis.plot(months, rows["level"], marker=".", markersize=3, color=colour, label=label)
-        axis.set_title(service)
+            axis.plot(
+                months, rows["level"], marker=".", markersize=3, color=style.SERVICE_COLOURS.get(service), label=service
+            )
+        axis.set_title(style.DIRECTION_LABELS[direction])
         axis.xaxis.set_major_locator(mdates.YearLocator())
         axis.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
         axis.set_xlabel("month")
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
-    axes[0, 0].set_ylabel("average traffic (normalised)")
+    axes[0, 0].set_ylabel("average traffic (relative)")
+    _legend_outside(axes[0, 1])
     figure.suptitle(f"Figure 1: monthly average traffic ({base_note})", y=1.02)
-    return _png(figure)
+    return figure
 
 
-def _port_bucket_figure(panels: list[tuple[dt.date, pl.DataFrame]], buckets: tuple[str, ...], title: str) -> bytes:
-    """One panel per week (oldest on top): each bucket's traffic per hour of the week, normalised so
-    the week's peak hour of all traffic is 1."""
+def port_bucket_figure(panels: list[tuple[dt.date, pl.DataFrame]], buckets: tuple[str, ...], title: str) -> Figure:
+    """One panel per week (oldest on top): each bucket's traffic per hour of the week in the bucket's
+    colour, normalised so the week's peak hour of all traffic is 1."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False, sharex=True)
+    figure, axes = plt.subplots(
+        len(panels), 1, figsize=(style.FIGURE_WIDTH_IN, 2.8 * len(panels)), squeeze=False, sharex=True
+    )
     for axis, (week, levels) in zip(axes[:, 0], panels):
         for bucket in ("all", *buckets):
             rows = levels.filter(pl.col("bucket") == bucket).sort("hour_of_week")
-            style = {"color": "black", "linewidth": 1.0} if bucket == "all" else {"linewidth": 1.2}
-            axis.plot(rows["hour_of_week"], rows["level"], label=bucket if bucket != "all" else "all traffic", **style)
+            axis.plot(
+                rows["hour_of_week"],
+                rows["level"],
+                color=style.bucket_colour(bucket),
+                linewidth=1.0 if bucket == "all" else 1.2,
+                label=style.BUCKET_LABELS.get(bucket, bucket),
+            )
         axis.set_ylim(0, 1.05)
+        axis.set_xlim(0, 7 * 24)
         axis.set_ylabel("traffic (week's peak = 1)")
         axis.set_title(f"week of {week}", fontsize="medium")
         axis.grid(alpha=0.3)
     axes[-1, 0].set_xticks(range(0, 7 * 24 + 1, 24), ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", ""])
     axes[-1, 0].set_xlabel("day of the week (local time)")
-    axes[0, 0].legend(fontsize="small", ncol=4, loc="upper left")
+    _legend_outside(axes[0, 0])
     figure.suptitle(title, y=1.01)
-    return _png(figure)
+    return figure
 
 
-def _density_figure(users: dict[str, pl.DataFrame], title: str) -> bytes:
+def density_figure(users: dict[dt.date, pl.DataFrame], title: str) -> Figure:
+    """Density of log10 daily volume, IN and OUT panels, one line per week in its year's colour."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(style.FIGURE_WIDTH_IN, 3.6), sharey=True)
     for axis, direction in zip(axes, ("in", "out")):
-        for label, frame in users.items():
+        for week, frame in sorted(users.items()):
             density = derive.density_of_log_volume(frame[f"{direction}_bytes_per_day"].to_numpy())
-            axis.plot(10 ** density["log10_mb"], density["density"], label=label)
+            axis.plot(
+                10 ** density["log10_mb"],
+                density["density"],
+                color=style.year_colour(week.year),
+                label=f"week of {week}",
+            )
         axis.set_xscale("log")
         axis.set_xlabel(f"daily {direction.upper()} volume (MB/day)")
         axis.set_xlim(10**-2, 10**5)
+        axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3, which="both")
-        axis.set_title(f"{'IN (upload)' if direction == 'in' else 'OUT (download)'}")
+        axis.set_title(style.DIRECTION_LABELS[direction])
     axes[0].set_ylabel("share of users per decade")
-    axes[1].legend()
+    _legend_outside(axes[1])
     figure.suptitle(title, y=1.04)
-    return _png(figure)
+    return figure
 
 
-def _scatter_figure(users: pl.DataFrame, title: str) -> bytes:
+# Where users with no volume in a direction are drawn on Figures 5 and 6: a row (column) of its own
+# below (left of) the log axes' 10 KB, marked "0".
+ZERO_AT_MB = 10**-2.7
+SCATTER_LIMITS_MB = (10**-3, 10**6)
+
+
+def scatter_figure(sample: pl.DataFrame, title: str, service: str) -> Figure:
+    """IN vs OUT per user (log-log) in the service's colour; users with 0 in a direction on the "0"
+    row or column, so every sampled user is drawn."""
     import matplotlib.pyplot as plt
 
-    sample = derive.sample_users(users, SCATTER_USERS)
-    figure, axis = plt.subplots(figsize=(5, 5))
-    inside = sample.filter((pl.col("in_bytes_per_day") > 0) & (pl.col("out_bytes_per_day") > 0))
-    axis.scatter(inside["out_bytes_per_day"] / 1e6, inside["in_bytes_per_day"] / 1e6, s=2, alpha=0.4, color="#1f77b4")
+    figure, axis = plt.subplots(figsize=(5.5, 5.5))
+    out_mb = (sample["out_bytes_per_day"] / 1e6).to_numpy()
+    in_mb = (sample["in_bytes_per_day"] / 1e6).to_numpy()
+    zero = (in_mb <= 0) | (out_mb <= 0)
+    colour = style.SERVICE_COLOURS.get(service, "#333333")
+    axis.scatter(out_mb[~zero], in_mb[~zero], s=2, alpha=0.4, color=colour, label="a user")
+    if zero.any():
+        axis.scatter(
+            np.where(out_mb[zero] > 0, out_mb[zero], ZERO_AT_MB),
+            np.where(in_mb[zero] > 0, in_mb[zero], ZERO_AT_MB),
+            s=12,
+            marker="x",
+            color="#D55E00",
+            label="a user with 0 IN or OUT",
+        )
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.plot([1e-2, 1e6], [1e-2, 1e6], color="grey", linewidth=0.8, label="IN = OUT")
-    axis.set_xlim(1e-2, 1e6)
-    axis.set_ylim(1e-2, 1e6)
+    low, high = SCATTER_LIMITS_MB
+    axis.plot([10**-2, high], [10**-2, high], color="grey", linewidth=0.8, label="IN = OUT")
+    for line in (axis.axhline, axis.axvline):
+        line(10**-2.35, color="grey", linewidth=0.5, linestyle=":")
+    powers = range(-2, 7, 2)
+    ticks = [ZERO_AT_MB, *(10.0**k for k in powers)]
+    labels = ["0", *(f"$10^{{{k}}}$" for k in powers)]  # as Figures 3, 4 and 11 write them
+    axis.set_xticks(ticks, labels)
+    axis.set_yticks(ticks, labels)
+    axis.minorticks_off()
+    axis.set_xlim(low, high)
+    axis.set_ylim(low, high)
     axis.set_xlabel("OUT (download), MB/day")
     axis.set_ylabel("IN (upload), MB/day")
-    axis.set_title(f"{title}: {inside.height:,} users sampled")
-    axis.legend(loc="upper left")
-    axis.grid(alpha=0.3, which="both")
-    return _png(figure)
+    axis.set_title(title)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small", markerscale=3)
+    axis.grid(alpha=0.3, which="major")
+    return figure
 
 
 def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -192,7 +265,11 @@ def _monthly_sections(
     )
     sections = [
         _figure_section(
-            figures, "Figure 1", _monthly_figure(levels, base_note), "monthly average traffic per service", note
+            figures,
+            "Figure 1",
+            _png(monthly_figure(levels, base_note)),
+            "monthly average traffic per service",
+            note + " IN and OUT have their own scales.",
         )
     ]
     growth = derive.traffic_growth(levels, f"{week:%Y-%m}")
@@ -201,7 +278,7 @@ def _monthly_sections(
             f"Traffic growth to {week:%Y-%m} (average monthly traffic)",
             growth,
             2,
-            "factor: later month / earlier month; annual_factor: the factor per year.",
+            "factor: later month / earlier month; factor per year: its annual rate.",
         )
     )
     return sections
@@ -218,7 +295,7 @@ def _five_year_section(con: duckdb.DuckDBPyConnection, week: dt.date, published:
         f"{title} (week of {earlier} to week of {week})",
         growth,
         2,
-        "MB/day; factor: now / then; annual_factor: the factor per year.",
+        "factor: now / then; factor per year: its annual rate.",
     )
 
 
@@ -254,10 +331,17 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
             _figure_section(
                 figures,
                 "Figure 2",
-                _hourly_figure(
-                    broadband_hours, past_year_weeks, ("out", "in"), "Figure 2: broadband weekday traffic per hour"
+                _png(
+                    hourly_figure(
+                        broadband_hours,
+                        past_year_weeks,
+                        ("out", "in"),
+                        "Figure 2: broadband weekday traffic per hour",
+                        week,
+                    )
                 ),
                 "broadband hourly weekday traffic, published weeks of the past year",
+                "Each year has its colour (the same in every figure); weeks at another time of year are dashed.",
             )
         )
         for service, (usage_name, *_) in SERVICES.items():
@@ -276,8 +360,10 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
             _figure_section(
                 figures,
                 "Figure 9",
-                _hourly_figure(
-                    broadband_hours, past_years, ("out",), "Figure 9: broadband weekday traffic, five years"
+                _png(
+                    hourly_figure(
+                        broadband_hours, past_years, ("out",), "Figure 9: broadband weekday traffic, five years", week
+                    )
                 ),
                 "broadband hourly weekday traffic over five years",
             )
@@ -286,38 +372,67 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
             _figure_section(
                 figures,
                 "Figure 10",
-                _hourly_figure(broadband_hours, past_years, ("in",), "Figure 10: broadband weekday upload, five years"),
+                _png(
+                    hourly_figure(
+                        broadband_hours, past_years, ("in",), "Figure 10: broadband weekday upload, five years", week
+                    )
+                ),
                 "broadband hourly weekday upload (Figure 9's IN, enlarged)",
             )
         )
-        for service, (_, _, density_name, scatter_name) in SERVICES.items():
-            users = {f"week of {week}": user_volumes(week, service)}
+        feeds = _query(con, "ingest_quality", week=week)
+        summaries = _query(con, "usage_summaries")
+        usage_users = {
+            row["service"]: int(row["users"])
+            for row in summaries.filter((pl.col("week") == week) & (pl.col("direction") == "in")).iter_rows(named=True)
+        }
+        for service, (usage_name, _, density_name, scatter_name) in SERVICES.items():
+            users = {week: user_volumes(week, service)}
             if year_before is not None:
-                users[f"week of {year_before}"] = user_volumes(year_before, service)
+                users[year_before] = user_volumes(year_before, service)
             note = f"Against the week of {year_before}." if year_before else no_year_before
             sections.append(
                 _figure_section(
                     figures,
                     density_name,
-                    _density_figure(users, f"{density_name}: {service} users' daily volume"),
+                    _png(density_figure(users, f"{density_name}: {service} users' daily volume")),
                     f"density of {service} daily volume",
                     note,
                 )
             )
+            everyone = users[week]
+            sample = derive.sample_users(everyone, SCATTER_USERS)
+            table_users = usage_users.get(service, everyone.height)
+            # Broadband volumes are counted from sampled flows; mobile ones from billing counters.
+            flow_feeds = feeds.filter((pl.col("feed_type") == "flows") & (pl.col("service") == service))
+            rates = sorted({str(s).split(" ")[0] for s in flow_feeds["sampling"].to_list()})
             sections.append(
                 _figure_section(
                     figures,
                     scatter_name,
-                    _scatter_figure(users[f"week of {week}"], f"{scatter_name}: {service} IN vs OUT"),
+                    _png(
+                        scatter_figure(
+                            sample,
+                            derive.scatter_title(scatter_name, service, sample.height, table_users),
+                            service,
+                        )
+                    ),
                     f"{service} IN vs OUT per user",
+                    derive.scatter_note(
+                        sample["in_bytes_per_day"].to_numpy(),
+                        sample["out_bytes_per_day"].to_numpy(),
+                        sampled=service == "broadband",
+                        rates=rates,
+                    )
+                    + ("" if sample.height == table_users else f" {usage_name} counts {table_users:,} users."),
                 )
             )
-        five_years = {f"week of {w}": user_volumes(w, "broadband") for w in past_years}
+        five_years = {w: user_volumes(w, "broadband") for w in past_years}
         sections.append(
             _figure_section(
                 figures,
                 "Figure 11",
-                _density_figure(five_years, "Figure 11: broadband users' daily volume, five years"),
+                _png(density_figure(five_years, "Figure 11: broadband users' daily volume, five years")),
                 "density of broadband daily volume over five years",
                 f"Weeks shown: {', '.join(map(str, past_years))}.",
             )
@@ -325,9 +440,11 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
         for service, (_, ports_name, *_) in SERVICES.items():
             port_view = "table3_broadband_ports" if service == "broadband" else "table4_mobile_ports"
             sections.append(
-                report_page.table_section(
+                report_page.port_table_section(
                     f"{ports_name}: {service} usage by port (% of bytes), every published week",
                     report_page.ports_by_week(_query(con, port_view), week),
+                    ports_name,
+                    PORT_MIX_YEARS[service],
                 )
             )
         bucket_weeks = [w for w in (year_before, week) if w is not None]
@@ -343,16 +460,13 @@ def build_report(warehouse: AnyPath, week: dt.date) -> Report:
                 _figure_section(
                     figures,
                     name,
-                    _port_bucket_figure(panels, buckets, f"{name}: {service} port usage over a week"),
+                    _png(port_bucket_figure(panels, buckets, f"{name}: {service} port usage over a week")),
                     f"{service} port usage over a week",
                     "" if year_before else no_year_before,
                 )
             )
         publications = _query(con, "publications", week=week)
         unattributed = _query(con, "unattributed", week=week)
-        feeds = _query(con, "ingest_quality", week=week).rename(
-            {"feed_type": "feed type", "quarantined_records": "set aside", "quarantined_pct": "set aside %"}
-        )
     finally:
         con.close()
     record = manifest["runs"].get(run_id, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -115,3 +116,21 @@ def test_port_buckets_are_normalised_to_the_weeks_peak_hour_of_all_traffic() -> 
     at = {(r["hour_of_week"], r["bucket"]): r["level"] for r in levels.iter_rows(named=True)}
     assert at[(45, "all")] == 1.0 and at[(20, "all")] == 0.5
     assert at[(45, "TCP 80/443")] == 0.75 and at[(20, "UDP 443")] == 0.125
+
+
+def test_the_scatter_says_who_is_at_zero_and_why_light_uploaders_sit_on_rows() -> None:
+    packet = 1_555_000 / 7  # one sampled packet of the week, per day
+    in_bytes = np.array([0.0, 0.0, packet, packet, 2 * packet, 5e8])
+    out_bytes = np.array([1e9, 0.0, 2e9, 3e9, 4e9, 5e9])
+    note = derive.scatter_note(in_bytes, out_bytes, sampled=True, rates=["1:2048", "1:4096"])
+    assert "'0' row (IN: 2) or column (OUT: 1)" in note
+    assert "(1:2048, 1:4096)" in note and "The lowest row, IN = 0.22 MB/day (2 users)" in note
+    assert "lowest row" not in derive.scatter_note(in_bytes, out_bytes, sampled=False, rates=[])
+    assert derive.scatter_title("Figure 5", "broadband", 6, 6).endswith("all 6 users of the week")
+    assert derive.scatter_title("Figure 5", "broadband", 5000, 6200).endswith("5,000 of 6,200 users, sampled")
+
+
+def test_weeks_at_the_same_time_of_year_whatever_the_year() -> None:
+    assert derive.same_time_of_year(dt.date(2019, 6, 3), WEEK)
+    assert derive.same_time_of_year(dt.date(2023, 12, 25), dt.date(2024, 1, 8))  # across new year
+    assert not derive.same_time_of_year(dt.date(2023, 9, 25), WEEK)

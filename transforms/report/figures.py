@@ -194,3 +194,40 @@ def normalise_port_buckets(buckets: pl.DataFrame, week: dt.date) -> pl.DataFrame
         .select("hour_of_week", "bucket", "level")
         .sort("bucket", "hour_of_week")
     )
+
+
+def same_time_of_year(week: dt.date, other: dt.date, tolerance_days: int = 28) -> bool:
+    """True when two weeks fall within the tolerance of the same day of the year, whatever their years
+    (the report's analysed weeks: late May to mid-June)."""
+    apart = abs(week.timetuple().tm_yday - other.timetuple().tm_yday)
+    return min(apart, 366 - apart) <= tolerance_days
+
+
+def scatter_title(name: str, service: str, shown: int, table_users: int) -> str:
+    """Figure 5 / 6's title: how many users it draws, all of the usage table's or a sample of them."""
+    of = f"all {shown:,} users of the week" if shown == table_users else f"{shown:,} of {table_users:,} users, sampled"
+    return f"{name}: {service} IN vs OUT, {of}"
+
+
+def scatter_note(in_bytes_per_day: np.ndarray, out_bytes_per_day: np.ndarray, sampled: bool, rates: list[str]) -> str:
+    """What Figure 5 / 6's reader needs to read its edges: the users drawn at 0 and, when volumes are
+    estimated from sampled packets, the rows of points at the bottom (whole numbers of packets)."""
+    zero_in = int(np.count_nonzero(in_bytes_per_day <= 0))
+    zero_out = int(np.count_nonzero(out_bytes_per_day <= 0))
+    parts = [
+        f"Users with no volume in a direction are drawn on the '0' row (IN: {zero_in:,}) or column "
+        f"(OUT: {zero_out:,}): none is left out."
+    ]
+    positive = in_bytes_per_day[in_bytes_per_day > 0]
+    if sampled and positive.size:
+        floor_mb = float(positive.min()) / BYTES_PER_MB
+        at_floor = int(np.count_nonzero(positive <= positive.min() * 1.001))
+        parts.append(
+            f"IN is estimated from sampled flow records ({', '.join(rates) or 'sampled'}): each sampled packet "
+            "stands for all the packets of its sampling interval, so a light uploader's estimate is a whole number "
+            f"of sampled packets. The lowest row, IN = {floor_mb:.2f} MB/day ({at_floor:,} users), is the week's "
+            "smallest non-zero estimate, a sampled packet or two (a packet of a feed sampled more sparsely counts "
+            "more); the rows above it are more packets. Down there an estimate only says that a few packets were "
+            "sampled: the true volume may be several times smaller or larger."
+        )
+    return " ".join(parts)
