@@ -200,6 +200,7 @@ def cmd_lookback_demo(args: argparse.Namespace) -> int:
     from flows.backfill import format_summary, months_in, run_backfill
     from flows.generate import generate_to, generated_weeks
     from flows.monthly import counter_files, write_counters
+    from flows.weekly import DEFER_REPORT
     from transforms.run_records import PeriodOutcome
     from transforms.synth.monthly import generate_counter_polls
 
@@ -228,13 +229,19 @@ def cmd_lookback_demo(args: argparse.Namespace) -> int:
             advance(row.status)
 
         # Only the analysed weeks: the weeks around them hold a few spill-over flows, not whole weeks.
-        results = run_backfill(
-            first, last, settings, concurrency=args.concurrency, weeks=list(LOOKBACK_WEEKS), on_result=done
-        )
+        # One report, the last week's, rendered by run_backfill once every week is published.
+        deferred = DEFER_REPORT.set(True)
+        try:
+            results = run_backfill(
+                first, last, settings, concurrency=args.concurrency, weeks=list(LOOKBACK_WEEKS), on_result=done
+            )
+        finally:
+            DEFER_REPORT.reset(deferred)
     print(format_summary(results))
     report = settings.warehouse / "reports" / str(LOOKBACK_WEEKS[-1]) / "report.html"
     print(f"\nlook-back demo finished in {time.monotonic() - started:.0f} s")
     print(f"report: {report}  (the {LOOKBACK_WEEKS[-1]} week with five years of look-back)")
+    print(f"        an earlier week's is not rendered here: `trafficreport report --week {LOOKBACK_WEEKS[0]}`")
     print(f"catalog: {settings.warehouse / 'catalog.duckdb'}  (`trafficreport shell`)")
     return 1 if any(r.status == "failed" for r in results) else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import importlib
@@ -700,9 +701,16 @@ def _results(futures: list[Any], settings: Settings) -> list[Any]:
         raise
 
 
+# Set by a caller that renders the report once, after all its weeks are published (lookback-demo):
+# a week's own report, rendered while earlier weeks are still running, would lack their look-back.
+DEFER_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_report", default=False)
+
+
 def _render_report_or_warn(settings: Settings, run: WeekRun) -> str | None:
     """Renders the published week's report; a failure leaves the run published and Completed, with
     the reason in the run summary, a warning in the log and a `report-failed-<week>` artifact."""
+    if DEFER_REPORT.get():
+        return None
     week = dt.date.fromisoformat(run.week)
     try:
         run.report, markdown = render_report(settings, week)
