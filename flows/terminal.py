@@ -109,6 +109,8 @@ def _shared_console() -> Iterator[Console]:
 
 
 def _bars(console: Console) -> Progress:
+    """The live display on `console`; none when that is not a terminal (a log file gets the log
+    lines and the summary, not bars redrawn)."""
     return Progress(
         SpinnerColumn(finished_text="[green]✓"),
         TextColumn("{task.description:46}"),
@@ -117,6 +119,7 @@ def _bars(console: Console) -> Progress:
         TextColumn("{task.fields[unit]:6}"),
         TimeElapsedColumn(),
         console=console,
+        disable=not console.is_terminal,
     )
 
 
@@ -180,7 +183,7 @@ def steps_display(label: str, total: int) -> Iterator[Callable[[str], None]]:
         bar = bars.add_task(label, total=total, unit="")
 
         def step(line: str) -> None:
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
+            print(line, flush=True)  # stdout: above the bars in a terminal (rich redirects it there)
             bars.update(bar, advance=1)
 
         yield step
