@@ -15,13 +15,16 @@ DEFAULT_OUT = Path(FITTED_MIXTURES)
 
 
 def fit_all_mixtures(target: Path = DEFAULT_OUT) -> Path:
-    """Fits one mixture per reference row and direction; top shares weigh fully only for 2024."""
+    """Fits one mixture per reference row and direction; top shares weigh fully only for 2024. Refuses
+    to write a fit whose density has more than one peak."""
     fitted: dict[Key, Parameters] = {}
     for service in ("broadband", "mobile"):
         for year in daily_usage_table(service)["year"].to_list():
             for direction in ("in", "out"):
                 targets = usage_targets(service, year, direction)
                 mixture = fit_mixture(targets, share_weight=1.0 if year == 2024 else 0.1)
+                if mixture.local_maxima() != 1:
+                    raise ValueError(f"{service} {year} {direction}: no fit with one peak was found")
                 fitted[(service, year, direction)] = (
                     tuple(round(v, 8) for v in mixture.weights),
                     tuple(round(v, 8) for v in mixture.means),
