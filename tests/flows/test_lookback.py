@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,9 @@ def test_the_report_shows_five_years_of_growth_from_the_warehouse(lookback: tupl
     assert "No week near 2023-06-05 is published" in report.html
     figures = Path(str(warehouse)) / "reports" / str(WEEK)
     assert {p.name for p in figures.glob("figure*.png")} == {f"figure{n}.png" for n in range(1, 12)}
+    # 2019's port columns come from 2020's mix (the seed's Tables 3 and 4 start in 2020): footnoted.
+    for table in ("Table 3", "Table 4"):
+        assert f"Week of 2019-06-03: the seed report&#x27;s {table} starts in 2020" in report.html
+    assert report.html.count("<th>2019-06-03*</th>") == 2
+    # Headers are words, never column names.
+    assert not [h for h in re.findall(r"<th>([^<]*)</th>", report.html) if "_" in h]

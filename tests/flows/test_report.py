@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import re
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,16 @@ def test_report_tables_hold_the_warehouse_numbers(calibrated_week: PublishedWeek
         "No month of interface counters is published",
     ):
         assert note in report.html and note in report.markdown
+    # Figure 5 draws every user of Table 1, those without IN on the "0" row, and says how many.
+    users = read_published(warehouse, read_manifest(warehouse), "user_week_usage", str(WEEK)).filter(
+        (pl.col("service_group") == "broadband") & (pl.col("customer_type") == "personal")
+    )
+    broadband_in = summary.filter((pl.col("service") == "broadband") & (pl.col("direction") == "in"))
+    assert users.height == broadband_in["users"][0]
+    zero_in = users.filter(pl.col("in_bytes_per_day") == 0).height
+    assert f"drawn on the '0' row (IN: {zero_in:,})" in unescape(report.html)
+    assert "The lowest row, IN = " in report.html
+    assert not [h for h in re.findall(r"<th>([^<]*)</th>", report.html) if "_" in h]
     # The data-quality section names every exporter with where its sampling rate came from.
     feeds = read_published(warehouse, read_manifest(warehouse), "ingest_quality", str(WEEK))
     for row in feeds.filter(pl.col("feed_type") == "flows").iter_rows(named=True):
