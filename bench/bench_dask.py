@@ -55,6 +55,15 @@ def _moto() -> tuple[Any, str]:
     return server, endpoint
 
 
+def _compute_seconds(stream: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Compute seconds of each task the workers ran, by task name (the key's prefix)."""
+    costs: dict[str, list[float]] = {}
+    for task in stream:
+        seconds = sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
+        costs.setdefault(str(task["key"]).split("-")[0], []).append(seconds)
+    return costs
+
+
 def _staged_bytes(staging: Any) -> int:
     """Bytes under the (kept) staging folder: what the tasks wrote and read."""
     return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
@@ -76,7 +85,7 @@ def main() -> None:
             os.environ[name] = str(args.worker_cores)  # inherited by the worker processes started below
 
     from bench_week import landing_zone
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
@@ -94,6 +103,7 @@ def main() -> None:
 
         s3fs.S3FileSystem().mkdir("bench-staging")
     rows = []
+    task_costs: list[tuple[int, dict[str, list[float]]]] = []
     with prefect_test_harness(server_startup_timeout=90), tempfile.TemporaryDirectory() as scratch:
         os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # for the worker processes
         for workers in args.workers:
@@ -115,7 +125,8 @@ def main() -> None:
                     keep_staging=True,
                 )
                 started = time.monotonic()
-                run = weekly_report_runner(settings)(WEEK, settings)
+                with Client(cluster.scheduler_address) as client, get_task_stream(client) as stream:
+                    run = weekly_report_runner(settings)(WEEK, settings)
                 wall = time.monotonic() - started
                 with Client(cluster.scheduler_address) as client:
                     peaks = client.run(_peak_rss_mb)
@@ -126,6 +137,7 @@ def main() -> None:
             records = sum(e.records for e in run.ingest.exporters)
             staged = _staged_bytes(staging)
             rows.append((workers, wall, stages, tasks, records, staged, max(peaks.values()), run))
+            task_costs.append((workers, _compute_seconds(stream.data)))
     if server is not None:
         server.stop()
 
@@ -144,6 +156,11 @@ def main() -> None:
             f"{ingest_tasks:>8}/{tasks.get('attribute_exporter', 0):<8} "
             f"{staged / 2**20:9.0f} {peak:14.0f}"
         )
+    for workers, costs in task_costs:
+        print(f"\ntask compute seconds with {workers} worker(s) (count, total, mean, max):")
+        for name, seconds in sorted(costs.items()):
+            total = sum(seconds)
+            print(f"  {name:<26} {len(seconds):4d} {total:8.1f} {total / len(seconds):7.2f} {max(seconds):7.2f}")
     print("\nstages of the last run:", ", ".join(f"{s.stage} {s.seconds:.1f} s" for s in rows[-1][7].stages))
 
 
