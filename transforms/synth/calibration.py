@@ -32,6 +32,11 @@ SECOND_PEAK_PENALTY = 1e6
 # the mixture with room to spare: no fit sits on the edge of growing a second one, where a finer
 # grid or rounding would find it.
 SHAPE_MARGIN_SD = 0.05
+# The smoothed density PEAK_OFFSET decades either side of the target mode must be at most
+# PEAK_PROMINENCE of the mode's: on a flatter top the sampling noise of a measured week moves the
+# published mode by many bins (the pipeline's check against the generated truth would fail).
+PEAK_OFFSET_DECADES = 0.2
+PEAK_PROMINENCE = 0.96
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ def _loss(theta: np.ndarray, targets: dict[str, float], share_weight: float) -> 
     excess = second_peak_excess(narrowed.density(y))
     # Penalised, not refused, so that a start with two peaks still has a way downhill to one.
     shape = SECOND_PEAK_PENALTY + (excess / 0.001) ** 2 if excess > 0 else 0.0
+    mode = math.log10(targets["mode_mb"])
+    beside = mix.density(np.array([mode - PEAK_OFFSET_DECADES, mode + PEAK_OFFSET_DECADES]), MODE_SMOOTHING_DECADES)
+    flat = np.maximum(beside / smoothed.max() - PEAK_PROMINENCE, 0.0)
+    shape += float(np.sum((flat / 0.002) ** 2))
     return float(
         shape
         + (math.log(stats["mean_mb"] / targets["mean_mb"]) / 0.01) ** 2
