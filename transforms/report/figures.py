@@ -222,10 +222,11 @@ def scatter_note(in_bytes_per_day: np.ndarray, out_bytes_per_day: np.ndarray, sa
     if sampled and positive.size:
         floor_mb = float(positive.min()) / BYTES_PER_MB
         at_floor = int(np.count_nonzero(positive <= positive.min() * 1.001))
+        users_at_floor = f"{at_floor:,} user" + ("" if at_floor == 1 else "s")
         parts.append(
             f"IN is estimated from sampled flow records ({', '.join(rates) or 'sampled'}): each sampled packet "
             "stands for all the packets of its sampling interval, so a light uploader's estimate is a whole number "
-            f"of sampled packets. The lowest row, IN = {floor_mb:.2f} MB/day ({at_floor:,} users), is the week's "
+            f"of sampled packets. The lowest row, IN = {floor_mb:.2f} MB/day ({users_at_floor}), is the week's "
             "smallest non-zero estimate, a sampled packet or two (a packet of a feed sampled more sparsely counts "
             "more); the rows above it are more packets. Down there an estimate only says that a few packets were "
             "sampled: the true volume may be several times smaller or larger."
