@@ -81,7 +81,7 @@ def test_status_lists_the_published_week_with_its_audit_and_run(
     warehouse = str(calibrated_week.settings.warehouse)  # type: ignore[attr-defined]
     assert main(["status", "--warehouse", warehouse]) == 0
     lines = capsys.readouterr().out.splitlines()
-    [row] = [line for line in lines if line.startswith(str(WEEK))]
+    [row] = [line for line in lines if line.split()[:1] == [str(WEEK)]]
     fields = row.split()
     assert fields[1] == "passed" and fields[-1] == calibrated_week.run.run_id
     assert int(fields[-3]) == len(read_manifest(calibrated_week.settings.warehouse)["tables"])  # type: ignore[attr-defined]
