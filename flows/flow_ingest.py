@@ -402,17 +402,24 @@ def stage_flows(flows: pl.DataFrame, staged: StagedPart, announcements: pl.DataF
 
 
 def restage_part(staged: StagedPart, announcements: pl.DataFrame, inputs: ExporterInputs) -> None:
-    """Resolves a locally staged part (and its unrated flows) again with the week's announcements."""
-    frames = [pl.read_parquet(storage.local_path(staged.part)).drop("sampling_rate", "sampling_source")]
+    """Resolves a locally staged part (and its unrated flows) again with the week's announcements,
+    into new files beside them (`*.restaged.parquet`): the files a group's decode wrote stay as
+    they are, so a retried chaining task reads what the first attempt read."""
+    part, unrated = storage.local_path(staged.part), storage.local_path(staged.unrated)
+    frames = [pl.read_parquet(part).drop("sampling_rate", "sampling_source")]
     if staged.unrated_records:
-        unrated = pl.read_parquet(storage.local_path(staged.unrated))
-        frames.append(unrated.drop("sampling_rate", "sampling_source", "reason"))
+        frames.append(pl.read_parquet(unrated).drop("sampling_rate", "sampling_source", "reason"))
     flows = (
         pl.concat(frames, how="vertical_relaxed")
         .with_columns(pl.col(alias).alias(name) for name, alias in RECORD_RATE_KEPT.items())
         .drop(list(RECORD_RATE_KEPT.values()))
     )
+    staged.part = part.with_name(part.name.removesuffix(".parquet") + RESTAGED)
+    staged.unrated = unrated.with_name(unrated.name.removesuffix(".parquet") + RESTAGED)
     stage_flows(flows, staged, announcements, inputs)
+
+
+RESTAGED = ".restaged.parquet"
 
 
 # What identifies a flow record whatever exporter name, message framing or encoding carried it.

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import flow_ingest, processes, storage
-from flows.flow_files import flow_files_of_days
+from flows.flow_files import ExporterInputs, flow_files_of_days
 from flows.flow_ingest import ExporterIngest, FileGroup, IngestWindow, StagedPart
 from flows.settings import Settings
 from flows.staging import StageLayout, task_scratch
@@ -66,10 +67,14 @@ def plan_file_groups(settings: Settings, week: dt.date, exporter: str, layout: S
     found = flow_files_of_days(
         settings.landing / "flows" / exporter, ingest_days(week), inputs.timezone, inputs.collector_timezone
     )
-    by_day: dict[dt.date, list[str]] = {}
-    for file in found:
-        by_day.setdefault(file.day, []).append(str(file.path))
-    groups = [by_day[day] for day in sorted(by_day)] or [[]]
+    # Consecutive files of one day, in the order file-by-file ingest reads them (a late file in a
+    # later day's folder stays where that order puts it).
+    groups: list[list[str]] = []
+    for previous, file in zip([None, *found], found, strict=False):
+        if previous is None or previous.day != file.day:
+            groups.append([])
+        groups[-1].append(str(file.path))
+    groups = groups or [[]]
     storage.write_bytes(layout.file_groups(exporter), json.dumps(groups).encode())
     return len(groups)
 
@@ -151,20 +156,22 @@ def finish_exporter_ingest(
         def redecode(group: FileGroup, entry: ExporterState, seen: set[str]) -> FileGroup:
             return _decode_group(window, layout, group.index, group.paths, entry, scratch, seen)
 
-        def restage(staged: StagedPart, announcements: pl.DataFrame, inputs: Any) -> None:
+        def restage(staged: StagedPart, announcements: pl.DataFrame, inputs: ExporterInputs) -> None:
             if storage.is_local(staged.part):
                 flow_ingest.restage_part(staged, announcements, inputs)
                 return
-            part, unrated = staged.part, staged.unrated
-            staged.part = storage.fetch(part, scratch)
-            staged.unrated = storage.fetch(unrated, scratch) if staged.unrated_records else scratch / unrated.name
+            # Restaged on this worker's disk, uploaded under new names beside the group's files.
+            folder = staged.part.parent
+            staged.part = storage.fetch(staged.part, scratch)
+            staged.unrated = (
+                storage.fetch(staged.unrated, scratch) if staged.unrated_records else scratch / staged.unrated.name
+            )
             flow_ingest.restage_part(staged, announcements, inputs)
-            storage.put_file(storage.local_path(staged.part), part)
+            part, unrated = storage.local_path(staged.part), storage.local_path(staged.unrated)
+            staged.part, staged.unrated = folder / part.name, folder / unrated.name
+            storage.put_file(part, staged.part)
             if staged.unrated_records:
-                storage.put_file(storage.local_path(staged.unrated), unrated)
-            elif unrated.exists():
-                unrated.unlink()
-            staged.part, staged.unrated = part, unrated
+                storage.put_file(unrated, staged.unrated)
 
         result = flow_ingest.chain_file_groups(window, groups, state, redecode, restage)
         flow_ingest.save_exporter_state(layout.exporter_state, exporter, state)
@@ -180,8 +187,12 @@ def _exporter_result(
     for unrated in result.unrated:
         local = storage.local_path(unrated) if storage.is_local(unrated) else storage.fetch(unrated, scratch)
         unrated_records += pl.scan_parquet(local).select(pl.len()).collect().item()
-        name = Path(str(unrated)).stem
-        storage.put_file(local, layout.quarantine(f"flows.{exporter}.no_sampling_rate.{name}.parquet"))
+        name = Path(str(unrated)).name.split(".")[0]
+        # Copied, not moved: a retried task reads the staged file again.
+        copy = scratch / "quarantine" / f"{name}.parquet"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, copy)
+        storage.put_file(copy, layout.quarantine(f"flows.{exporter}.no_sampling_rate.{name}.parquet"))
     days = [str(week + dt.timedelta(days=i)) for i in range(7)]
     per_day = {day: result.records_per_day.get(day, 0) for day in days}
     staged_dir = layout.exporter_flows(exporter)

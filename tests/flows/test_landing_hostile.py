@@ -200,7 +200,9 @@ def test_parts_are_written_once_and_revisited_only_when_a_later_announcement_cha
     )
     assert again.revisited_parts == 1
     assert again.records == 14 and again.unrated == [] and again.quarantine.height == 0
-    assert not list((tmp_path / "stage2").glob("unrated-*"))
+    # The restaged part took them in; the group's own unrated file stays for a retried chaining.
+    assert not list((tmp_path / "stage2").glob("unrated-*.restaged.parquet"))
+    assert [storage.local_path(p).name for p in again.parts].count("part-000-00000.restaged.parquet") == 1
 
 
 def test_a_part_whose_rate_nobody_ever_announces_stays_unrated_and_is_not_rewritten(tmp_path: Path) -> None:
