@@ -94,6 +94,7 @@ def test_history_ctrl_c_dot_commands_and_ctrl_d(warehouse: Path, tmp_path: Path)
 
     # Ctrl-C drops a half-typed statement: Enter gives a prompt, and the next statement runs alone.
     shell.send("select * from usage_summary where")
+    shell.expect_exact("where")  # echoed by readline: the line is being edited when Ctrl-C comes
     shell.sendintr()
     shell.expect_exact(PROMPT)
     seen.append(str(shell.before))
