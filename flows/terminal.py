@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -125,7 +126,8 @@ def _bars(console: Console) -> Progress:
 
 class StageBars:
     """One bar per stage that reports progress (ingest: files, attribute: flows), summed over the
-    week's exporters, so the display keeps its height however many exporters there are."""
+    week's exporters, so the display keeps its height however many exporters there are. Exporters
+    report from their own threads: the lock keeps two of them from each adding the stage's bar."""
 
     UNITS = {"ingest": "files", "attribute": "flows"}
 
@@ -133,9 +135,14 @@ class StageBars:
         self.bars = bars
         self.tasks: dict[str, Any] = {}
         self.counts: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lock = threading.Lock()
 
     def update(self, stage: str, key: str, done: int, total: int) -> None:
         """A listener of flows.progress: `done` of `total` for exporter `key` in `stage`."""
+        with self._lock:
+            self._update(stage, key, done, total)
+
+    def _update(self, stage: str, key: str, done: int, total: int) -> None:
         per_key = self.counts.setdefault(stage, {})
         per_key[key] = (done, total)
         finished = sum(1 for d, t in per_key.values() if d >= t)
