@@ -1,17 +1,14 @@
 """The generator's fitted mixtures: one peak per (service, year, direction) density, and the look-back
 years' statistics within check-calibration's tolerances, their tops distinct enough for a measured
-week to find the same mode (computed from the parameters: no week drawn)."""
+week to find the truth's mode (the generator's stratified draws with a measured week's error)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
 from transforms.synth.calibration import (
-    PEAK_OFFSET_DECADES,
-    PEAK_PROMINENCE,
+    DISTINCT_TOP,
     Mixture,
     count_local_maxima,
     mode_bin_of,
@@ -19,7 +16,7 @@ from transforms.synth.calibration import (
 )
 from transforms.synth.mixtures import MIXTURES
 from transforms.synth.reference import usage_targets
-from transforms.tables.stats import MODE_SMOOTHING_DECADES
+from transforms.tables.stats import MODE_SMOOTHING_DECADES, mode_of_log_volume
 
 # The years `trafficreport lookback-demo` generates and check-calibration is run on.
 LOOKBACK_YEARS = range(2019, 2025)
@@ -58,14 +55,44 @@ def test_lookback_years_match_their_reference_row_within_check_calibrations_tole
     assert fitted["top10_share"] == pytest.approx(target["top10_share"], abs=0.03)
 
 
+# A measured week's per-user error, as the demo week showed it (sd of ln(published / truth)): broadband
+# upload (in) 0.22 below 30 MB/day, 0.059 at 30-300, 0.024 at 300-3000, 0.008 above; download (out)
+# 0.32, 0.087, 0.026, 0.009; about SAMPLED_NOISE / sqrt(MB/day) for sampled flows. Mobile's billing
+# records: 0.004 at every volume.
+SAMPLED_NOISE, BILLED_NOISE = {"in": 0.6, "out": 0.9}, 0.004
+DRAWS = 1000
+
+
 @pytest.mark.parametrize("service", ["broadband", "mobile"])
 @pytest.mark.parametrize("year", LOOKBACK_YEARS)
 @pytest.mark.parametrize("direction", ["in", "out"])
-def test_lookback_years_have_a_distinct_top(service: str, year: int, direction: str) -> None:
-    # On a flat top a measured week's noise moves the published mode by many bins from the truth.
+def test_a_measured_weeks_mode_stays_within_a_bin_of_the_truth(service: str, year: int, direction: str) -> None:
+    # check-calibration allows one bin between the published mode and the truth's: on a flat top the
+    # measurement error moves the peak of the smoothed histogram further than that.
     weights, means, sds = MIXTURES[(service, year, direction)]
-    mixture = Mixture(weights, means, sds)
-    mode = math.log10(usage_targets(service, year, direction)["mode_mb"])
-    peak = mixture.density(mixture.grid(), MODE_SMOOTHING_DECADES).max()
-    beside = mixture.density(np.array([mode - PEAK_OFFSET_DECADES, mode + PEAK_OFFSET_DECADES]), MODE_SMOOTHING_DECADES)
-    assert np.all(beside / peak <= PEAK_PROMINENCE + 0.01), beside / peak
+    rng = np.random.default_rng(year)
+    levels = Mixture(weights, means, sds).stratum_means(3000)
+    shifts = []
+    for _ in range(DRAWS):
+        truth = levels[rng.random(levels.size) >= 0.05]  # the personal users: enterprises are left out
+        sampled = service == "broadband"
+        error = SAMPLED_NOISE[direction] / np.sqrt(truth) if sampled else np.full(truth.size, BILLED_NOISE)
+        measured = truth * np.exp(rng.normal(0.0, error))
+        shifts.append(abs(mode_bin_of(mode_of_log_volume(measured)) - mode_bin_of(mode_of_log_volume(truth))))
+    assert np.mean(np.array(shifts) > 1) <= 0.01, np.bincount(shifts)
+
+
+@pytest.mark.slow
+def test_refitting_the_2019_broadband_upload_row_gives_a_distinct_top_within_tolerance() -> None:
+    # The row whose flat top moved a look-back week's published mode two bins from the truth.
+    from flows.fit_calibration import fit_row, misses_of
+
+    targets = usage_targets("broadband", 2019, "in")
+    mixture = fit_row(targets, share_weight=0.1)
+    assert misses_of(mixture, targets) == []
+    assert mixture.local_maxima() == 1
+    mode = np.log10(targets["mode_mb"])
+    smoothed = mixture.density(mixture.grid(), MODE_SMOOTHING_DECADES).max()
+    for offset, limit in DISTINCT_TOP:
+        beside = mixture.density(np.array([mode - offset, mode + offset]), MODE_SMOOTHING_DECADES)
+        assert np.all(beside / smoothed <= limit + 0.005), (offset, beside / smoothed)
