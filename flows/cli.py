@@ -384,8 +384,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check_calibration(args: argparse.Namespace) -> int:
     from flows.calibration_check import calibration_report, format_report, within_tolerance
+    from flows.failures import UsageError
+    from flows.generate import generated_weeks
 
     settings = _settings(args)
+    landing, generated = settings.landing, generated_weeks(settings.landing)
+    if not generated:
+        raise UsageError(f"check-calibration: {landing} holds no generated week (`generate` or `demo` makes one)")
+    if args.week is not None and args.week not in generated:
+        weeks = ", ".join(map(str, generated))
+        raise UsageError(f"check-calibration --week {args.week}: not generated in {landing}; generated: {weeks}")
     usage_rows, port_rows, accuracy = calibration_report(
         settings.landing, settings.warehouse, settings.hmac_key(), args.week
     )

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # a warehouse and a catalog are built, commands r
 TRAFFICREPORT = Path(sys.executable).with_name("trafficreport")
 TOP_PORTS = Path(__file__).resolve().parents[2] / "sql" / "examples" / "top_ports.sql"
 
-# (arguments, the start of the one line on stderr); every one exits 2. {warehouse} is filled in.
+# (arguments, the start of the one line on stderr); every one exits 2. {warehouse} and {landing} are filled in.
 MISTAKES = {
     "a week that is not a Monday": (
         ["weekly", "--week", "2024-06-04"],
@@ -51,6 +51,14 @@ MISTAKES = {
         ["query", "select 1", "--param", "week", "--warehouse", "{warehouse}"],
         "trafficreport: --param 'week': expected name=value",
     ),
+    "a calibration check of a week never generated": (
+        ["check-calibration", "--week", "2023-06-05", "--landing", "{landing}", "--warehouse", "{warehouse}"],
+        "trafficreport: check-calibration --week 2023-06-05: not generated in {landing}; generated: 2024-06-03",
+    ),
+    "a calibration check of a landing zone with no generated week": (
+        ["check-calibration", "--landing", "{warehouse}", "--warehouse", "{warehouse}"],
+        "trafficreport: check-calibration: {warehouse} holds no generated week",
+    ),
     "a query of an unknown table": (
         ["query", "select * from usage_summaries", "--warehouse", "{warehouse}"],
         "trafficreport: query refused: Catalog Error: Table with name usage_summaries does not exist!",
@@ -63,6 +71,9 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("mistakes") / "warehouse"
     publish_tiny_week(folder, WEEK, "run-a")
     build_catalog(folder)
+    # A landing zone that holds one generated week's ground truth, as `generate` leaves it.
+    (folder.parent / "landing" / "_truth" / str(WEEK)).mkdir(parents=True)
+    (folder.parent / "landing" / "_truth" / str(WEEK) / "spec.json").write_text("{}")
     return folder
 
 
@@ -84,7 +95,8 @@ def outcomes(warehouse: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         # No PREFECT_API_URL: a command that got as far as Prefect would start its temporary server,
         # whose database would appear in this PREFECT_HOME.
         environment.update(PREFECT_HOME=str(folder / "prefect-home"), TRAFFICREPORT_HMAC_KEY="test-only-pseudonym-key")
-        command = [str(TRAFFICREPORT), *(a.format(warehouse=warehouse) for a in arguments)]
+        places = {"warehouse": warehouse, "landing": warehouse.parent / "landing"}
+        command = [str(TRAFFICREPORT), *(a.format(**places) for a in arguments)]
         running[name] = (
             subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder, env=environment
@@ -99,8 +111,9 @@ def outcomes(warehouse: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.mark.parametrize("name", MISTAKES)
-def test_a_mistake_ends_in_one_line_and_exit_2(name: str, outcomes: dict[str, Outcome]) -> None:
-    done, expected = outcomes[name], MISTAKES[name][1]
+def test_a_mistake_ends_in_one_line_and_exit_2(name: str, outcomes: dict[str, Outcome], warehouse: Path) -> None:
+    done = outcomes[name]
+    expected = MISTAKES[name][1].format(warehouse=warehouse, landing=warehouse.parent / "landing")
     assert done.code == 2, done.stderr[-2000:]
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
