@@ -40,6 +40,16 @@ def _demo_size(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Arguments given wrongly end like every other mistake: one line on stderr, exit 2 (`--help`
     shows the usage)."""
@@ -528,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--week", type=_date, required=True, help="Monday of the week, e.g. 2024-06-03")
     p.add_argument("--out", type=Path, required=True, help="landing zone to write into")
     p.add_argument("--year", type=int, help="reference year to calibrate to (default: the week's)")
-    p.add_argument("--users", type=int, default=3000, help="broadband users (subscription x access)")
-    p.add_argument("--phones", type=int, default=3000, help="mobile phone numbers")
+    p.add_argument("--users", type=_count, default=3000, help="broadband users (subscription x access)")
+    p.add_argument("--phones", type=_count, default=3000, help="mobile phone numbers")
     p.add_argument("--seed", type=int, default=1, help="random seed: the same seed writes the same week")
     p.add_argument(
         "--message-size",

@@ -39,6 +39,10 @@ MISTAKES = {
         ["demo", "--users", "5"],
         "trafficreport: demo: argument --users: 5: at least 20 (the smallest demo week tested end to end)",
     ),
+    "a generated week without users": (
+        ["generate", "--week", "2024-06-03", "--out", "landing", "--phones", "0"],
+        "trafficreport: generate: argument --phones: 0: at least 1",
+    ),
     "a backfill range that is not one": (
         ["backfill", "--from", "20x9", "--to", "2024"],
         "trafficreport: --from 20x9 --to 2024: expected YYYY, YYYY-MM or YYYY-MM-DD, got '20x9'",

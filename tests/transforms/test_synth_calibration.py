@@ -5,6 +5,7 @@ week to find the truth's mode (the generator's stratified draws with a measured 
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from transforms.synth.calibration import (
@@ -96,3 +97,16 @@ def test_refitting_the_2019_broadband_upload_row_gives_a_distinct_top_within_tol
     for offset, limit in DISTINCT_TOP:
         beside = mixture.density(np.array([mode - offset, mode + offset]), MODE_SMOOTHING_DECADES)
         assert np.all(beside / smoothed <= limit + 0.005), (offset, beside / smoothed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_week_of_one_user_and_one_phone_is_generated(seed: int) -> None:
+    # One subscription has one access kind, so the other kind's user list is empty.
+    import datetime as dt
+
+    from transforms.synth.week import WeekSpec, generate_week
+
+    week = generate_week(WeekSpec(week=dt.date(2024, 6, 3), year=2024, broadband_users=1, mobile_phones=1, seed=seed))
+    kind = pl.when(pl.col("service").str.starts_with("mobile")).then(pl.lit("mobile")).otherwise(pl.lit("broadband"))
+    users = week.truth_user_day.group_by(kind.alias("kind")).agg(pl.col("user_id").n_unique()).sort("kind")
+    assert users.rows() == [("broadband", 1), ("mobile", 1)]  # one subscription, one phone number

@@ -126,7 +126,9 @@ def _population(rng: np.random.Generator, spec: WeekSpec) -> tuple[pl.DataFrame,
                     "login": logins[idx],
                     "access": access,
                     "customer_type": np.where(enterprise[idx], "enterprise", "personal"),
-                }
+                },
+                # Typed: in a tiny week one access kind can have no subscription at all.
+                schema=dict.fromkeys(("subscription_id", "login", "access", "customer_type"), pl.String),
             )
         )
     broadband = pl.concat(users).sort("subscription_id", "access")
