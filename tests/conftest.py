@@ -140,26 +140,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & SLOW_FIXTURES or item.path.parent.name == "tools":
             item.add_marker(pytest.mark.slow)
-    # The two test processes take a file at a time in collection order: the longest files go first,
-    # so that neither process is left running one of them alone at the end. Measured with
-    # `pytest --durations=30` (seconds of one file's tests on this 2-core machine, 2026-12-07).
-    items.sort(key=lambda item: -LONGEST_FILES.get(item.path.relative_to(TESTS).as_posix(), 0))
-
-
-TESTS = Path(__file__).parent
-LONGEST_FILES = {
-    "flows/test_dask_cluster.py": 690,
-    "flows/test_publication_faults.py": 380,
-    "flows/test_weekly_behaviour.py": 260,
-    "flows/test_checkpoints.py": 240,
-    "tools/test_collector_files.py": 230,
-    "flows/test_lookback.py": 190,
-    "flows/test_hostile_operations.py": 180,
-    "flows/test_weekly_calibrated.py": 170,
-    "test_packaging.py": 155,
-    "flows/test_backfill_resume.py": 120,
-    "flows/test_report.py": 115,
-    "flows/test_s3_warehouse.py": 105,
-    "flows/test_operations.py": 110,
-    "flows/test_analyst_queries.py": 95,
-}
