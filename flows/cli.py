@@ -28,26 +28,22 @@ def _date(text: str) -> dt.date:
 DEMO_MIN_SIZE = 20
 
 
-def _demo_size(text: str) -> int:
+def _whole_number(text: str, minimum: int, why: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < DEMO_MIN_SIZE:
-        raise argparse.ArgumentTypeError(
-            f"{value}: at least {DEMO_MIN_SIZE} (the smallest demo week tested end to end)"
-        )
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value}: at least {minimum}{why}")
     return value
+
+
+def _demo_size(text: str) -> int:
+    return _whole_number(text, DEMO_MIN_SIZE, " (the smallest demo week tested end to end)")
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: at least 1")
-    return value
+    return _whole_number(text, 1)
 
 
 class _Parser(argparse.ArgumentParser):
